@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages edge_agent needs on a development machine or in CI:
+# mosquitto (the demo's local broker and the tests' real broker) and systemd-analyze
+# (the unit file check). Skips what is already present; needs root or sudo otherwise.
+set -euo pipefail
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+echo "bootstrap: installing ${missing[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
