@@ -1,0 +1,1 @@
+"""Command-line commands of `edge-agent`, one module each (see `edge_agent.cli`)."""
