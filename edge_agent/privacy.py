@@ -142,8 +142,8 @@ def _surface_from_surroundings(region: np.ndarray, patch: _SurfacePatch) -> np.n
     reaches the result.
     """
     sampled = cv2.bitwise_and(region, region, mask=patch.known)
-    values = cv2.resize(sampled, patch.work_size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    known = patch.work_known
+    values: np.ndarray = cv2.resize(sampled, patch.work_size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    known: np.ndarray = patch.work_known
     levels = [(values, known)]
     while min(values.shape[:2]) > 2:
         half = (max(1, values.shape[1] // 2), max(1, values.shape[0] // 2))
