@@ -138,7 +138,11 @@ class SyntheticSource:
 
 def _textured_background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     width, height = size
-    coarse = rng.integers(60, 190, (max(2, height // 40), max(2, width // 40), 3), dtype=np.uint8)
+    grid = (max(2, height // 40), max(2, width // 40))
+    # Mostly grey with a faint tint, like asphalt, walls and pavements.
+    luminance = rng.integers(60, 190, (*grid, 1)).astype(np.int16)
+    tint = rng.integers(-15, 16, (*grid, 3)).astype(np.int16)
+    coarse = np.clip(luminance + tint, 0, 255).astype(np.uint8)
     image = cv2.resize(coarse, size, interpolation=cv2.INTER_CUBIC)
     fine = rng.integers(-12, 13, (height, width, 1), dtype=np.int16)
     return np.clip(image.astype(np.int16) + fine, 0, 255).astype(np.uint8)
