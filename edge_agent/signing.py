@@ -1,0 +1,242 @@
+"""Signed requests between the CSU collector and a device's clip API.
+
+Scheme `CSU-ED25519-V1`. The collector signs, with its Ed25519 key, the canonical text
+
+    CSU-ED25519-V1\\n{METHOD}\\n{path}\\n{canonical query}\\n{timestamp}\\n{nonce}\\n{sha256(body) hex}
+
+and sends it in four headers: `X-CSU-Key` (key id: first 16 hex digits of the SHA-256 of the raw
+32-byte public key), `X-CSU-Timestamp` (integer UTC epoch seconds), `X-CSU-Nonce` (16 to 64 characters
+of `[A-Za-z0-9_-]`, fresh per request) and `X-CSU-Signature` (base64 of the 64-byte signature).
+The canonical query is every `name=value` pair percent-encoded (RFC 3986 unreserved characters kept),
+sorted by name then value, joined by `&`; the path is the request path as sent, without the query.
+
+The device accepts a request only when the key id is one of the provisioned collector keys, the
+signature verifies, the timestamp is within the clock-skew window of its own clock, and the nonce has
+not been seen within that window (a replay cache that forgets nonces once their timestamp is stale).
+The same scheme signs MQTT commands (method `MQTT`, path `/cmd/{name}`, the command's fields as query).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SCHEME = "CSU-ED25519-V1"
+HEADER_KEY = "X-CSU-Key"
+HEADER_TIMESTAMP = "X-CSU-Timestamp"
+HEADER_NONCE = "X-CSU-Nonce"
+HEADER_SIGNATURE = "X-CSU-Signature"
+SIGNED_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+
+_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+_TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+Clock = Callable[[], float]
+
+
+class SignatureError(Exception):
+    """A request that fails authentication; `reason` is a short code, `status` the HTTP status."""
+
+    def __init__(self, reason: str, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """The short id of a public key: 16 hex digits of the SHA-256 of its raw bytes."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
+    """`name=value` pairs percent-encoded, sorted, joined by `&` (order of sending does not matter)."""
+    encoded = sorted((quote(k, safe="-_.~"), quote(v, safe="-_.~")) for k, v in pairs)
+    return "&".join(f"{k}={v}" for k, v in encoded)
+
+
+def string_to_sign(
+    method: str,
+    path: str,
+    query: Iterable[tuple[str, str]],
+    timestamp: str,
+    nonce: str,
+    body: bytes = b"",
+) -> bytes:
+    """The exact bytes that are signed."""
+    body_hash = hashlib.sha256(body).hexdigest() if body else _EMPTY_SHA256
+    lines = [SCHEME, method.upper(), path, canonical_query(query), timestamp, nonce, body_hash]
+    return "\n".join(lines).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class RequestSigner:
+    """The collector side: signs requests with its Ed25519 private key."""
+
+    private_key: Ed25519PrivateKey
+    clock: Clock = time.time
+
+    @property
+    def key_id(self) -> str:
+        """Id of the matching public key, as the device knows it."""
+        return key_id(self.private_key.public_key())
+
+    def headers(
+        self,
+        method: str,
+        path: str,
+        query: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        nonce: str | None = None,
+    ) -> dict[str, str]:
+        """The four signature headers for one request (a fresh nonce unless one is given)."""
+        timestamp = str(int(self.clock()))
+        nonce = nonce or secrets.token_urlsafe(18)
+        message = string_to_sign(method, path, query, timestamp, nonce, body)
+        signature = base64.b64encode(self.private_key.sign(message)).decode("ascii")
+        return {
+            HEADER_KEY: self.key_id,
+            HEADER_TIMESTAMP: timestamp,
+            HEADER_NONCE: nonce,
+            HEADER_SIGNATURE: signature,
+        }
+
+
+class NonceCache:
+    """Nonces seen recently, each kept until its request would be stale anyway.
+
+    Bounded: when full of still-fresh nonces it refuses new ones (fail closed) rather than forgetting
+    a nonce that could then be replayed.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def add(self, nonce: str, expires_at: float, now: float) -> None:
+        """Record `nonce`; SignatureError if it was already seen or the cache is full."""
+        with self._lock:
+            self._expire(now)
+            if nonce in self._expiry:
+                raise SignatureError("replayed-nonce", f"nonce {nonce!r} was already used")
+            if len(self._expiry) >= self._max:
+                raise SignatureError(
+                    "replay-cache-full", "too many requests in the skew window; retry later", 503
+                )
+            self._expiry[nonce] = expires_at
+
+    def _expire(self, now: float) -> None:
+        # Insertion order is close to expiry order (timestamps within the skew window); an entry
+        # kept a little longer than needed is harmless.
+        while self._expiry:
+            nonce, expires = next(iter(self._expiry.items()))
+            if expires > now:
+                break
+            del self._expiry[nonce]
+
+
+class RequestVerifier:
+    """The device side: checks key, signature, freshness and uniqueness of a signed request."""
+
+    def __init__(
+        self,
+        public_keys: Iterable[Ed25519PublicKey],
+        skew_s: float,
+        clock: Clock = time.time,
+        nonces: NonceCache | None = None,
+    ) -> None:
+        self._keys = {key_id(k): k for k in public_keys}
+        self._skew = skew_s
+        self._clock = clock
+        self._nonces = nonces or NonceCache()
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Ids of the accepted collector keys."""
+        return sorted(self._keys)
+
+    def verify(
+        self,
+        method: str,
+        path: str,
+        query: Iterable[tuple[str, str]],
+        headers: Mapping[str, str],
+        body: bytes = b"",
+    ) -> str:
+        """Return the key id of the signer, or raise SignatureError naming what is wrong."""
+        values = {name: headers.get(name) for name in SIGNED_HEADERS}
+        if all(v is None for v in values.values()):
+            raise SignatureError("missing-signature", "request is not signed")
+        absent = [name for name, value in values.items() if not value]
+        if absent:
+            raise SignatureError("malformed-signature", f"missing header(s): {', '.join(absent)}")
+        kid, timestamp, nonce, signature_b64 = (str(values[n]) for n in SIGNED_HEADERS)
+        if not _KEY_ID_RE.match(kid):
+            raise SignatureError("malformed-signature", f"{HEADER_KEY}: not a 16-hex-digit key id")
+        if not _TIMESTAMP_RE.match(timestamp):
+            raise SignatureError("malformed-signature", f"{HEADER_TIMESTAMP}: not epoch seconds")
+        if not _NONCE_RE.match(nonce):
+            raise SignatureError(
+                "malformed-signature", f"{HEADER_NONCE}: 16 to 64 characters of [A-Za-z0-9_-]"
+            )
+        try:
+            signature = base64.b64decode(signature_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise SignatureError("malformed-signature", f"{HEADER_SIGNATURE}: not base64") from None
+        public_key = self._keys.get(kid)
+        if public_key is None:
+            raise SignatureError("unknown-key", f"key {kid} is not an authorized collector key", 403)
+        try:
+            public_key.verify(signature, string_to_sign(method, path, query, timestamp, nonce, body))
+        except InvalidSignature:
+            raise SignatureError("bad-signature", "signature does not verify") from None
+        now = self._clock()
+        sent_at = int(timestamp)
+        if abs(now - sent_at) > self._skew:
+            raise SignatureError(
+                "stale-timestamp",
+                f"timestamp {sent_at} is {now - sent_at:+.0f}s from the device clock"
+                f" (window ±{self._skew:g}s)",
+            )
+        self._nonces.add(f"{kid}:{nonce}", sent_at + self._skew + 1, now)
+        return kid
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PEM file (PKCS#8, unencrypted)."""
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file, or from 64 hex digits of the raw key."""
+    data = Path(path).read_bytes()
+    text = data.strip()
+    if re.fullmatch(rb"[0-9a-fA-F]{64}", text):
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.decode("ascii")))
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path}: not an Ed25519 public key")
+    return key
