@@ -16,6 +16,7 @@ from edge_agent import __version__
 
 COMMAND_MODULES = [
     "edge_agent.commands.config_cmd",
+    "edge_agent.commands.snapshot_cmd",
     "edge_agent.commands.audit_cmd",
 ]
 

@@ -183,7 +183,7 @@ def draw_outlines(image: np.ndarray, masks: list[PrivacyMaskConfig], zones: list
     """A copy of an (already masked) image with mask polygons in red and motion zones in green."""
     size = (image.shape[1], image.shape[0])
     canvas = image.copy()
-    thickness = max(1, size[0] // 400)
+    thickness = max(2, size[0] // 320)
     for mask in masks:
         corners = polygon_pixels(mask.points, size)
         cv2.polylines(canvas, [corners], True, (0, 0, 255), thickness)
