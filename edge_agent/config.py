@@ -358,7 +358,24 @@ class ClipServerConfig(_Model):
         60.0, gt=0, le=3600, title="Clock skew", description="Oldest accepted request signature."
     )
     rate_limit_bytes_s: int = Field(
-        0, ge=0, title="Rate limit", description="Bytes per second per client; 0 = unlimited."
+        20_000_000,
+        ge=0,
+        title="Rate limit",
+        description="Bytes per second per client, so a fetch cannot starve recording; 0 = unlimited.",
+    )
+    requests_per_minute: int = Field(
+        120,
+        ge=1,
+        title="Request rate",
+        description="Requests per minute per client address; more are refused with HTTP 429.",
+    )
+    max_streams_per_client: int = Field(
+        2, ge=1, le=64, title="Parallel fetches", description="Clip streams one collector may hold open."
+    )
+    metrics_public: bool = Field(
+        False,
+        title="Unsigned metrics",
+        description="Serve /metrics without a signed request (no footage in it; for Prometheus).",
     )
     audit_log: Path = Field(
         Path("/var/lib/edge-agent/audit.jsonl"),
