@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "edge_agent.commands.config_cmd",
     "edge_agent.commands.snapshot_cmd",
     "edge_agent.commands.audit_cmd",
+    "edge_agent.doctor",
 ]
 
 
