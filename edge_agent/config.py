@@ -343,7 +343,7 @@ class ClipServerConfig(_Model):
 
     enabled: bool = Field(True, title="Enabled", description="Serve the clip API.")
     bind: str = Field("0.0.0.0", title="Bind address", description="Address to listen on.")
-    port: int = Field(8480, ge=1, le=65535, title="Port", description="TCP port.")
+    port: int = Field(8480, ge=0, le=65535, title="Port", description="TCP port; 0 picks a free one.")
     advertise_url: str = Field(
         "",
         title="Advertised URL",
