@@ -1,0 +1,119 @@
+"""Validation of the clip API's query parameters: one clear refusal per bad value.
+
+Pure functions, no I/O: the server maps a `ParamError` to its HTTP status and writes the audit line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+_CAMERA_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# A requisition reference as courts and police write them ("PV 2024/118-B"): letters, digits, space,
+# `.`, `_`, `-`, `/`, `:`; nothing that could climb a path or reach a shell.
+_REQUISITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,127}$")
+_PATH_HINTS = ("/", "\\", "..", "\x00", "%2f", "%2e", "%5c", "~")
+
+
+class ParamError(ValueError):
+    """A request parameter that cannot be used; `reason` is a short code for audit and metrics."""
+
+    def __init__(self, reason: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ClipQuery:
+    """A validated request for a camera's time range."""
+
+    camera: str
+    start_ts: float
+    end_ts: float
+    requisition: str = ""
+
+
+def parse_time(name: str, raw: str) -> float:
+    """UTC epoch seconds from ISO 8601 with a zone (`Z` or offset) or from epoch seconds."""
+    text = raw.strip()
+    if re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,6})?", text):
+        return float(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ParamError(
+            "malformed-time", f"{name}: {raw!r} is not ISO 8601 (2024-05-01T12:00:00Z) or epoch"
+        ) from None
+    if moment.tzinfo is None:
+        raise ParamError("malformed-time", f"{name}: {raw!r} has no time zone (add Z for UTC)")
+    return moment.astimezone(UTC).timestamp()
+
+
+def single_values(
+    pairs: Iterable[tuple[str, str]], required: Collection[str], optional: Collection[str] = ()
+) -> dict[str, str]:
+    """The query as a dict; refuses unknown, repeated and missing parameters."""
+    values: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in required and name not in optional:
+            raise ParamError("unknown-parameter", f"unknown parameter {name!r}")
+        if name in values:
+            raise ParamError("repeated-parameter", f"{name}: given more than once")
+        values[name] = value
+    missing = [n for n in required if not values.get(n)]
+    if missing:
+        raise ParamError("missing-parameter", f"missing parameter(s): {', '.join(missing)}")
+    return values
+
+
+def check_camera(raw: str, known: Collection[str]) -> str:
+    """A camera id of this device: path-like values are refused before the lookup."""
+    if any(hint in raw.lower() for hint in _PATH_HINTS) or not _CAMERA_RE.match(raw):
+        raise ParamError("bad-camera-id", f"camera: {raw!r} is not a camera id ([a-z0-9_-])")
+    if raw not in known:
+        raise ParamError("unknown-camera", f"camera: no camera {raw!r} on this device", 404)
+    return raw
+
+
+def check_requisition(raw: str) -> str:
+    """A requisition reference: printable, short, never path-like."""
+    if ".." in raw or raw.startswith(("/", "~")) or not _REQUISITION_RE.match(raw):
+        raise ParamError(
+            "bad-requisition",
+            f"requisition: {raw!r} must be letters, digits, space and . _ : / - (max 128),"
+            " not starting with / and without '..'",
+        )
+    return raw
+
+
+def check_range(start_ts: float, end_ts: float, max_seconds: float) -> None:
+    """Start before end, and no longer than the configured maximum."""
+    if end_ts <= start_ts:
+        raise ParamError("inverted-range", "end must be after start")
+    if end_ts - start_ts > max_seconds:
+        raise ParamError(
+            "range-too-long",
+            f"range of {end_ts - start_ts:g}s exceeds the maximum of {max_seconds:g}s",
+        )
+
+
+def parse_clip_query(
+    pairs: Iterable[tuple[str, str]],
+    cameras: Collection[str],
+    max_seconds: float,
+    need_requisition: bool,
+) -> ClipQuery:
+    """Validate `camera`, `start`, `end` (and `requisition`) of a segments or clips request."""
+    required = ("camera", "start", "end", "requisition") if need_requisition else ("camera", "start", "end")
+    values = single_values(pairs, required, optional=("requisition",))
+    camera = check_camera(values["camera"], cameras)
+    start_ts = parse_time("start", values["start"])
+    end_ts = parse_time("end", values["end"])
+    check_range(start_ts, end_ts, max_seconds)
+    requisition = values.get("requisition", "")
+    if requisition:
+        check_requisition(requisition)
+    return ClipQuery(camera, start_ts, end_ts, requisition)

@@ -1,0 +1,293 @@
+"""The clip API over real HTTP on loopback: signed access, refusals with audit lines, Range."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME
+from edge_agent.clip_server import CameraStats, ClipServer, StatsProviders
+from edge_agent.collector.download import DeviceEndpoint, FetchError
+from edge_agent.signing import RequestSigner
+from tests.clip_support import audit_lines, device_config, endpoint, running_server
+
+T0 = 1_700_000_000.0
+CLIP = [
+    ("camera", "cam1"),
+    ("start", "2023-11-14T22:13:24Z"),
+    ("end", "2023-11-14T22:13:40Z"),
+    ("requisition", "PV 2024/118-B"),
+]
+
+
+@dataclass
+class Row:
+    camera: str
+    sequence: int
+    start_ts: float
+    end_ts: float
+    size: int
+    sha256: str
+    prev_sha256: str
+    path: Path
+    state: str = "complete"
+
+
+class FileRing:
+    """Segment files and their index rows, as the ring buffer's `segments()` returns them."""
+
+    def __init__(self, root: Path, count: int = 10, seconds: float = 2.0) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.rows: list[Row] = []
+        self.hold_rows: dict[int, dict] = {}
+        prev = "0" * 64
+        for seq in range(count):
+            data = os.urandom(50_000 + seq * 1000)
+            path = root / f"cam1-{seq:08d}.seg"
+            path.write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()
+            start = T0 + seq * seconds
+            self.rows.append(Row("cam1", seq, start, start + seconds, len(data), digest, prev, path))
+            prev = digest
+
+    def segments(self, camera: str, start_ts: float, end_ts: float) -> list[Row]:
+        return [r for r in self.rows if r.camera == camera and r.end_ts > start_ts and r.start_ts < end_ts]
+
+    def add_hold(self, camera, start_ts, end_ts, requisition, expires_at):
+        hold = {
+            "id": len(self.hold_rows) + 1,
+            "camera": camera,
+            "start_ts": start_ts,
+            "end_ts": end_ts,
+            "requisition": requisition,
+            "expires_at": expires_at,
+        }
+        self.hold_rows[hold["id"]] = hold
+        return hold
+
+    def release_hold(self, hold_id) -> bool:
+        return self.hold_rows.pop(hold_id, None) is not None
+
+    def holds(self, camera=None):
+        return list(self.hold_rows.values())
+
+    def stats(self):
+        return None
+
+
+@pytest.fixture
+def keys() -> dict[str, Ed25519PrivateKey]:
+    return {name: Ed25519PrivateKey.generate() for name in ("device", "collector", "other")}
+
+
+@pytest.fixture
+def served(tmp_path: Path, keys) -> Iterator[tuple[ClipServer, FileRing]]:
+    config = device_config(tmp_path, max_clip_seconds=60, requests_per_minute=1000)
+    ring = FileRing(tmp_path / "ring")
+    stats = StatsProviders(cameras=lambda: {"cam1": CameraStats(9.8, 3)}, outbox_depth=lambda: 7)
+    with running_server(config, ring, keys["device"], keys["collector"], stats) as server:
+        yield server, ring
+
+
+def _get(ep: DeviceEndpoint, path: str, query, headers=None) -> tuple[int, dict, bytes]:
+    connection, response = ep.request("GET", path, query, extra_headers=headers)
+    try:
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def _last_audit(server: ClipServer) -> dict:
+    return audit_lines(server.config)[-1]
+
+
+def test_healthz_needs_no_signature(served) -> None:
+    server, _ = served
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/healthz") as response:
+        assert json.load(response) == {"status": "ok"}
+
+
+def test_signed_clip_is_a_tar_bundle_with_signed_manifest(served, keys) -> None:
+    server, ring = served
+    status, headers, body = _get(endpoint(server, keys["collector"]), "/v1/clips", CLIP)
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(body)) as archive:
+        names = archive.getnames()
+        manifest_bytes = archive.extractfile(MANIFEST_NAME).read()
+        signature = archive.extractfile(SIGNATURE_NAME).read()
+        first = archive.extractfile(names[2]).read()
+    keys["device"].public_key().verify(signature, manifest_bytes)
+    manifest = json.loads(manifest_bytes)
+    # 22:13:24Z = T0 + 4 s: segments 2..9 overlap [T0+4, T0+20)
+    assert [s["sequence"] for s in manifest["segments"]] == list(range(2, 10))
+    assert first == ring.rows[2].path.read_bytes()
+    assert headers["ETag"] == f'"{manifest["bundle_id"]}"'
+    entries = [e for e in audit_lines(server.config) if e["action"] == "clip"]
+    assert [e["outcome"] for e in entries] == ["accepted", "served"]
+    assert entries[1]["bytes"] == len(body) and entries[1]["requisition"] == "PV 2024/118-B"
+
+
+def test_same_request_gives_same_bytes_and_ranges_resume(served, keys) -> None:
+    server, _ = served
+    ep = endpoint(server, keys["collector"])
+    _, headers, whole = _get(ep, "/v1/clips", CLIP)
+    _, _, again = _get(ep, "/v1/clips", CLIP)
+    assert again == whole
+    etag = headers["ETag"]
+    status, part_headers, tail = _get(ep, "/v1/clips", CLIP, {"Range": "bytes=70000-", "If-Range": etag})
+    assert status == 206 and tail == whole[70000:]
+    assert part_headers["Content-Range"] == f"bytes 70000-{len(whole) - 1}/{len(whole)}"
+    status, _, middle = _get(ep, "/v1/clips", CLIP, {"Range": "bytes=600-1700"})
+    assert status == 206 and middle == whole[600:1701]
+    status, _, changed = _get(ep, "/v1/clips", CLIP, {"Range": "bytes=10-", "If-Range": '"other"'})
+    assert status == 200 and changed == whole
+    status, _, _ = _get(ep, "/v1/clips", CLIP, {"Range": f"bytes={len(whole)}-"})
+    assert status == 416
+
+
+REFUSALS = [
+    # (name, how to build the request, status, reason)
+    ("range malformed", [("start", "yesterday")], 400, "malformed-time"),
+    ("range without zone", [("start", "2023-11-14T22:13:24")], 400, "malformed-time"),
+    ("range inverted", [("end", "2023-11-14T22:13:00Z")], 400, "inverted-range"),
+    ("range over maximum", [("end", "2023-11-14T22:15:00Z")], 400, "range-too-long"),
+    ("unknown camera", [("camera", "cam7")], 404, "unknown-camera"),
+    ("path-like camera", [("camera", "../../etc/passwd")], 400, "bad-camera-id"),
+    ("encoded path camera", [("camera", "..%2Fcam1")], 400, "bad-camera-id"),
+    ("path-like requisition", [("requisition", "../../../root")], 400, "bad-requisition"),
+    ("absolute requisition", [("requisition", "/etc/shadow")], 400, "bad-requisition"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "status", "reason"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_bad_parameters_are_refused_and_audited(served, keys, name, change, status, reason) -> None:
+    server, _ = served
+    query = dict(CLIP)
+    query.update(change)
+    code, _, body = _get(endpoint(server, keys["collector"]), "/v1/clips", list(query.items()))
+    assert (code, json.loads(body)["error"]) == (status, reason)
+    line = _last_audit(server)
+    assert (line["outcome"], line["status"], line["reason"]) == ("refused", status, reason)
+    assert line["client"] == RequestSigner(keys["collector"]).key_id
+
+
+def test_authentication_refusals_are_audited(served, keys) -> None:
+    server, _ = served
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlencode
+
+    def expect(status: int, reason: str) -> None:
+        line = _last_audit(server)
+        assert (line["outcome"], line["status"], line["reason"]) == ("refused", status, reason)
+
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        urllib.request.urlopen(f"{server.url}/v1/clips?{urlencode(CLIP)}")
+    assert unsigned.value.code == 401
+    expect(401, "missing-signature")
+
+    good = endpoint(server, keys["collector"])
+    headers = good.signer.headers("GET", "/v1/clips", CLIP)
+    tampered = dict(
+        headers,
+        **{
+            "X-CSU-Signature": RequestSigner(keys["other"]).headers("GET", "/v1/clips", CLIP)[
+                "X-CSU-Signature"
+            ]
+        },
+    )
+    status, _, _ = _raw(server, CLIP, tampered)
+    assert status == 401
+    expect(401, "bad-signature")
+
+    status, _, _ = _get(endpoint(server, keys["other"]), "/v1/clips", CLIP)
+    assert status == 403
+    expect(403, "unknown-key")
+
+    stale = endpoint(server, keys["collector"], clock=lambda: server.clock() - 3600)
+    status, _, _ = _get(stale, "/v1/clips", CLIP)
+    assert status == 401
+    expect(401, "stale-timestamp")
+
+    assert _raw(server, CLIP, headers)[0] == 200
+    status, _, _ = _raw(server, CLIP, headers)
+    assert status == 401
+    expect(401, "replayed-nonce")
+
+
+def _raw(server: ClipServer, query, headers) -> tuple[int, dict, bytes]:
+    import http.client
+    from urllib.parse import urlencode
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", f"/v1/clips?{urlencode(query)}", headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_segment_listing_has_no_paths(served, keys) -> None:
+    server, ring = served
+    rows = endpoint(server, keys["collector"]).call_json("GET", "/v1/segments", CLIP[:3])["segments"]
+    assert [r["sequence"] for r in rows] == list(range(2, 10))
+    assert all("path" not in r for r in rows)
+    assert rows[3]["sha256"] == ring.rows[5].sha256
+
+
+def test_holds_add_list_release_and_bad_ids(served, keys) -> None:
+    server, ring = served
+    ep = endpoint(server, keys["collector"])
+    body = json.dumps({"camera": "cam1", "start": T0, "end": T0 + 600, "requisition": "PV-1"}).encode()
+    hold = ep.call_json("POST", "/v1/holds", body=body)
+    assert ring.hold_rows[hold["id"]]["requisition"] == "PV-1"
+    assert ep.call_json("GET", "/v1/holds")["holds"][0]["id"] == hold["id"]
+    assert ep.call_json("DELETE", f"/v1/holds/{hold['id']}") == {"id": str(hold["id"]), "released": True}
+    with pytest.raises(FetchError) as unknown:
+        ep.call_json("DELETE", "/v1/holds/999")
+    assert unknown.value.status == 404
+    with pytest.raises(FetchError) as bad:
+        ep.call_json("POST", "/v1/holds", body=b'{"camera": "cam1"}')
+    assert bad.value.reason == "missing-parameter"
+    actions = [(e["action"], e["outcome"]) for e in audit_lines(server.config)]
+    assert ("hold", "accepted") in actions and ("release", "accepted") in actions
+    assert actions[-2:] == [("release", "refused"), ("hold", "refused")]
+
+
+def test_metrics_signed_with_pipeline_and_request_counts(served, keys) -> None:
+    server, _ = served
+    ep = endpoint(server, keys["collector"])
+    _get(ep, "/v1/clips", [("camera", "nope")])
+    status, _, body = _get(ep, "/metrics", [])
+    text = body.decode()
+    assert status == 200
+    assert 'camera_fps{camera="cam1"} 9.8' in text
+    assert "mqtt_outbox_depth 7.0" in text
+    assert 'clip_api_requests_total{endpoint="clip",outcome="refused",reason="missing-parameter"} 1.0' in text
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
+        urllib.request.urlopen(f"{server.url}/metrics")
+    assert unsigned.value.code == 401
+
+
+def test_request_rate_limit_per_client(tmp_path: Path, keys) -> None:
+    config = device_config(tmp_path, requests_per_minute=3)
+    with running_server(config, FileRing(tmp_path / "ring", 2), keys["device"], keys["collector"]) as server:
+        ep = endpoint(server, keys["collector"])
+        statuses = [_get(ep, "/v1/segments", CLIP[:3])[0] for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    assert audit_lines(config)[-1]["reason"] == "rate-limited"
