@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +67,66 @@ def audit_lines(config: AgentConfig) -> list[dict[str, Any]]:
     """Every entry of the device's audit log."""
     path = config.clip_server.audit_log
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that cuts its first `cuts` connections after `after` response bytes."""
+
+    def __init__(self, target_port: int, after: int, cuts: int = 1) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.after = after
+        self.cuts_left = cuts
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._threading = threading
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            cut = self.cuts_left > 0
+            self.cuts_left -= 1
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            limit = self.after if cut else None
+            self._threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            self._threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any, limit: int | None) -> None:
+        import socket
+
+        sent = 0
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if limit is not None and sent + len(data) >= limit:
+                    sink.sendall(data[: limit - sent])
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._listener.close()
