@@ -16,3 +16,36 @@ def datasets() -> Path:
     if not DATASETS.is_dir():
         pytest.skip(f"real footage not found at {DATASETS} (shared/datasets is beside the project)")
     return DATASETS
+
+
+# --- MQTT: a real mosquitto on a free loopback port ------------------------------------------------
+
+
+@pytest.fixture
+def mosquitto():
+    """A running `LocalBroker` (real /usr/sbin/mosquitto), stopped and removed after the test."""
+    from edge_agent.localbroker import MOSQUITTO, LocalBroker
+
+    if not MOSQUITTO.exists():
+        pytest.skip(f"{MOSQUITTO} missing: install the mosquitto Debian package (scripts/bootstrap.sh)")
+    with LocalBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def mosquitto_factory():
+    """Build brokers with extra config lines: `mosquitto_factory(["acl_file /x"])`, started, cleaned up."""
+    from edge_agent.localbroker import MOSQUITTO, LocalBroker
+
+    if not MOSQUITTO.exists():
+        pytest.skip(f"{MOSQUITTO} missing: install the mosquitto Debian package (scripts/bootstrap.sh)")
+    brokers: list[LocalBroker] = []
+
+    def make(extra_config: list[str] | tuple[str, ...] = (), **kwargs: object) -> LocalBroker:
+        broker = LocalBroker(extra_config, **kwargs)  # type: ignore[arg-type]
+        brokers.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in brokers:
+        broker.cleanup()
