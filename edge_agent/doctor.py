@@ -353,59 +353,51 @@ def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
 
 def check_keys(config: AgentConfig) -> list[CheckResult]:
     """The device's signing key (private, 0600), the CSU sealing key, the collectors' keys."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+    from edge_agent.keys import (
+        KeyFileError,
+        load_ed25519_private,
+        load_ed25519_public,
+        load_x25519_public,
+    )
 
     keys = config.keys
     results = []
-    device = keys.device_key
-    name = "device key"
     try:
-        mode = stat.S_IMODE(device.stat().st_mode)
-        loaded = serialization.load_pem_private_key(device.read_bytes(), password=None)
-    except FileNotFoundError:
-        detail = f"{device} missing: provision the device (scripts/provision.py or edge-agent keygen)"
-        results.append(CheckResult(name, Status.FAIL, detail, blocks_recording=True))
-    except (OSError, ValueError, TypeError) as error:
-        results.append(CheckResult(name, Status.FAIL, f"{device}: {error}", blocks_recording=True))
+        load_ed25519_private(keys.device_key)
+    except KeyFileError as error:
+        detail = str(error)
+        if not keys.device_key.exists():
+            detail = f"{keys.device_key} missing: provision the device (scripts/provision.py)"
+        results.append(CheckResult("device key", Status.FAIL, detail, blocks_recording=True))
     else:
-        if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-            detail = f"{device} is not an Ed25519 private key"
-            results.append(CheckResult(name, Status.FAIL, detail, blocks_recording=True))
-        elif mode & 0o077:
-            detail = f"{device} has mode {mode:04o}: others can read the device identity; chmod 600"
-            results.append(CheckResult(name, Status.FAIL, detail, blocks_recording=True))
-        else:
-            results.append(CheckResult(name, Status.OK, f"{device}, Ed25519, mode {mode:04o}"))
+        mode = stat.S_IMODE(keys.device_key.stat().st_mode)
+        results.append(CheckResult("device key", Status.OK, f"{keys.device_key}, mode {mode:04o}"))
     results.append(
         _check_public_key(
-            "CSU sealing key", keys.csu_sealing_public_key, x25519.X25519PublicKey, blocking=True
+            "CSU sealing key", keys.csu_sealing_public_key, load_x25519_public, KeyFileError, True
         )
     )
     if not keys.collector_public_keys:
         status = Status.WARN if config.clip_server.enabled else Status.OK
-        results.append(
-            CheckResult("collector keys", status, "none: no collector can fetch clips from this device")
-        )
+        detail = "none: no collector can fetch clips from this device"
+        results.append(CheckResult("collector keys", status, detail))
     for path in keys.collector_public_keys:
-        results.append(_check_public_key("collector key", path, ed25519.Ed25519PublicKey, blocking=False))
+        results.append(_check_public_key("collector key", path, load_ed25519_public, KeyFileError, False))
     return results
 
 
-def _check_public_key(name: str, path: Path, kind: type, blocking: bool) -> CheckResult:
-    from cryptography.hazmat.primitives import serialization
-
+def _check_public_key(
+    name: str,
+    path: Path,
+    load: Callable[[Path], object],
+    error_type: type[Exception],
+    blocking: bool,
+) -> CheckResult:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError:
-        return CheckResult(name, Status.FAIL, f"{path} missing", blocks_recording=blocking)
-    except (OSError, ValueError) as error:
-        return CheckResult(name, Status.FAIL, f"{path}: {error}", blocks_recording=blocking)
-    if not isinstance(key, kind):
-        label = kind.__name__.removesuffix("PublicKey")
-        return CheckResult(name, Status.FAIL, f"{path} is not an {label} public key", blocking)
-    writable_by_others = stat.S_IMODE(path.stat().st_mode) & 0o022
-    if writable_by_others:
+        load(path)
+    except error_type as error:
+        return CheckResult(name, Status.FAIL, str(error), blocks_recording=blocking)
+    if stat.S_IMODE(path.stat().st_mode) & 0o022:
         detail = f"{path} is writable by others: anyone could swap the key; chmod 644"
         return CheckResult(name, Status.FAIL, detail, blocks_recording=blocking)
     return CheckResult(name, Status.OK, str(path))
