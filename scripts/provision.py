@@ -13,7 +13,8 @@ privacy masks, prepared for the point), the CSU's public keys and the broker set
     var/lib/edge-agent/keys/device_ed25519.pem|.pub the new device identity (private key 0600; systemd
                                                     gives /var/lib/edge-agent to the agent's user)
     etc/udev/rules.d/99-edge-camera-site.rules      /dev/edge-camera-<id> for each USB camera
-- `--balena`: the `EDGE_*` variables for the balena dashboard or CLI (public keys as hex). The device
+- `--balena`: the `EDGE_*` variables for the balena dashboard or CLI, as a JSON object (public keys as
+  hex). The device
   generates its own identity on first start on its data volume: a private key is never typed into
   a cloud dashboard.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import secrets
 import shlex
@@ -269,8 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     username = f"{args.site}/{args.device}"
     if args.balena:
-        for name, value in balena_variables(plan, args.broker_ca).items():
-            print(f"{name}={shlex.quote(value)}")
+        # JSON: values span lines (a PEM), and `balena env add` or a script can read it as is.
+        print(json.dumps(balena_variables(plan, args.broker_ca), indent=2))
         print(
             "# the device creates its identity on first start; its public key is in the log", file=sys.stderr
         )

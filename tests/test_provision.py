@@ -1,0 +1,161 @@
+"""scripts/provision.py: a provisioned card holds a config check-config accepts; bad input writes nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from edge_agent.config import apply_env_overrides, load_config, parse_config
+from edge_agent.keys import generate_csu_keys, generate_device_key, load_ed25519_private
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "firmware_cfg" / "site.example.yaml"
+
+
+def _load_provision() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("provision", ROOT / "scripts" / "provision.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["provision"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+provision = _load_provision()
+
+
+@pytest.fixture
+def csu(tmp_path: Path) -> Any:
+    """The CSU's public keys, as the CSU hands them to technicians."""
+    return generate_csu_keys(tmp_path / "csu")
+
+
+def args_for(csu: Any, template: Path, *extra: str) -> list[str]:
+    return [
+        "--template", str(template),
+        "--site", "ville-01-pt-042",
+        "--device", "pi-a",
+        "--csu-sealing-key", str(csu.sealing.public),
+        "--collector-key", str(csu.signing.public),
+        "--broker-host", "mqtt.csu.example.fr",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_target_holds_a_config_check_config_accepts(
+    tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "rootfs"
+    assert provision.main(args_for(csu, EXAMPLE, "--target", str(root))) == 0
+    out, err = capsys.readouterr()
+    assert "register it at the CSU" in out
+    assert "mosquitto_passwd -b /etc/mosquitto/csu/passwd ville-01-pt-042/pi-a" in err
+
+    site = root / "etc/edge-agent/site.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "check-config", str(site)],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ok")
+
+    config = load_config(site, environ={})
+    assert (config.site_id, config.device_id) == ("ville-01-pt-042", "pi-a")
+    assert config.mqtt.username == "ville-01-pt-042/pi-a"
+    assert len(config.mqtt.password) >= 24
+    assert str(config.keys.device_key) == "/var/lib/edge-agent/keys/device_ed25519.pem"
+    assert stat.S_IMODE(site.stat().st_mode) == 0o600  # it holds the broker password
+
+    private = root / "var/lib/edge-agent/keys/device_ed25519.pem"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    load_ed25519_private(private)
+    sealing = root / "etc/edge-agent/csu_x25519.pub"
+    assert sealing.read_bytes() == csu.sealing.public.read_bytes()
+    assert (root / "etc/edge-agent/collectors/collector-0.pub").read_bytes() == (
+        csu.signing.public.read_bytes()
+    )
+    rules = (root / "etc/udev/rules.d/99-edge-camera-site.rules").read_text()
+    assert (
+        'KERNELS=="1-1.2", ATTRS{idVendor}=="046d", ATTRS{idProduct}=="0825",'
+        ' SYMLINK+="edge-camera-nomad-1"' in rules
+    )
+
+
+def test_camera_without_required_masks_is_refused(
+    tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["cameras"][1]["masks"] = []
+    template = tmp_path / "site.yaml"
+    template.write_text(yaml.safe_dump(document))
+    root = tmp_path / "rootfs"
+    assert provision.main(args_for(csu, template, "--target", str(root))) == 1
+    err = capsys.readouterr().err
+    assert "nothing was written" in err
+    assert "cameras[1]: camera 'nomad-1' requires privacy masks and has none" in err
+    assert not root.exists()
+
+
+def test_invalid_config_and_wrong_key_are_refused_together(
+    tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["cameras"][0]["fps"] = 0
+    document["cameras"][0]["masks"][0]["points"] = [[0.1, 0.1], [0.2, 0.2]]
+    template = tmp_path / "site.yaml"
+    template.write_text(yaml.safe_dump(document))
+    argv = args_for(csu, template, "--balena")
+    argv[argv.index("--csu-sealing-key") + 1] = str(csu.signing.public)  # Ed25519, not X25519
+    assert provision.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""  # no variables printed
+    assert "expected an X25519 public key" in err
+    assert "config: cameras[0].fps:" in err
+    assert "config: cameras[0].masks[0].points: at least 3 points" in err
+
+
+def test_existing_identity_is_never_overwritten(
+    tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "rootfs"
+    keys = root / "var/lib/edge-agent/keys"
+    before = generate_device_key(keys).private.read_bytes()
+    assert provision.main(args_for(csu, EXAMPLE, "--target", str(root))) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (keys / "device_ed25519.pem").read_bytes() == before
+
+
+def test_balena_variables_configure_the_device(
+    tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert provision.main(args_for(csu, EXAMPLE, "--balena", "--broker-ca", str(ca))) == 0
+    variables = json.loads(capsys.readouterr().out)
+    assert set(variables) == {
+        "EDGE_CONFIG_YAML",
+        "EDGE_CSU_SEALING_KEY_HEX",
+        "EDGE_COLLECTOR_KEYS_HEX",
+        "EDGE_BROKER_CA_PEM",
+    }
+    assert len(variables["EDGE_CSU_SEALING_KEY_HEX"]) == 64
+    assert variables["EDGE_BROKER_CA_PEM"] == ca.read_text()
+    # As the device sees them: no file, the YAML variable, and the layout Dockerfile.template sets.
+    environ = {
+        "EDGE_CONFIG_YAML": variables["EDGE_CONFIG_YAML"],
+        "EDGE_STORAGE__PATH": "/data/edge-agent/segments",
+    }
+    config = parse_config(apply_env_overrides({}, environ))
+    assert config.device_id == "pi-a"
+    assert config.mqtt.username == "ville-01-pt-042/pi-a"
+    assert str(config.mqtt.tls.ca_file) == "/data/edge-agent/keys/broker-ca.crt"  # type: ignore[union-attr]
+    assert [c.id for c in config.cameras] == ["place-mairie", "nomad-1"]
