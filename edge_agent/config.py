@@ -336,6 +336,18 @@ class MqttConfig(_Model):
     outbox_max_messages: int = Field(
         100_000, ge=10, title="Outbox cap", description="Oldest messages beyond this are dropped."
     )
+    client_id: str = Field(
+        "", title="Client id", description="MQTT client id; empty uses `edge-{site_id}-{device_id}`."
+    )
+    reconnect_min_s: int = Field(
+        1, ge=1, le=60, title="Reconnect delay", description="First wait after losing the broker."
+    )
+    reconnect_max_s: int = Field(
+        60, ge=1, le=3600, title="Longest reconnect delay", description="The backoff doubles up to this."
+    )
+    max_inflight: int = Field(
+        100, ge=1, le=1000, title="In-flight window", description="Messages sent and not yet acknowledged."
+    )
 
 
 class ClipServerConfig(_Model):
