@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,8 @@ from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME
 from edge_agent.clip_server import CameraStats, ClipServer, StatsProviders
 from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.signing import RequestSigner
-from tests.clip_support import audit_lines, device_config, endpoint, running_server
+from tests.clip_support import FileRing as _FileRing
+from tests.clip_support import audit_lines, device_config, endpoint, random_rows, running_server
 
 T0 = 1_700_000_000.0
 CLIP = [
@@ -29,59 +27,8 @@ CLIP = [
 ]
 
 
-@dataclass
-class Row:
-    camera: str
-    sequence: int
-    start_ts: float
-    end_ts: float
-    size: int
-    sha256: str
-    prev_sha256: str
-    path: Path
-    state: str = "complete"
-
-
-class FileRing:
-    """Segment files and their index rows, as the ring buffer's `segments()` returns them."""
-
-    def __init__(self, root: Path, count: int = 10, seconds: float = 2.0) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.rows: list[Row] = []
-        self.hold_rows: dict[int, dict] = {}
-        prev = "0" * 64
-        for seq in range(count):
-            data = os.urandom(50_000 + seq * 1000)
-            path = root / f"cam1-{seq:08d}.seg"
-            path.write_bytes(data)
-            digest = hashlib.sha256(data).hexdigest()
-            start = T0 + seq * seconds
-            self.rows.append(Row("cam1", seq, start, start + seconds, len(data), digest, prev, path))
-            prev = digest
-
-    def segments(self, camera: str, start_ts: float, end_ts: float) -> list[Row]:
-        return [r for r in self.rows if r.camera == camera and r.end_ts > start_ts and r.start_ts < end_ts]
-
-    def add_hold(self, camera, start_ts, end_ts, requisition, expires_at):
-        hold = {
-            "id": len(self.hold_rows) + 1,
-            "camera": camera,
-            "start_ts": start_ts,
-            "end_ts": end_ts,
-            "requisition": requisition,
-            "expires_at": expires_at,
-        }
-        self.hold_rows[hold["id"]] = hold
-        return hold
-
-    def release_hold(self, hold_id) -> bool:
-        return self.hold_rows.pop(hold_id, None) is not None
-
-    def holds(self, camera=None):
-        return list(self.hold_rows.values())
-
-    def stats(self):
-        return None
+def FileRing(root: Path, count: int = 10) -> _FileRing:
+    return _FileRing(random_rows(root, T0, count))
 
 
 @pytest.fixture

@@ -1,0 +1,321 @@
+"""Check a downloaded bundle, export the clip as MP4, and seal the result in an evidence manifest.
+
+One pass over the bundle, one segment in memory at a time: each member is verified (device signature,
+hash against the device's signed manifest), decrypted with the CSU key and remuxed; the chain of the
+verified segments is checked at the end. A segment that fails is named; by default it rejects the whole
+clip (exit code, no MP4), with `allow_partial` the verified rest is exported and the failed segment is
+reported as a `tampered` gap.
+
+An export directory holds `bundle.tar` (the sealed original, as served), `clip.mp4`, `evidence.json`
+(format `csu-clip-evidence` v1: request, coverage, gaps with reasons, each segment's hash and result,
+file hashes, the device key and the collector key id) and `evidence.sig` (the collector's Ed25519
+signature of `evidence.json`, base64). `verify_export` re-checks all of it later, without the CSU key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge_agent.audit import iso_utc
+from edge_agent.bundle import BundleError, BundleReader
+from edge_agent.collector.mp4 import Mp4Error, Mp4Writer
+from edge_agent.signing import key_id
+from edge_agent.storage.sealing import SegmentError, SegmentInfo, iter_packets, verify_chain, verify_segment
+
+EVIDENCE_FORMAT = "csu-clip-evidence"
+BUNDLE_FILE = "bundle.tar"
+CLIP_FILE = "clip.mp4"
+EVIDENCE_FILE = "evidence.json"
+SIGNATURE_FILE = "evidence.sig"
+
+
+@dataclass
+class SegmentCheck:
+    """The verdict on one segment of a bundle."""
+
+    file: str
+    sequence: int
+    start_ts: float
+    end_ts: float
+    sha256: str
+    status: str  # verified, partial, tampered, missing
+    problem: str = ""
+
+
+@dataclass
+class BundleCheck:
+    """The verdict on a whole bundle."""
+
+    manifest: dict[str, Any]
+    segments: list[SegmentCheck] = field(default_factory=list)
+    chain: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SegmentCheck]:
+        """Segments that are tampered with or missing from the bundle."""
+        return [s for s in self.segments if s.status in ("tampered", "missing")]
+
+    @property
+    def result(self) -> str:
+        """`verified`, `partial` (failed segments left out) or `rejected` (chain broken)."""
+        if self.chain:
+            return "rejected"
+        return "partial" if self.failed else "verified"
+
+    def problems(self) -> list[str]:
+        """Human lines naming every failed segment and chain break."""
+        lines = [f"{s.file} (#{s.sequence}): {s.status}: {s.problem}" for s in self.failed]
+        return lines + [f"chain: {c}" for c in self.chain]
+
+    def gaps(self) -> list[dict[str, Any]]:
+        """The device's gaps plus every failed segment, sorted by time."""
+        gaps = list(self.manifest.get("gaps", []))
+        gaps += [
+            {
+                "start_ts": s.start_ts,
+                "end_ts": s.end_ts,
+                "reason": "tampered" if s.status == "tampered" else "missing",
+            }
+            for s in self.failed
+        ]
+        return sorted(gaps, key=lambda g: g["start_ts"])
+
+
+class ClipRejected(Exception):
+    """The bundle cannot be trusted; the message names the segments at fault."""
+
+    def __init__(self, check: BundleCheck | None, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+def check_segment(
+    row: dict[str, Any], data: bytes | None, device_key: Ed25519PublicKey
+) -> tuple[SegmentCheck, SegmentInfo | None]:
+    """Verify one member against its manifest row and the device key."""
+    check = SegmentCheck(
+        row["file"],
+        int(row["sequence"]),
+        float(row["start_ts"]),
+        float(row["end_ts"]),
+        row["sha256"],
+        "missing",
+    )
+    if data is None:
+        check.problem = "listed in the manifest but absent from the bundle"
+        return check, None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != row["sha256"]:
+        check.status = "tampered"
+        check.problem = (
+            f"sha256 {actual[:16]}... differs from the device's index {row['sha256'][:16]}... (altered)"
+        )
+        return check, None
+    try:
+        info = verify_segment(data, device_key, allow_partial=True, expect_sequence=check.sequence)
+    except SegmentError as error:
+        check.status = "tampered"
+        check.problem = str(error)
+        return check, None
+    check.status = "verified" if info.complete else "partial"
+    return check, info
+
+
+def process_bundle(
+    bundle_path: Path,
+    device_key: Ed25519PublicKey,
+    csu_key: X25519PrivateKey | None,
+    clip_path: Path | None,
+    allow_partial: bool = False,
+) -> BundleCheck:
+    """Verify every segment (and write the MP4 when a CSU key and a path are given)."""
+    try:
+        reader = BundleReader.open(bundle_path, device_key)
+    except BundleError as error:
+        raise ClipRejected(None, str(error)) from None
+    manifest = reader.manifest
+    check = BundleCheck(manifest)
+    writer = None
+    if csu_key is not None and clip_path is not None:
+        requested = manifest["requested"]
+        writer = Mp4Writer(clip_path, float(requested["start_ts"]), float(requested["end_ts"]))
+    infos: list[SegmentInfo] = []
+    try:
+        for row, data in reader.segments():
+            segment, info = check_segment(row, data, device_key)
+            check.segments.append(segment)
+            if info is None or data is None:
+                continue
+            if info.camera != manifest["camera"]:
+                segment.status, segment.problem = "tampered", f"from camera {info.camera}"
+                continue
+            infos.append(info)
+            if writer is not None:
+                for packet in iter_packets(data, csu_key, device_key, allow_partial=True):  # type: ignore[arg-type]
+                    writer.add(info.stream, packet)
+    except (BundleError, SegmentError, Mp4Error) as error:
+        raise ClipRejected(check, str(error)) from None
+    finally:
+        if writer is not None:
+            writer.close()
+    check.chain = [b.message for b in verify_chain(infos) if b.kind != "removed"]
+    if check.chain or (check.failed and not allow_partial):
+        if clip_path is not None:
+            clip_path.unlink(missing_ok=True)
+        raise ClipRejected(check, "bundle rejected: " + "; ".join(check.problems()))
+    return check
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def probe_clip(path: Path) -> dict[str, Any]:
+    """Frames and duration of an MP4, by decoding it (what a court's player would show)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = 0
+        first = last = None
+        for frame in container.decode(stream):
+            frames += 1
+            first = frame.time if first is None else first
+            last = frame.time
+        fps = float(stream.average_rate or 0) or None
+    duration = (last - first + (1 / fps if fps else 0)) if first is not None and last is not None else 0.0
+    return {
+        "frames": frames,
+        "duration_s": round(duration, 3),
+        "codec": stream.codec_context.name,
+        "width": stream.codec_context.width,
+        "height": stream.codec_context.height,
+    }
+
+
+def _covered(segments: Iterable[SegmentCheck], start: float, end: float) -> list[dict[str, float]]:
+    spans: list[dict[str, float]] = []
+    for s in sorted(segments, key=lambda s: s.start_ts):
+        if s.status not in ("verified", "partial"):
+            continue
+        lo, hi = max(start, s.start_ts), min(end, s.end_ts)
+        if hi <= lo:
+            continue
+        if spans and lo - spans[-1]["end_ts"] <= 0.5:
+            spans[-1]["end_ts"] = max(spans[-1]["end_ts"], hi)
+        else:
+            spans.append({"start_ts": lo, "end_ts": hi})
+    return spans
+
+
+def build_evidence(
+    check: BundleCheck,
+    export_dir: Path,
+    device_key: Ed25519PublicKey,
+    collector_key: Ed25519PrivateKey,
+    fetched_at: float,
+    source_url: str,
+) -> dict[str, Any]:
+    """The evidence document of an export directory (clip and bundle already written)."""
+    manifest = check.manifest
+    start, end = float(manifest["requested"]["start_ts"]), float(manifest["requested"]["end_ts"])
+    bundle = export_dir / BUNDLE_FILE
+    clip = export_dir / CLIP_FILE
+    raw_device = device_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {
+        "format": EVIDENCE_FORMAT,
+        "version": 1,
+        "schema": 1,
+        "site": manifest["site"],
+        "device": manifest["device"],
+        "camera": manifest["camera"],
+        "requisition": manifest["requisition"],
+        "requested": {"start": iso_utc(start), "end": iso_utc(end), "start_ts": start, "end_ts": end},
+        "covered": _covered(check.segments, start, end),
+        "gaps": check.gaps(),
+        "segments": [asdict(s) for s in check.segments],
+        "verification": {"result": check.result, "problems": check.problems()},
+        "device_key": {"id": key_id(device_key), "ed25519_hex": raw_device.hex()},
+        "bundle": {
+            "file": BUNDLE_FILE,
+            "bundle_id": manifest["bundle_id"],
+            "size": bundle.stat().st_size,
+            "sha256": file_sha256(bundle),
+        },
+        "clip": (
+            {"file": CLIP_FILE, "size": clip.stat().st_size, "sha256": file_sha256(clip), **probe_clip(clip)}
+            if clip.exists()
+            else None
+        ),
+        "fetched_at": iso_utc(fetched_at),
+        "source": source_url,
+        "collector_key_id": key_id(collector_key.public_key()),
+    }
+
+
+def write_evidence(export_dir: Path, evidence: dict[str, Any], collector_key: Ed25519PrivateKey) -> None:
+    """Write `evidence.json` and its signature."""
+    data = (json.dumps(evidence, indent=2, sort_keys=True) + "\n").encode()
+    (export_dir / EVIDENCE_FILE).write_bytes(data)
+    (export_dir / SIGNATURE_FILE).write_text(base64.b64encode(collector_key.sign(data)).decode() + "\n")
+
+
+def verify_export(
+    export_dir: Path, collector_public_keys: Iterable[Ed25519PublicKey]
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Re-check an export directory: (evidence, problems); no problems means intact."""
+    evidence_path = export_dir / EVIDENCE_FILE
+    try:
+        data = evidence_path.read_bytes()
+        signature = base64.b64decode((export_dir / SIGNATURE_FILE).read_text().strip(), validate=True)
+        evidence = json.loads(data)
+    except (OSError, ValueError) as error:
+        return None, [f"{export_dir}: not a readable export ({error})"]
+    keys = {key_id(k): k for k in collector_public_keys}
+    signer = keys.get(str(evidence.get("collector_key_id")))
+    problems: list[str] = []
+    if signer is None:
+        problems.append(
+            f"{EVIDENCE_FILE}: signed by collector key {evidence.get('collector_key_id')}, not one given"
+        )
+    else:
+        try:
+            signer.verify(signature, data)
+        except InvalidSignature:
+            problems.append(f"{EVIDENCE_FILE}: collector signature does not verify (edited)")
+    for entry in (evidence.get("bundle"), evidence.get("clip")):
+        if not entry:
+            continue
+        path = export_dir / entry["file"]
+        if not path.exists():
+            problems.append(f"{entry['file']}: missing")
+        elif file_sha256(path) != entry["sha256"]:
+            problems.append(f"{entry['file']}: sha256 differs from the evidence manifest (altered)")
+    device_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(evidence["device_key"]["ed25519_hex"]))
+    try:
+        check = process_bundle(export_dir / BUNDLE_FILE, device_key, None, None, allow_partial=True)
+    except ClipRejected as error:
+        problems.append(f"{BUNDLE_FILE}: {error}")
+    else:
+        recorded = {(s["file"], s["status"]) for s in evidence["segments"]}
+        now = {(s.file, s.status) for s in check.segments}
+        if recorded != now:
+            problems.append(
+                f"{BUNDLE_FILE}: segment results differ from the evidence manifest: {sorted(recorded ^ now)}"
+            )
+    return evidence, problems
