@@ -225,17 +225,18 @@ def write_target(plan: Plan, target: Path, broker_ca: Path | None) -> Path:
 
 def balena_variables(plan: Plan, broker_ca: Path | None) -> dict[str, str]:
     """The variables that configure this device on balena. File locations on the data volume are
-    set by Dockerfile.template; its entrypoint writes the keys given here as hex into key files."""
+    set by Dockerfile.template; its entrypoint writes the keys given here as hex into key files (their
+    names do not start with EDGE_: those are config overrides)."""
     document = {k: v for k, v in plan.document.items() if k != "keys"}
     if broker_ca is not None:
         document["mqtt"] = {**document["mqtt"], "tls": {"ca_file": BALENA_BROKER_CA}}
     variables = {
         "EDGE_CONFIG_YAML": yaml.safe_dump(document, sort_keys=False, default_flow_style=True, width=1 << 20),
-        "EDGE_CSU_SEALING_KEY_HEX": _public_hex(plan.sealing_key),
-        "EDGE_COLLECTOR_KEYS_HEX": " ".join(_public_hex(k) for k in plan.collector_keys),
+        "CSU_SEALING_KEY_HEX": _public_hex(plan.sealing_key),
+        "CSU_COLLECTOR_KEYS_HEX": " ".join(_public_hex(k) for k in plan.collector_keys),
     }
     if broker_ca is not None:
-        variables["EDGE_BROKER_CA_PEM"] = broker_ca.read_text(encoding="ascii")
+        variables["CSU_BROKER_CA_PEM"] = broker_ca.read_text(encoding="ascii")
     return variables
 
 

@@ -143,12 +143,12 @@ def test_balena_variables_configure_the_device(
     variables = json.loads(capsys.readouterr().out)
     assert set(variables) == {
         "EDGE_CONFIG_YAML",
-        "EDGE_CSU_SEALING_KEY_HEX",
-        "EDGE_COLLECTOR_KEYS_HEX",
-        "EDGE_BROKER_CA_PEM",
+        "CSU_SEALING_KEY_HEX",
+        "CSU_COLLECTOR_KEYS_HEX",
+        "CSU_BROKER_CA_PEM",
     }
-    assert len(variables["EDGE_CSU_SEALING_KEY_HEX"]) == 64
-    assert variables["EDGE_BROKER_CA_PEM"] == ca.read_text()
+    assert len(variables["CSU_SEALING_KEY_HEX"]) == 64
+    assert variables["CSU_BROKER_CA_PEM"] == ca.read_text()
     # As the device sees them: no file, the YAML variable, and the layout Dockerfile.template sets.
     environ = {
         "EDGE_CONFIG_YAML": variables["EDGE_CONFIG_YAML"],
