@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "edge_agent.commands.snapshot_cmd",
     "edge_agent.commands.audit_cmd",
     "edge_agent.doctor",
+    "edge_agent.replay",
 ]
 
 
