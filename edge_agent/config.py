@@ -299,6 +299,20 @@ class StorageConfig(_Model):
     gop_seconds: float = Field(
         2.0, gt=0, le=60, title="Keyframe interval", description="Seconds between keyframes."
     )
+    preset: str = Field(
+        "veryfast",
+        title="x264 preset",
+        description="libx264 speed/size trade-off (ultrafast .. veryslow); veryfast suits a Pi 4.",
+        pattern=r"^(ultrafast|superfast|veryfast|faster|fast|medium|slow|slower|veryslow)$",
+    )
+    mjpeg_qscale: int = Field(
+        5, ge=2, le=31, title="MJPEG quality", description="MJPEG quantiser: 2 = best, 31 = smallest."
+    )
+    cipher: Literal["AES-256-GCM", "ChaCha20-Poly1305"] = Field(
+        "AES-256-GCM",
+        title="Cipher",
+        description="Record cipher; ChaCha20-Poly1305 is faster on CPUs without AES instructions (Pi 4).",
+    )
 
 
 class TlsConfig(_Model):
