@@ -64,7 +64,7 @@ class SegmentSource(Protocol):
 
     def holds(self, camera: str | None = None) -> list[Any]: ...
 
-    def stats(self) -> Any: ...
+    def stats(self) -> Mapping[str, Mapping[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -331,15 +331,8 @@ class ClipServer:
 
     def _camera_extent(self, camera: str) -> tuple[float | None, float | None]:
         """Oldest kept start and newest end of a camera's segments, from the ring's stats."""
-        stats = self.ring.stats()
-        per_camera = getattr(stats, "cameras", None) or {}
-        entry = per_camera.get(camera) if isinstance(per_camera, Mapping) else None
-        if entry is None:
-            return None, None
-        return (
-            getattr(entry, "oldest_ts", None),
-            getattr(entry, "newest_ts", None),
-        )
+        entry = (self.ring.stats() or {}).get(camera) or {}
+        return entry.get("oldest_ts"), entry.get("newest_ts")
 
     async def _stream(
         self,
@@ -485,7 +478,7 @@ class _DeviceCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         server = self._server
         now = server.clock()
-        yield from _ring_metrics(server.ring.stats(), now)
+        yield from _ring_metrics(server.ring.stats() or {}, now)
         if server.stats.cameras is not None:
             fps = GaugeMetricFamily("camera_fps", "Frames per second", labels=["camera"])
             drops = GaugeMetricFamily("camera_drops", "Frames dropped since start", labels=["camera"])
@@ -500,17 +493,16 @@ class _DeviceCollector(Collector):
             )
 
 
-def _ring_metrics(stats: Any, now: float) -> Iterable[GaugeMetricFamily]:
-    per_camera = getattr(stats, "cameras", None) or {}
+def _ring_metrics(per_camera: Mapping[str, Mapping[str, Any]], now: float) -> Iterable[GaugeMetricFamily]:
     segments = GaugeMetricFamily("ring_segments", "Sealed segments kept", labels=["camera"])
     size = GaugeMetricFamily("ring_bytes", "Bytes of sealed segments kept", labels=["camera"])
     age = GaugeMetricFamily(
         "ring_oldest_segment_age_seconds", "Age of the oldest kept segment", labels=["camera"]
     )
     for camera, entry in sorted(per_camera.items()):
-        segments.add_metric([camera], getattr(entry, "segments", 0))
-        size.add_metric([camera], getattr(entry, "bytes", 0))
-        oldest = getattr(entry, "oldest_ts", None)
+        segments.add_metric([camera], entry.get("segments") or 0)
+        size.add_metric([camera], entry.get("bytes") or 0)
+        oldest = entry.get("oldest_ts")
         if oldest is not None:
             age.add_metric([camera], max(0.0, now - oldest))
     yield segments

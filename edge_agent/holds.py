@@ -75,7 +75,10 @@ class HoldService:
                 raise ParamError("expired", "expires: already in the past")
         else:
             expires_at = now + DEFAULT_HOLD_DAYS * 86400
-        hold = self.ring.add_hold(camera, start_ts, end_ts, requisition, expires_at)
+        try:
+            hold = self.ring.add_hold(camera, start_ts, end_ts, requisition, expires_at)
+        except ValueError as error:
+            raise ParamError("bad-hold", str(error)) from None
         record = _as_dict(hold)
         self.audit.append(
             action="hold",

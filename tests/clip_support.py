@@ -290,8 +290,17 @@ class FileRing:
     def holds(self, camera: str | None = None) -> list[dict[str, Any]]:
         return list(self.hold_rows.values())
 
-    def stats(self) -> None:
-        return None
+    def stats(self) -> dict[str, dict[str, Any]]:
+        if not self.rows:
+            return {}
+        return {
+            "cam1": {
+                "segments": len(self.rows),
+                "bytes": sum(r.size for r in self.rows),
+                "oldest_ts": min(r.start_ts for r in self.rows),
+                "newest_ts": max(r.end_ts for r in self.rows),
+            }
+        }
 
 
 def random_rows(root: Path, start_ts: float, count: int = 10, seconds: float = 2.0) -> list[Row]:

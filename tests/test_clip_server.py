@@ -222,6 +222,8 @@ def test_metrics_signed_with_pipeline_and_request_counts(served, keys) -> None:
     assert status == 200
     assert 'camera_fps{camera="cam1"} 9.8' in text
     assert "mqtt_outbox_depth 7.0" in text
+    assert 'ring_segments{camera="cam1"} 10.0' in text
+    assert 'ring_oldest_segment_age_seconds{camera="cam1"}' in text
     assert 'clip_api_requests_total{endpoint="clip",outcome="refused",reason="missing-parameter"} 1.0' in text
     import urllib.error
     import urllib.request

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 from edge_agent import __version__
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "edge_agent.collector.clip_cmd",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
