@@ -28,7 +28,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature
@@ -220,23 +219,3 @@ class RequestVerifier:
             )
         self._nonces.add(f"{kid}:{nonce}", sent_at + self._skew + 1, now)
         return kid
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """An Ed25519 private key from a PEM file (PKCS#8, unencrypted)."""
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 private key")
-    return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM file, or from 64 hex digits of the raw key."""
-    data = Path(path).read_bytes()
-    text = data.strip()
-    if re.fullmatch(rb"[0-9a-fA-F]{64}", text):
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.decode("ascii")))
-    key = serialization.load_pem_public_key(data)
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path}: not an Ed25519 public key")
-    return key
