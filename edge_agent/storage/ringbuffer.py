@@ -165,6 +165,8 @@ class RingBuffer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.root.mkdir(parents=True, exist_ok=True)
+        self._chain: dict[str, tuple[int, str]] = {}
+        self._unindexed: list[SegmentRecord] = []
         self._db = self._open_index()
         self.recovery = self._recover()
 
@@ -215,7 +217,12 @@ class RingBuffer:
         return SegmentRecord(camera, sequence, start_ts, end_ts, size, sha256, prev, self.root / path, state)
 
     def _insert(
-        self, db: sqlite3.Connection, info: SegmentInfo | SealedSegment, camera: str, path: Path, state: str
+        self,
+        db: sqlite3.Connection,
+        info: SegmentInfo | SealedSegment | SegmentRecord,
+        camera: str,
+        path: Path,
+        state: str,
     ) -> None:
         db.execute(
             "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -325,19 +332,29 @@ class RingBuffer:
 
     def begin(self, camera: str) -> PendingSegment:
         """Open the temporary file of `camera`'s next segment (OSError when the disk refuses)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT last_sequence, last_sha256 FROM chain WHERE camera = ?", (camera,)
-            ).fetchone()
-        sequence, prev = (row[0] + 1, row[1]) if row else (1, "")
+        sequence, prev = self._next_link(camera)
         directory = self.root / camera
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".{sequence:012d}{TMP_SUFFIX}"
         handle = tmp.open("wb")
         return PendingSegment(camera, sequence, prev, tmp, directory / f"{sequence:012d}{SUFFIX}", handle)
 
+    def _next_link(self, camera: str) -> tuple[int, str]:
+        with self._lock:
+            if camera not in self._chain:
+                row = self._db.execute(
+                    "SELECT last_sequence, last_sha256 FROM chain WHERE camera = ?", (camera,)
+                ).fetchone()
+                self._chain[camera] = (row[0], row[1]) if row else (0, "")
+            last_sequence, last_sha256 = self._chain[camera]
+        return last_sequence + 1, last_sha256
+
     def commit(self, pending: PendingSegment, sealed: SealedSegment) -> SegmentRecord:
-        """Make a finished segment durable and visible: fsync, rename, fsync directory, index row."""
+        """Make a finished segment durable and visible: fsync, rename, fsync directory, index row.
+
+        Once renamed, the segment is kept whatever happens to the index: a row that cannot be written
+        (disk full) is retried at the next commit, and recovery at start would add it anyway.
+        """
         try:
             pending.file.flush()
             os.fsync(pending.file.fileno())
@@ -345,10 +362,7 @@ class RingBuffer:
             pending.file.close()
         os.replace(pending.tmp_path, pending.final_path)
         _fsync_dir(pending.final_path.parent)
-        with self._transaction() as db:
-            self._insert(db, sealed, pending.camera, pending.final_path, "complete")
-        self.enforce_space()
-        return SegmentRecord(
+        record = SegmentRecord(
             pending.camera,
             sealed.sequence,
             sealed.start_ts,
@@ -359,6 +373,26 @@ class RingBuffer:
             pending.final_path,
             "complete",
         )
+        with self._lock:
+            self._chain[pending.camera] = (sealed.sequence, sealed.sha256)
+            self._unindexed.append(record)
+            try:
+                with self._transaction() as db:
+                    for row in self._unindexed:
+                        self._insert(db, row, row.camera, row.path, row.state)
+                self._unindexed.clear()
+            except sqlite3.Error as error:
+                log.error(
+                    "index row for %s#%d not written (%s): retried at the next commit",
+                    pending.camera,
+                    sealed.sequence,
+                    error,
+                )
+        try:
+            self.enforce_space()
+        except (OSError, sqlite3.Error) as error:
+            log.error("making room after %s#%d failed: %s", pending.camera, sealed.sequence, error)
+        return record
 
     def abort(self, pending: PendingSegment) -> None:
         """Drop an unfinished segment (write error): its temporary file goes, the sequence is reused."""
