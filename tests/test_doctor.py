@@ -1,0 +1,214 @@
+"""`edge-agent doctor` on a good and on broken set-ups: real video file, real broker, real key files."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edge_agent.cli import main
+from edge_agent.config import parse_config
+from edge_agent.doctor import (
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_OK,
+    Status,
+    check_clock,
+    estimate_bytes_per_hour,
+)
+from edge_agent.keys import generate_csu_keys, generate_device_key
+from edge_agent.localbroker import LocalBroker, free_port
+
+MASK = {"name": "window", "points": [[0.0, 0.0], [0.3, 0.0], [0.3, 0.4], [0.0, 0.4]]}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A real mosquitto that wants a password, like the CSU's."""
+    passwd = tmp_path / "passwd"
+    passwd.touch(mode=0o600)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "ville-01/pi-a", "s3cret"], check=True)
+    extra = ["allow_anonymous false", f"password_file {passwd}"]
+    with LocalBroker(extra_config=extra, persistence=False) as running:
+        yield running
+
+
+@pytest.fixture
+def site(tmp_path: Path, datasets: Path, broker: LocalBroker) -> dict[str, Any]:
+    """A healthy device: a real video file camera, keys from provisioning, storage, broker."""
+    device = generate_device_key(tmp_path / "keys")
+    csu = generate_csu_keys(tmp_path / "csu")
+    return {
+        "site_id": "ville-01",
+        "device_id": "pi-a",
+        "cameras": [
+            {
+                "id": "square",
+                "source": str(datasets / "video" / "vtest.avi"),
+                "resolution": [768, 576],
+                "masks": [MASK],
+            }
+        ],
+        "storage": {"path": str(tmp_path / "segments"), "retention_days": 1, "min_free_bytes": 0},
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "username": "ville-01/pi-a",
+            "password": "s3cret",
+            "outbox_path": str(tmp_path / "outbox.sqlite"),
+        },
+        "clip_server": {"bind": "127.0.0.1", "port": free_port(), "audit_log": str(tmp_path / "a.jsonl")},
+        "keys": {
+            "device_key": str(device.private),
+            "csu_sealing_public_key": str(csu.sealing.public),
+            "collector_public_keys": [str(csu.signing.public)],
+        },
+    }
+
+
+def run_doctor(
+    tmp_path: Path, document: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, str]]:
+    """Run the real command; its exit code and `check name -> line`."""
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(document))
+    code = main(["doctor", "--config", str(path), "--timeout", "5"])
+    lines = capsys.readouterr().out.splitlines()
+    checks = {}
+    for line in lines:
+        status, _, rest = line.partition(" ")
+        if status in ("ok", "warn", "fail"):
+            checks[rest.strip().split(":", 1)[0]] = line
+    return code, checks
+
+
+def test_good_setup_passes(tmp_path: Path, site: dict[str, Any], capsys: Any) -> None:
+    code, checks = run_doctor(tmp_path, site, capsys)
+    expected_ok = [
+        "camera square reachable",
+        "camera square masks",
+        "storage writable",
+        "storage room for retention",
+        "broker reachable",
+        "device key",
+        "CSU sealing key",
+        "collector key",
+        "clip server port free",
+    ]
+    for name in expected_ok:
+        assert checks[name].startswith("ok "), checks
+    assert "768x576" in checks["camera square reachable"]
+    assert "12.1% of 768x576" in checks["camera square masks"]  # 0.3 x 0.4, edges included
+    assert "as 'ville-01/pi-a'" in checks["broker reachable"]
+    # The sandbox's clock may or may not be NTP-synchronized: never a failure when it is plausible.
+    assert not checks["clock synchronized"].startswith("fail")
+    assert code == EXIT_OK
+
+
+def test_broken_setup_explains_and_blocks(
+    tmp_path: Path, site: dict[str, Any], datasets: Path, capsys: Any
+) -> None:
+    site["cameras"] = [
+        {"id": "gone", "source": str(tmp_path / "missing.avi"), "masks": [MASK]},
+        {"id": "bare", "source": str(datasets / "video" / "vtest.avi"), "resolution": [768, 576]},
+        {
+            "id": "wide",
+            "source": str(datasets / "video" / "vtest.avi"),
+            "resolution": [1280, 720],
+            "masks": [MASK],
+        },
+    ]
+    (tmp_path / "not-a-dir").write_text("a file where the storage directory should be")
+    site["storage"]["path"] = str(tmp_path / "not-a-dir")
+    Path(site["keys"]["device_key"]).chmod(0o644)
+    site["keys"]["csu_sealing_public_key"] = site["keys"]["collector_public_keys"][0]  # wrong type
+    site["mqtt"]["password"] = "wrong"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        site["clip_server"]["port"] = taken.getsockname()[1]
+        code, checks = run_doctor(tmp_path, site, capsys)
+
+    assert code == EXIT_BLOCKED
+    assert checks["camera gone reachable"].startswith("fail")
+    assert "does not exist" in checks["camera gone reachable"]
+    assert "(blocks recording)" in checks["camera gone reachable"]
+    assert checks["camera bare masks"].startswith("fail")
+    assert "requires privacy masks and has none" in checks["camera bare masks"]
+    assert checks["camera wide masks"].startswith("fail")
+    assert "gives 768x576 but the masks were placed for a 1280x720 framing" in checks["camera wide masks"]
+    assert checks["storage writable"].startswith("fail")
+    assert checks["device key"].startswith("fail") and "chmod 600" in checks["device key"]
+    assert checks["CSU sealing key"].startswith("fail")
+    assert "expected an X25519 public key" in checks["CSU sealing key"]
+    assert checks["broker reachable"].startswith("fail") and "refused" in checks["broker reachable"]
+    assert checks["clip server port free"].startswith("fail")
+    assert "Address already in use" in checks["clip server port free"]
+
+
+def test_link_failures_alone_do_not_block_recording(
+    tmp_path: Path, site: dict[str, Any], capsys: Any
+) -> None:
+    site["mqtt"]["port"] = free_port()  # nobody listens there
+    code, checks = run_doctor(tmp_path, site, capsys)
+    assert checks["broker reachable"].startswith("fail")
+    assert "events wait in the outbox" in checks["broker reachable"]
+    assert "(blocks recording)" not in checks["broker reachable"]
+    assert code == EXIT_FAILED
+
+
+def test_invalid_config_is_reported_by_field(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({"site_id": "ville-01", "device_id": "Pi A", "cameras": []}))
+    assert main(["doctor", "--config", str(path)]) == EXIT_BLOCKED
+    out = capsys.readouterr().out
+    assert "device_id: String should match pattern" in out
+
+
+def test_storage_too_small_for_retention_warns(tmp_path: Path) -> None:
+    from edge_agent.doctor import check_storage
+
+    config = parse_config(
+        {
+            "site_id": "s",
+            "device_id": "d",
+            "cameras": [{"id": "c", "source": "synthetic", "masks": [MASK]}],
+            "storage": {"path": str(tmp_path), "retention_days": 15, "max_bytes": 10_000_000_000},
+        }
+    )
+    writable, room = check_storage(config)
+    assert writable.status is Status.OK
+    assert room.status is Status.WARN
+    assert "only about" in room.detail and "older footage will be deleted early" in room.detail
+
+
+def test_clock_checks() -> None:
+    assert check_clock(now=lambda: 978_307_200.0).status is Status.FAIL  # 2001: an RTC-less boot
+    recent = 1_767_225_600.0  # 2026-01-01
+    assert check_clock(now=lambda: recent, state=lambda: (True, "test")).status is Status.OK
+    unsynced = check_clock(now=lambda: recent, state=lambda: (False, "test"))
+    assert unsynced.status is Status.WARN and "NTP" in unsynced.detail
+    assert check_clock(now=lambda: recent, state=lambda: (None, "test")).status is Status.WARN
+
+
+def test_bytes_per_hour_estimate() -> None:
+    def camera(**storage: Any) -> float:
+        config = parse_config(
+            {
+                "site_id": "s",
+                "device_id": "d",
+                "cameras": [{"id": "c", "source": "synthetic", "resolution": [1280, 720], "fps": 10}],
+                "storage": storage,
+            }
+        )
+        return estimate_bytes_per_hour(config.cameras[0], config.storage)
+
+    assert camera(crf=23) == pytest.approx(2 * camera(crf=29))  # +6 CRF halves the rate
+    assert camera(bitrate_kbps=1000) == pytest.approx(450e6)
+    assert camera(codec="mjpeg") > 5 * camera(crf=28)
+    assert 50e6 < camera(crf=28) < 500e6
