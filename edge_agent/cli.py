@@ -16,6 +16,8 @@ from edge_agent import __version__
 
 COMMAND_MODULES = [
     "edge_agent.commands.config_cmd",
+    "edge_agent.commands.keygen_cmd",
+    "edge_agent.commands.storage_cmd",
     "edge_agent.commands.snapshot_cmd",
     "edge_agent.commands.audit_cmd",
     "edge_agent.doctor",

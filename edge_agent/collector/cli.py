@@ -15,6 +15,7 @@ from edge_agent import __version__
 
 COMMAND_MODULES: list[str] = [
     "edge_agent.collector.clip_cmd",
+    "edge_agent.collector.keygen_cmd",
 ]
 
 

@@ -154,6 +154,7 @@ class RingBuffer:
         device_public_key: Ed25519PublicKey | None = None,
         disk_free: DiskFree = _disk_free,
         maintenance_interval_s: float = 30.0,
+        recover: bool = True,
     ) -> None:
         self.root = Path(root)
         self.storage = storage
@@ -167,8 +168,9 @@ class RingBuffer:
         self.root.mkdir(parents=True, exist_ok=True)
         self._chain: dict[str, tuple[int, str]] = {}
         self._unindexed: list[SegmentRecord] = []
-        self._db = self._open_index()
-        self.recovery = self._recover()
+        self._db = self._open_index(repair=recover)
+        # Without recovery (a read-only look while the agent runs) nothing on disk is changed.
+        self.recovery = self._recover() if recover else []
 
     # ---- index -------------------------------------------------------------------------------------
 
@@ -178,7 +180,7 @@ class RingBuffer:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def _open_index(self) -> sqlite3.Connection:
+    def _open_index(self, repair: bool) -> sqlite3.Connection:
         path = self.root / INDEX_NAME
         existed = path.exists()
         try:
@@ -189,7 +191,7 @@ class RingBuffer:
             db.executescript(_SCHEMA)
             return db
         except sqlite3.DatabaseError as error:
-            if not existed:
+            if not existed or not repair:
                 raise
             aside = path.with_name(f"{INDEX_NAME}.corrupt-{int(self._clock())}")
             log.error("index %s is corrupt (%s): moved to %s, rebuilding from the files", path, error, aside)
