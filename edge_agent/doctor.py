@@ -195,7 +195,7 @@ def check_storage(config: AgentConfig) -> list[CheckResult]:
         return [writable]
     hourly = sum(estimate_bytes_per_hour(c, storage) for c in config.cameras)
     need = hourly * 24 * storage.retention_days
-    usage = shutil.disk_usage(storage.path)
+    usage = shutil.disk_usage(_existing_ancestor(storage.path))
     usable = usage.free - storage.min_free_bytes
     if storage.max_bytes:
         usable = min(usable, storage.max_bytes)
@@ -220,9 +220,16 @@ def check_storage(config: AgentConfig) -> list[CheckResult]:
 
 
 def _check_writable(path: Path) -> CheckResult:
+    """Write and fsync a probe file; a directory still to be created is judged by its parent (the
+    doctor creates nothing: a directory made by hand, as another user, would then stop the agent)."""
     name = "storage writable"
+    if not path.exists():
+        parent = _existing_ancestor(path)
+        if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+            return CheckResult(name, Status.OK, f"{path} will be created in {parent}")
+        detail = f"{path} does not exist and {parent} is not writable"
+        return CheckResult(name, Status.FAIL, detail, blocks_recording=True)
     try:
-        path.mkdir(parents=True, exist_ok=True)
         probe = path / f".doctor-{uuid.uuid4().hex}"
         with open(probe, "wb") as handle:
             handle.write(b"edge-agent doctor")
@@ -232,6 +239,13 @@ def _check_writable(path: Path) -> CheckResult:
     except OSError as error:
         return CheckResult(name, Status.FAIL, f"{path}: {error.strerror}", blocks_recording=True)
     return CheckResult(name, Status.OK, str(path))
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
 
 
 def _gb(size: float) -> str:
@@ -322,6 +336,12 @@ def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
         answered.set()
 
     client.on_connect = on_connect
+    if mqtt_cfg.tls is not None:
+        tls_files = {"CA": mqtt_cfg.tls.ca_file, "certificate": mqtt_cfg.tls.cert_file}
+        tls_files["key"] = mqtt_cfg.tls.key_file
+        for label, path in tls_files.items():
+            if path is not None and not path.is_file():
+                return CheckResult(name, Status.FAIL, f"TLS {label} file {path} is missing")
     try:
         if mqtt_cfg.tls is not None:
             tls = mqtt_cfg.tls
@@ -331,6 +351,9 @@ def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
                 keyfile=str(tls.key_file) if tls.key_file else None,
             )
         client.connect(mqtt_cfg.host, mqtt_cfg.port, keepalive=max(5, int(timeout_s) + 5))
+    except socket.gaierror:
+        detail = f"cannot resolve {mqtt_cfg.host!r} (DNS); events wait in the outbox meanwhile"
+        return CheckResult(name, Status.FAIL, detail)
     except (OSError, ssl.SSLError, ValueError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         detail = f"cannot connect to {where}: {reason}; events wait in the outbox meanwhile"
