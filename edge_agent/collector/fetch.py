@@ -64,6 +64,8 @@ class FetchOutcome:
 
     evidence: dict[str, Any]
     export_dir: Path
+    download_s: float
+    verify_export_s: float
 
 
 def fetch_clip(
@@ -91,7 +93,9 @@ def fetch_clip(
         "source": endpoint.base_url,
     }
     try:
+        started = time.perf_counter()
         result = download_bundle(endpoint, request.query(), export_dir / BUNDLE_FILE, progress)
+        downloaded = time.perf_counter()
         check = process_bundle(result.path, keys.device, keys.sealing, export_dir / CLIP_FILE, allow_partial)
     except FetchError as error:
         audit.append(
@@ -103,6 +107,7 @@ def fetch_clip(
         raise
     evidence = build_evidence(check, export_dir, keys.device, keys.signing, clock(), endpoint.base_url)
     write_evidence(export_dir, evidence, keys.signing)
+    finished = time.perf_counter()
     audit.append(
         action="fetch-clip",
         outcome="exported",
@@ -113,4 +118,4 @@ def fetch_clip(
         gaps=len(evidence["gaps"]),
         **who,
     )
-    return FetchOutcome(evidence, export_dir)
+    return FetchOutcome(evidence, export_dir, downloaded - started, finished - downloaded)

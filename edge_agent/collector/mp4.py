@@ -46,6 +46,7 @@ class Mp4Writer:
         self._stream: Any = None
         self._info: StreamInfo | None = None
         self._time_base = Fraction(1, 90_000)
+        self._seconds_per_tick = float(self._time_base)
         self._pending: list[tuple[StreamInfo, EncodedPacket]] = []
         self._started = False
         self._last_dts: int | None = None
@@ -55,7 +56,7 @@ class Mp4Writer:
 
     def add(self, info: StreamInfo, packet: EncodedPacket) -> None:
         """One packet in decode order; packets before the start wait for the first one inside."""
-        at = info.seconds(packet.pts)
+        at = info.pts_epoch + packet.pts * float(info.time_base)
         if at >= self.end_ts:
             return
         if not self._started:
@@ -110,23 +111,25 @@ class Mp4Writer:
             self._open(info, packet)
         else:
             self._check_same_stream(info)
-        pts = self._ticks(info.seconds(packet.pts))
-        dts = pts if packet.dts is None else self._ticks(info.seconds(packet.dts))
+        # Float arithmetic here: Fraction per packet costs more than the rest of the mux.
+        scale = float(info.time_base)
+        at = info.pts_epoch + packet.pts * scale
+        pts = self._ticks(at)
+        dts = pts if packet.dts is None else self._ticks(info.pts_epoch + packet.dts * scale)
         if self._last_dts is not None and dts <= self._last_dts:
             dts = self._last_dts + 1  # segments meet at a rounding boundary: keep dts increasing
         self._last_dts = dts
         out = av.Packet(packet.data)
         out.pts = max(pts, dts)
         out.dts = dts
-        out.duration = int(packet.duration * info.time_base / self._time_base)
+        out.duration = round(packet.duration * scale / self._seconds_per_tick)
         out.time_base = self._time_base
         out.is_keyframe = packet.keyframe
         out.stream = self._stream
         self._container.mux(out)
         self.packets += 1
-        at = info.seconds(packet.pts)
         self.first_ts = at if self.first_ts is None else min(self.first_ts, at)
         self.last_ts = at if self.last_ts is None else max(self.last_ts, at)
 
     def _ticks(self, at: float) -> int:
-        return round((at - self.start_ts) / self._time_base)
+        return round((at - self.start_ts) / self._seconds_per_tick)
