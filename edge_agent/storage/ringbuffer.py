@@ -1,8 +1,9 @@
 """The ring buffer: sealed segment files per camera, a SQLite index, retention, legal holds, recovery.
 
 Layout under `root`: `<camera>/<sequence, 12 digits>.seg` (a segment being written is
-`<camera>/.<sequence>.seg.tmp`), `index.sqlite` (WAL) and `holds.json` (a copy of the holds, so a lost
-index never loses a legal hold).
+`<camera>/.<sequence>.seg.tmp`), `index.sqlite` (WAL), `holds.json` (a copy of the holds, so a lost
+index never loses a legal hold) and `.rejected/` (files that failed verification at start: kept for
+investigation, never indexed nor served).
 
 Write path: `begin(camera)` gives a temporary file and the chain link (next sequence, previous hash);
 `commit` flushes, fsyncs, renames, fsyncs the directory and only then adds the index row. The files are
@@ -46,6 +47,7 @@ INDEX_NAME = "index.sqlite"
 HOLDS_NAME = "holds.json"
 SUFFIX = ".seg"
 TMP_SUFFIX = ".seg.tmp"
+REJECTED_DIR = ".rejected"
 DAY = 86400.0
 
 _SCHEMA = """
@@ -97,7 +99,7 @@ class Hold:
 
 @dataclass(frozen=True)
 class Deletion:
-    """A segment removed by retention or recovery, and why (`age`, `quota`, `disk-free`, `unreadable`)."""
+    """A segment removed by retention, and why (`age`, `quota` or `disk-free`)."""
 
     camera: str
     sequence: int
@@ -299,10 +301,13 @@ class RingBuffer:
                 expect_sequence=sequence,
             )
         except SegmentError as error:
-            size = path.stat().st_size
-            path.unlink()
-            self._log_deletion(Deletion(camera, sequence, path, size, 0.0, 0.0, "unreadable"))
-            return [f"deleted unreadable {path}: {error}"]
+            # Never delete what may be evidence of tampering: set it aside, out of the index and of clips.
+            rejected = self.root / REJECTED_DIR / f"{camera}-{path.name}"
+            rejected.parent.mkdir(exist_ok=True)
+            path.rename(rejected)
+            with self._transaction() as db:
+                db.execute("DELETE FROM segments WHERE camera = ? AND sequence = ?", (camera, sequence))
+            return [f"rejected {path} (moved to {rejected}): {error}"]
         lines = []
         if not info.complete:
             if info.valid_length < info.size:

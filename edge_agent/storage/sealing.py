@@ -284,7 +284,8 @@ class SegmentWriter:
         )
         self._record(head + packet.data, 0)
         self._packets += 1
-        self._end_ts = max(self._end_ts, self._stream.seconds(packet.pts + packet.duration))
+        end = self._stream.seconds(packet.pts + packet.duration)
+        self._end_ts = end if self._packets == 1 else max(self._end_ts, end)
 
     def finish(self) -> SealedSegment:
         """Write the end record and the signed trailer; return the segment's hashes and size."""

@@ -1,0 +1,213 @@
+"""Helpers for the storage tests: keys, masked frames, a recording run, plaintext detectors.
+
+Also a child writer for the SIGKILL test: `python -m tests.storage_support ROOT KEYDIR` records a
+synthetic camera forever and prints `committed <sequence>` after each segment is durable.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge_agent.config import CameraConfig, StorageConfig
+from edge_agent.frames import Frame, MaskedFrame
+from edge_agent.keys import generate_csu_keys, generate_device_key, load_ed25519_private, load_x25519_private
+from edge_agent.privacy import PrivacyMasker
+from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.storage.recorder import Recorder
+from edge_agent.storage.ringbuffer import RingBuffer
+
+# The left third of the picture is private (a fill mask); colour chosen to stand out after decoding.
+MASK_POINTS = [(0.0, 0.0), (0.34, 0.0), (0.34, 1.0), (0.0, 1.0)]
+MASK_COLOR = (40, 200, 90)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A device identity and a CSU sealing pair, in memory."""
+
+    device: Ed25519PrivateKey
+    csu: X25519PrivateKey
+
+
+def make_keys() -> Keys:
+    """Fresh keys for one test."""
+    return Keys(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+
+def camera(
+    recording: str = "continuous",
+    size: tuple[int, int] = (320, 240),
+    fps: float = 10.0,
+    pre_roll: float = 1.0,
+    post_roll: float = 1.0,
+    camera_id: str = "cam1",
+) -> CameraConfig:
+    """A camera with one fill mask over the left third."""
+    return CameraConfig.model_validate(
+        {
+            "id": camera_id,
+            "source": "synthetic:3",
+            "resolution": list(size),
+            "fps": fps,
+            "masks": [{"name": "left", "points": MASK_POINTS, "color": list(MASK_COLOR)}],
+            "motion": {"pre_roll_seconds": pre_roll, "post_roll_seconds": post_roll},
+            "recording": recording,
+        }
+    )
+
+
+def storage(root: Path, **fields: object) -> StorageConfig:
+    """Storage settings for tests: short segments, no free-space floor unless asked."""
+    values: dict[str, object] = {
+        "path": root,
+        "min_free_bytes": 0,
+        "segment_seconds": 2.0,
+        "gop_seconds": 1.0,
+        "preset": "ultrafast",
+    }
+    values.update(fields)
+    return StorageConfig.model_validate(values)
+
+
+def masker(cam: CameraConfig) -> PrivacyMasker:
+    """The real privacy mask of the camera."""
+    return PrivacyMasker(list(cam.masks))
+
+
+def synthetic_frames(
+    cam: CameraConfig, count: int, start_ts: float = 1_700_000_000.0
+) -> Iterator[tuple[Frame, MaskedFrame]]:
+    """(original copy, masked) frames of the synthetic street scene, at the camera's fps."""
+    source = SyntheticSource(
+        cam.id, SceneSettings(size=cam.resolution, fps=cam.fps, seed=3), start_ts=start_ts
+    )
+    mask = masker(cam)
+    for _ in range(count):
+        frame = source.read()
+        original = Frame(frame.camera_id, frame.seq, frame.captured_at, frame.image.copy())
+        yield original, mask.apply(frame)
+
+
+def video_frames(
+    path: Path, cam: CameraConfig, count: int, start_ts: float = 1_700_000_000.0
+) -> Iterator[tuple[Frame, MaskedFrame]]:
+    """(original copy, masked) frames of a real video file, resized to the camera's resolution."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    mask = masker(cam)
+    try:
+        for seq in range(count):
+            ok, image = capture.read()
+            if not ok:
+                return
+            image = np.ascontiguousarray(cv2.resize(image, cam.resolution))
+            frame = Frame(cam.id, seq, start_ts + seq / cam.fps, image)
+            original = Frame(cam.id, seq, frame.captured_at, image.copy())
+            yield original, mask.apply(frame)
+    finally:
+        capture.release()
+
+
+def record(
+    ring: RingBuffer,
+    cam: CameraConfig,
+    st: StorageConfig,
+    keys: Keys,
+    frames: Iterator[tuple[Frame, MaskedFrame]],
+    events: tuple[float, float] | None = None,
+) -> Recorder:
+    """Feed frames to a Recorder (event open between the two times, if given) and close it."""
+    recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key(), device_id="dev1")
+    for _, masked in frames:
+        event_open = events is not None and events[0] <= masked.captured_at < events[1]
+        recorder.on_frame(masked, event_open)
+    recorder.close()
+    return recorder
+
+
+# ---- plaintext detectors (each proven able to fire by the tests, on plaintext) ---------------------
+
+# A JPEG image: start of image, then a marker segment whose length leads to another marker.
+_JPEG_SOI = re.compile(rb"\xff\xd8\xff([\xc0-\xfe])(..)", re.DOTALL)
+# An Annex B start code with a parameter-set or IDR NAL header (forbidden bit 0, nal_ref_idc > 0).
+_H264_NAL = re.compile(rb"\x00\x00\x00\x01([\x25\x45\x65\x27\x47\x67\x28\x48\x68])")
+
+
+def jpeg_markers(data: bytes) -> int:
+    """How many plausible JPEG images start in `data`."""
+    found = 0
+    for match in _JPEG_SOI.finditer(data):
+        length = int.from_bytes(match.group(2), "big")
+        following = match.start() + 4 + length
+        if length >= 2 and data[following : following + 1] == b"\xff":
+            found += 1
+    return found
+
+
+def h264_start_codes(data: bytes) -> int:
+    """How many H.264 start codes followed by an SPS, PPS or IDR NAL header are in `data`."""
+    return len(_H264_NAL.findall(data))
+
+
+def pixel_runs(originals: list[Frame], rows: int = 6, run_pixels: int = 16) -> list[bytes]:
+    """Runs of original BGR pixels (48 bytes each) taken from textured places of the frames."""
+    runs = []
+    for frame in originals:
+        height, width = frame.image.shape[:2]
+        for i in range(rows):
+            y = (i + 1) * height // (rows + 1)
+            x = width // 2 + (i * 7) % (width // 4)
+            run = frame.image[y, x : x + run_pixels].tobytes()
+            if len(set(run)) > 8:  # skip flat runs: they say nothing about footage
+                runs.append(run)
+    return runs
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every regular file under `root`."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# ---- the child writer of the SIGKILL test -----------------------------------------------------------
+
+
+def writer_main(root: Path, key_dir: Path) -> None:
+    """Record a synthetic camera with simulated time until killed; report each durable segment."""
+    device = load_ed25519_private(key_dir / "device_ed25519.pem")
+    csu_public = load_x25519_private(key_dir / "csu_x25519.pem").public_key()
+    cam = camera(size=(160, 120))
+    st = storage(root, segment_seconds=1.0, gop_seconds=0.5)
+    ring = RingBuffer(root, st, device_public_key=device.public_key())
+    last = ring.stats().get(cam.id, {}).get("newest_ts") or 1_700_000_000.0
+    recorder = Recorder(cam, st, ring, device, csu_public, device_id="dev1")
+    print("ready", flush=True)
+    committed = recorder.stats().segments
+    for _, masked in synthetic_frames(cam, 10**9, start_ts=float(last) + 1.0):
+        recorder.on_frame(masked, False)
+        stats = recorder.stats()
+        if stats.segments != committed:
+            committed = stats.segments
+            newest = ring.segments(cam.id)[-1]
+            print(f"committed {newest.sequence} {newest.sha256}", flush=True)
+
+
+def make_writer_keys(key_dir: Path) -> Keys:
+    """Key files for the child writer; returns them loaded."""
+    generate_device_key(key_dir)
+    generate_csu_keys(key_dir)
+    return Keys(
+        load_ed25519_private(key_dir / "device_ed25519.pem"), load_x25519_private(key_dir / "csu_x25519.pem")
+    )
+
+
+if __name__ == "__main__":
+    writer_main(Path(sys.argv[1]), Path(sys.argv[2]))
