@@ -103,13 +103,12 @@ def _device_url(args: argparse.Namespace) -> str:
         return str(args.url)
     if args.store is None:
         raise _UsageError("give --url, or --store to look up the device's clip_url")
-    from edge_agent.collector.store import open_store
+    from edge_agent.collector.store import device_clip_url
 
-    status = open_store(args.store).last_status(args.site, args.device)
-    url = (status or {}).get("clip_url") if isinstance(status, dict) else getattr(status, "clip_url", "")
-    if not url:
-        raise _UsageError(f"no clip_url in the last status of {args.site}/{args.device}")
-    return str(url)
+    try:
+        return device_clip_url(args.store, args.site, args.device)
+    except LookupError as error:
+        raise _UsageError(str(error)) from None
 
 
 def _endpoint(args: argparse.Namespace) -> DeviceEndpoint:
