@@ -117,7 +117,7 @@ class HoldService:
         actor = "-"
         try:
             fields = {k: v for k, v in payload.items() if k not in _SIGNATURE_FIELDS}
-            headers = {header: str(payload.get(k, "")) for k, header in _SIGNATURE_FIELDS.items()}
+            headers = {h: str(payload[k]) for k, h in _SIGNATURE_FIELDS.items() if k in payload}
             query = sorted((k, str(v)) for k, v in fields.items())
             actor = verifier.verify("MQTT", f"/cmd/{name}", query, headers)
             if name == "hold":

@@ -95,7 +95,7 @@ def recorded_site(tmp_path_factory, datasets):
 
 @pytest.fixture
 def served(recorded_site):
-    root, config, ring, device_keys, csu_keys = recorded_site
+    _, config, ring, device_keys, csu_keys = recorded_site
     server = ClipServer(
         config,
         ring,
@@ -182,7 +182,7 @@ def test_range_before_retention_is_reported_as_a_gap(recorded_site, served, tmp_
 
 
 def test_hold_and_release_through_the_cli(recorded_site, served, capsys) -> None:
-    root, _, ring, device_keys, csu_keys = recorded_site
+    root, _, ring, _, csu_keys = recorded_site
     common = [
         "--site", "ville-01", "--device", "pi-01", "--url", served.url,
         "--keys", str(csu_keys.signing.private.parent), "--audit", str(root / "collector-audit.jsonl"),

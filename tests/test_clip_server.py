@@ -240,3 +240,44 @@ def test_request_rate_limit_per_client(tmp_path: Path, keys) -> None:
         statuses = [_get(ep, "/v1/segments", CLIP[:3])[0] for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
     assert audit_lines(config)[-1]["reason"] == "rate-limited"
+
+
+def test_mqtt_hold_and_release_commands_must_be_signed(tmp_path: Path, keys) -> None:
+    from edge_agent.audit import AuditLog
+    from edge_agent.holds import HoldService, signed_command
+    from edge_agent.signing import RequestVerifier
+
+    ring = FileRing(tmp_path / "ring", 1)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    service = HoldService(ring, audit, ["cam1"])
+    verifier = RequestVerifier([keys["collector"].public_key()], skew_s=60)
+    signer = RequestSigner(keys["collector"])
+    fields = {"camera": "cam1", "start": str(T0), "end": str(T0 + 60), "requisition": "PV-9"}
+
+    reply = service.handle_command("hold", signed_command("hold", fields, signer), verifier)
+    assert reply["ok"] and ring.hold_rows[reply["hold"]["id"]]["requisition"] == "PV-9"
+    unsigned = service.handle_command("release", {"id": reply["hold"]["id"]}, verifier)
+    assert (unsigned["ok"], unsigned["error"]) == (False, "missing-signature")
+    forged = signed_command("release", {"id": reply["hold"]["id"]}, RequestSigner(keys["other"]))
+    assert service.handle_command("release", forged, verifier)["error"] == "unknown-key"
+    edited = signed_command("hold", fields, signer) | {"requisition": "PV-10"}
+    assert service.handle_command("hold", edited, verifier)["error"] == "bad-signature"
+    release = signed_command("release", {"id": reply["hold"]["id"]}, signer)
+    assert service.handle_command("release", release, verifier) == {
+        "ok": True,
+        "id": str(reply["hold"]["id"]),
+        "released": True,
+    }
+    assert ring.hold_rows == {}
+    outcomes = [(e["action"], e["outcome"]) for e in audit_lines_of(audit.path)]
+    assert outcomes == [
+        ("hold", "accepted"),
+        ("mqtt-release", "refused"),
+        ("mqtt-release", "refused"),
+        ("mqtt-hold", "refused"),
+        ("release", "accepted"),
+    ]
+
+
+def audit_lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
