@@ -1,0 +1,295 @@
+"""The ring buffer: retention by age and quota (injected clock), holds, recovery, index rebuild."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from edge_agent.storage.media import EncodedPacket, StreamInfo
+from edge_agent.storage.ringbuffer import DAY, RingBuffer, SegmentRecord
+from edge_agent.storage.sealing import SegmentWriter, verify_chain, verify_segment
+from tests.storage_support import Keys, make_keys, storage
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    """A settable clock."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _add(
+    ring: RingBuffer,
+    keys: Keys,
+    start: float,
+    seconds: float = 10.0,
+    camera: str = "cam1",
+    payload: int = 1000,
+) -> SegmentRecord:
+    """Seal a segment of `seconds` starting at `start` through the ring's real write path."""
+    stream = StreamInfo("h264", "libx264", 64, 48, "yuv420p", Fraction(1, 1000), 10.0, start)
+    pending = ring.begin(camera)
+    writer = SegmentWriter(
+        pending.file,
+        camera=camera,
+        device="dev1",
+        sequence=pending.sequence,
+        prev_sha256=pending.prev_sha256,
+        stream=stream,
+        start_ts=start,
+        device_key=keys.device,
+        csu_public_key=keys.csu.public_key(),
+    )
+    frames = int(seconds * 10)
+    for i in range(frames):
+        writer.append(EncodedPacket(i * 100, i * 100, 100, i == 0, os.urandom(payload // frames + 1)))
+    return ring.commit(pending, writer.finish())
+
+
+def _ring(root: Path, keys: Keys, clock: Clock, **fields: object) -> RingBuffer:
+    return RingBuffer(root, storage(root, **fields), clock, device_public_key=keys.device.public_key())
+
+
+def _check_consistent(ring: RingBuffer, keys: Keys) -> list[SegmentRecord]:
+    """Every row's file verifies and names itself; the chain of each camera is whole."""
+    records = []
+    for camera in ring.cameras():
+        rows = ring.segments(camera)
+        infos = [
+            verify_segment(
+                r.path,
+                keys.device.public_key(),
+                allow_partial=r.state == "partial",
+                expect_camera=camera,
+                expect_sequence=r.sequence,
+            )
+            for r in rows
+        ]
+        assert [i.sha256 for i in infos] == [r.sha256 for r in rows]
+        assert verify_chain(infos) == []
+        records.extend(rows)
+    on_disk = {p for p in ring.root.glob("*/*.seg")}
+    assert on_disk == {r.path for r in records}
+    return records
+
+
+def test_rows_answer_time_range_queries(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    for i in range(5):
+        _add(ring, keys, T0 + 10 * i)
+    _add(ring, keys, T0, camera="cam2")
+    assert [r.sequence for r in ring.segments("cam1", T0 + 15, T0 + 31)] == [2, 3, 4]
+    assert [r.sequence for r in ring.segments("cam2")] == [1]
+    stats = ring.stats()
+    assert stats["cam1"]["segments"] == 5 and stats["cam1"]["oldest_ts"] == T0
+    assert stats["cam1"]["newest_ts"] == pytest.approx(T0 + 50)
+    assert stats["cam1"]["bytes"] == sum(r.size for r in ring.segments("cam1"))
+    _check_consistent(ring, keys)
+
+
+def test_age_retention_is_a_hard_cap_even_with_free_space(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = make_keys()
+    clock = Clock(T0)
+    ring = _ring(tmp_path, keys, clock, retention_days=2)
+    for day in range(4):
+        _add(ring, keys, T0 + day * DAY)
+    clock.now = T0 + 4 * DAY + 5
+    with caplog.at_level(logging.INFO, logger="edge_agent.storage.ringbuffer"):
+        deletions = ring.enforce_retention()
+    assert [(d.sequence, d.reason) for d in deletions] == [(1, "age"), (2, "age"), (3, "age")]
+    assert [r.sequence for r in ring.segments("cam1")] == [4]
+    assert "deleted segment cam1#1" in caplog.text and ": age" in caplog.text
+    assert not deletions[0].path.exists()
+
+
+def test_a_segment_straddling_the_cutoff_goes(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0), retention_days=1)
+    _add(ring, keys, T0, seconds=10)
+    assert ring.enforce_retention(T0 + DAY + 1) != []  # its first frames are older than the cap
+
+
+def test_quota_deletes_oldest_first_across_cameras(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0), max_bytes=10**9)
+    for i in range(4):
+        _add(ring, keys, T0 + 20 * i, camera="cam1", payload=20_000)
+        _add(ring, keys, T0 + 20 * i + 10, camera="cam2", payload=20_000)
+    newest = sorted(ring.segments("cam1") + ring.segments("cam2"), key=lambda r: r.start_ts)[-3:]
+    quota = sum(r.size for r in newest)
+    small = _ring(tmp_path, keys, Clock(T0), max_bytes=quota)
+    deletions = small.enforce_retention()
+    assert [(d.camera, d.sequence, d.reason) for d in deletions] == [
+        ("cam1", 1, "quota"),
+        ("cam2", 1, "quota"),
+        ("cam1", 2, "quota"),
+        ("cam2", 2, "quota"),
+        ("cam1", 3, "quota"),
+    ]
+    assert small.total_bytes() == quota
+    _check_consistent(small, keys)
+
+
+def test_free_space_floor_deletes_oldest(tmp_path: Path) -> None:
+    keys = make_keys()
+    free = {"bytes": 10**12}
+    ring = RingBuffer(
+        tmp_path, storage(tmp_path, min_free_bytes=50_000), Clock(T0), disk_free=lambda _: free["bytes"]
+    )
+    records = [_add(ring, keys, T0 + 10 * i, payload=20_000) for i in range(4)]
+    free["bytes"] = 50_000 - records[0].size - 10  # short by a bit more than one segment
+
+    def after_delete(_: Path) -> int:
+        return 50_000 - 10 + (4 - len(ring.segments("cam1"))) * records[0].size - records[0].size
+
+    ring._disk_free = after_delete
+    deletions = ring.enforce_retention()
+    assert [(d.sequence, d.reason) for d in deletions] == [(1, "disk-free"), (2, "disk-free")]
+
+
+def test_holds_survive_age_and_quota_then_expire(tmp_path: Path) -> None:
+    keys = make_keys()
+    clock = Clock(T0)
+    ring = _ring(tmp_path, keys, clock, retention_days=1)
+    for i in range(6):
+        _add(ring, keys, T0 + 10 * i)
+    hold = ring.add_hold("cam1", T0 + 12, T0 + 25, "PV 2024/117 TJ Lyon", expires_at=T0 + 30 * DAY)
+    assert ring.holds("cam1") == [hold] and ring.holds("cam2") == []
+    clock.now = T0 + 2 * DAY
+    deleted = {d.sequence for d in ring.enforce_retention()}
+    assert deleted == {1, 4, 5, 6}
+    assert [r.sequence for r in ring.segments("cam1")] == [2, 3]  # 10..20 and 20..30 overlap the hold
+    quota = _ring(tmp_path, keys, clock, retention_days=1, max_bytes=1)
+    assert quota.enforce_retention() == [] and len(quota.segments("cam1")) == 2
+    clock.now = T0 + 31 * DAY
+    assert {d.sequence for d in ring.enforce_retention()} == {2, 3}
+    assert ring.holds() == []
+
+
+def test_release_hold_and_bad_holds(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    hold = ring.add_hold("cam1", T0, T0 + 10, "PV-1", T0 + DAY)
+    assert ring.release_hold(hold.id) is True and ring.release_hold(hold.id) is False
+    with pytest.raises(ValueError, match="requisition"):
+        ring.add_hold("cam1", T0, T0 + 10, "  ", T0 + DAY)
+    with pytest.raises(ValueError, match="must be after start_ts"):
+        ring.add_hold("cam1", T0 + 10, T0, "PV-1", T0 + DAY)
+    with pytest.raises(ValueError, match="not in the future"):
+        ring.add_hold("cam1", T0, T0 + 10, "PV-1", T0 - 1)
+    assert ring.holds() == []
+
+
+def test_holds_survive_a_lost_index(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    _add(ring, keys, T0)
+    hold = ring.add_hold("cam1", T0, T0 + 10, "PV-9", T0 + DAY)
+    ring.close()
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    reopened = _ring(tmp_path, keys, Clock(T0))
+    assert reopened.holds() == [hold]
+    assert [r.sequence for r in reopened.segments("cam1")] == [1]
+
+
+def test_recovery_removes_leftovers_and_indexes_unknown_files(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    records = [_add(ring, keys, T0 + 10 * i) for i in range(3)]
+    ring.close()
+    (tmp_path / "cam1" / ".000000000004.seg.tmp").write_bytes(b"EDGESEG1 half a segment")
+    db = sqlite3.connect(tmp_path / "index.sqlite")
+    db.execute("DELETE FROM segments WHERE sequence = 3")  # as if killed between rename and index
+    db.commit()
+    db.close()
+    reopened = _ring(tmp_path, keys, Clock(T0))
+    assert any("removed unfinished segment" in line for line in reopened.recovery)
+    assert [r.sha256 for r in _check_consistent(reopened, keys)] == [r.sha256 for r in records]
+    assert not (tmp_path / "cam1" / ".000000000004.seg.tmp").exists()
+    assert _add(reopened, keys, T0 + 30).sequence == 4
+
+
+def test_recovery_keeps_a_truncated_segment_as_a_verified_partial_prefix(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    records = [_add(ring, keys, T0 + 10 * i, payload=5000) for i in range(3)]
+    ring.close()
+    with records[1].path.open("r+b") as handle:
+        handle.truncate(records[1].size // 2)
+    reopened = _ring(tmp_path, keys, Clock(T0))
+    rows = reopened.segments("cam1")
+    assert [r.state for r in rows] == ["complete", "partial", "complete"]
+    assert rows[1].size < records[1].size // 2 and rows[1].path.stat().st_size == rows[1].size
+    info = verify_segment(rows[1].path, keys.device.public_key(), allow_partial=True)
+    assert info.records > 0 and info.prev_sha256 == records[0].sha256
+    assert reopened.stats()["cam1"]["partial"] == 1
+
+
+def test_recovery_drops_rows_of_vanished_files_and_sets_aside_foreign_ones(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    records = [_add(ring, keys, T0 + 10 * i) for i in range(4)]
+    ring.close()
+    records[0].path.unlink()
+    records[3].path.rename(tmp_path / "cam1" / "000000000009.seg")  # a file under another's name
+    reopened = _ring(tmp_path, keys, Clock(T0))
+    assert [r.sequence for r in reopened.segments("cam1")] == [2, 3]
+    assert any("is gone from disk" in line for line in reopened.recovery)
+    assert any("holds sequence 4, stored as sequence 9" in line for line in reopened.recovery)
+    assert (tmp_path / ".rejected" / "cam1-000000000009.seg").exists()
+
+
+def test_a_corrupt_index_is_set_aside_and_rebuilt_from_the_files(tmp_path: Path) -> None:
+    keys = make_keys()
+    clock = Clock(T0)
+    ring = _ring(tmp_path, keys, clock)
+    records = [_add(ring, keys, T0 + 10 * i) for i in range(3)]
+    ring.close()
+    for name in ("index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / "index.sqlite").write_bytes(b"SQLite format 3\x00" + os.urandom(4000))
+    reopened = _ring(tmp_path, keys, clock)
+    assert [r.sha256 for r in _check_consistent(reopened, keys)] == [r.sha256 for r in records]
+    assert list(tmp_path.glob("index.sqlite.corrupt-*"))
+    assert _add(reopened, keys, T0 + 30).prev_sha256 == records[-1].sha256  # the chain goes on
+
+
+def test_maintenance_thread_applies_retention(tmp_path: Path) -> None:
+    keys = make_keys()
+    clock = Clock(T0)
+    ring = RingBuffer(tmp_path, storage(tmp_path, retention_days=1), clock, maintenance_interval_s=0.05)
+    _add(ring, keys, T0)
+    clock.now = T0 + 2 * DAY
+    ring.start()
+    try:
+        for _ in range(100):
+            if not ring.segments("cam1"):
+                break
+            __import__("time").sleep(0.02)
+    finally:
+        ring.stop()
+    assert ring.segments("cam1") == []
+
+
+def test_read_only_open_changes_nothing(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    _add(ring, keys, T0)
+    tmp = tmp_path / "cam1" / ".000000000002.seg.tmp"
+    tmp.write_bytes(b"in flight")
+    look = RingBuffer(tmp_path, storage(tmp_path), recover=False)
+    assert look.stats()["cam1"]["segments"] == 1 and tmp.exists()
