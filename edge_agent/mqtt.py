@@ -315,7 +315,8 @@ class MqttLink:
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         if not self._stopping.is_set():
-            self._last_error = f"disconnected: {reason}"
+            # A refused CONNECT is followed by a disconnect: keep the refusal, it says why.
+            self._last_error = self._last_error or f"disconnected: {reason}"
             log.warning("broker connection lost (%s); events wait in the outbox", reason)
 
     def _on_publish(

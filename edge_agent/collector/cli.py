@@ -16,6 +16,8 @@ from edge_agent import __version__
 COMMAND_MODULES: list[str] = [
     "edge_agent.collector.clip_cmd",
     "edge_agent.collector.keygen_cmd",
+    "edge_agent.collector.ingest",
+    "edge_agent.collector.registry_cmd",
 ]
 
 

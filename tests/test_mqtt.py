@@ -1,0 +1,379 @@
+"""MqttLink against a real mosquitto: topics and payloads, retained status, last will, reconnect,
+broker restart and agent restart without loss, commands good and bad."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.localbroker import LocalBroker
+from edge_agent.mqtt import CommandError, MqttLink
+from edge_agent.mqtt_wire import parse_iso
+from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder, agent_config, parsed, write_config
+
+BASE = "csu/v1/ville-01/pi-07"
+
+
+@dataclass
+class Event:
+    event_id: str
+    camera_id: str = "cam1"
+    phase: str = "start"
+    ts: float = field(default_factory=time.time)
+    start_ts: float = field(default_factory=time.time)
+    score: float = 0.42
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=lambda: [(0.1, 0.2, 0.3, 0.4)])
+    zones: list[str] = field(default_factory=lambda: ["entrance"])
+
+
+CAMERAS = [{"id": "cam1", "state": "running", "fps": 10.0, "drops": 3, "resolution": [1280, 720], "masks": 2}]
+
+
+def _link(
+    broker: LocalBroker, tmp_path: Path, handlers: dict[str, Any] | None = None, **fields: Any
+) -> MqttLink:
+    link = MqttLink(parsed(agent_config(broker, tmp_path, **fields)), lambda: {"cameras": CAMERAS}, handlers)
+    link.start()
+    return link
+
+
+@pytest.fixture
+def recorder(mosquitto: LocalBroker):
+    rec = Recorder(mosquitto.port)
+    yield rec
+    rec.close()
+
+
+def test_topics_and_payloads(mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path) -> None:
+    link = _link(mosquitto, tmp_path)
+    try:
+        link.publish_event(Event("e-1", ts=1714564800.1234, start_ts=1714564799.5))
+        assert recorder.wait_for(lambda m: any(t.endswith("/cam1/motion") for t, _, _ in m))
+        assert recorder.wait_for(lambda m: any(t.endswith("/status") for t, _, _ in m))
+    finally:
+        link.stop()
+    assert recorder.on(f"{BASE}/availability") == [b'"online"', b'"offline"']
+    motion = recorder.json_on(f"{BASE}/cam1/motion")
+    assert motion == [
+        {
+            "schema": 1,
+            "event_id": "e-1",
+            "camera": "cam1",
+            "phase": "start",
+            "ts": "2024-05-01T12:00:00.123Z",
+            "start_ts": "2024-05-01T11:59:59.500Z",
+            "score": 0.42,
+            "boxes": [[0.1, 0.2, 0.3, 0.4]],
+            "zones": ["entrance"],
+        }
+    ]
+    status = recorder.json_on(f"{BASE}/status")[0]
+    assert status["schema"] == 1
+    assert (status["site"], status["device"]) == ("ville-01", "pi-07")
+    assert abs(parse_iso(status["ts"]) - time.time()) < 30
+    assert status["ts"].endswith("Z") and len(status["ts"]) == len("2024-05-01T12:00:00.123Z")
+    assert status["cameras"] == CAMERAS
+    assert status["clip_url"] == "https://pi-07.ville-01.example:8480"
+    assert status["retention"] == {"oldest_ts": None, "days": 15.0}
+    assert set(status["disk"]) == {"used", "free", "total", "quota"} and status["disk"]["free"] > 0
+    assert len(status["load"]) == 3
+    assert status["outbox"]["dropped"] == 0
+    assert status["version"] and status["uptime_s"] >= 0
+
+
+def test_status_is_retained_and_republished_on_change(
+    mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    state = {"value": "running"}
+    config = parsed(agent_config(mosquitto, tmp_path))
+    link = MqttLink(config, lambda: {"cameras": [{"id": "cam1", "state": state["value"]}]})
+    link.start()
+    try:
+        assert recorder.wait_for(lambda m: len([1 for t, _, _ in m if t == f"{BASE}/status"]) >= 1)
+        state["value"] = "disconnected"
+        link.status_changed()
+        assert recorder.wait_for(lambda m: len([1 for t, _, _ in m if t == f"{BASE}/status"]) >= 2, timeout=5)
+        assert recorder.json_on(f"{BASE}/status")[-1]["cameras"][0]["state"] == "disconnected"
+        late = Recorder(mosquitto.port)  # a collector arriving later still learns the state
+        try:
+            assert late.wait_for(lambda m: len(m) >= 2, timeout=5)
+            retained = {t: (json.loads(p), r) for t, p, r in late.messages}
+        finally:
+            late.close()
+    finally:
+        link.stop()
+    assert retained[f"{BASE}/availability"] == ("online", True)
+    assert retained[f"{BASE}/status"][0]["cameras"][0]["state"] == "disconnected"
+    assert retained[f"{BASE}/status"][1] is True
+
+
+def test_status_provider_failure_is_reported_not_fatal(
+    mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("camera table locked")
+
+    link = MqttLink(parsed(agent_config(mosquitto, tmp_path)), broken)
+    link.start()
+    try:
+        assert recorder.wait_for(lambda m: any(t == f"{BASE}/status" for t, _, _ in m))
+        link.publish_event(Event("after-failure"))
+        assert link.wait_delivered(5)
+    finally:
+        link.stop()
+    status = recorder.json_on(f"{BASE}/status")[0]
+    assert status["status_error"] == "RuntimeError: camera table locked"
+    assert status["cameras"] == []
+
+
+def _start_driver(config_path: Path, *args: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.mqtt_driver", str(config_path), *args],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def _ask(process: subprocess.Popen[str], line: str) -> str:
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(line + "\n")
+    process.stdin.flush()
+    return process.stdout.readline().strip()
+
+
+def test_last_will_when_agent_process_is_killed(
+    mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    config_path = write_config(agent_config(mosquitto, tmp_path), tmp_path / "agent.yaml")
+    process = _start_driver(config_path)
+    try:
+        assert recorder.wait_for(lambda m: (f"{BASE}/availability", b'"online"', False) in m)
+        process.send_signal(signal.SIGKILL)
+        process.wait(5)
+        assert recorder.wait_for(
+            lambda m: recorder.on(f"{BASE}/availability")[-1:] == [b'"offline"'], timeout=10
+        )
+    finally:
+        process.kill()
+        process.wait()
+    late = Recorder(mosquitto.port, f"{BASE}/availability")
+    try:
+        assert late.wait_for(lambda m: len(m) == 1, timeout=5)
+        assert late.messages[0] == (f"{BASE}/availability", b'"offline"', True)
+    finally:
+        late.close()
+
+
+def test_reconnects_after_broker_restart(mosquitto: LocalBroker, tmp_path: Path) -> None:
+    link = _link(mosquitto, tmp_path)
+    try:
+        deadline = time.monotonic() + 5
+        while link.stats().connections < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        mosquitto.stop()
+        time.sleep(0.5)
+        assert not link.stats().connected
+        mosquitto.start()
+        deadline = time.monotonic() + 10
+        while link.stats().connections < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert link.stats().connections == 2
+        assert link.stats().connected
+    finally:
+        link.stop()
+
+
+def test_broker_down_then_back_every_event_once_in_order(mosquitto: LocalBroker, tmp_path: Path) -> None:
+    collector = Collector(mosquitto, tmp_path / "collector.sqlite", client_id="csu-main")
+    link = _link(mosquitto, tmp_path)
+    try:
+        for i in range(5):
+            link.publish_event(Event(f"before-{i}"))
+        assert collector.wait_events(5)
+        mosquitto.stop()
+        during = [f"during-{i}" for i in range(40)]
+        for event_id in during:
+            link.publish_event(Event(event_id))
+        assert link.stats().outbox_pending == 40
+        time.sleep(1.0)
+        mosquitto.start()
+        for i in range(5):
+            link.publish_event(Event(f"after-{i}"))
+        assert collector.wait_events(50, timeout=20), collector.store.events()
+        assert link.wait_delivered(10)
+        time.sleep(0.3)  # late duplicates, if any, would land now
+        stored = [e.event_id for e in collector.store.events()]
+    finally:
+        link.stop()
+        collector.close()
+    expected = [f"before-{i}" for i in range(5)] + during + [f"after-{i}" for i in range(5)]
+    assert stored == expected
+
+
+def test_agent_killed_with_undelivered_outbox_loses_nothing(mosquitto: LocalBroker, tmp_path: Path) -> None:
+    config_path = write_config(agent_config(mosquitto, tmp_path), tmp_path / "agent.yaml")
+    collector = Collector(mosquitto, tmp_path / "collector.sqlite", client_id="csu-main")
+    mosquitto.stop()  # the fiber is cut: the agent can only queue
+    first = _start_driver(config_path, "--events", "30", "--prefix", "cut")
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    try:
+        mosquitto.start()
+        second = _start_driver(config_path, "--events", "3", "--prefix", "restarted")
+        try:
+            assert _ask(second, "wait") == "delivered"
+            assert collector.wait_events(33, timeout=15)
+            assert _ask(second, "stop") == "stopped"
+        finally:
+            second.kill()
+            second.wait()
+        stored = [e.event_id for e in collector.store.events()]
+    finally:
+        collector.close()
+    assert stored == [f"cut-{i:04d}" for i in range(30)] + [f"restarted-{i:04d}" for i in range(3)]
+
+
+def test_outbox_cap_drops_oldest_and_status_reports_it(
+    mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    mosquitto.stop()
+    link = _link(mosquitto, tmp_path, outbox_max_messages=10)
+    try:
+        for i in range(15):
+            link.publish_event(Event(f"capped-{i:02d}"))
+        assert link.stats().outbox_dropped == 5
+        mosquitto.start()
+        rec = Recorder(mosquitto.port)
+        try:
+            assert link.wait_delivered(15)
+            assert rec.wait_for(lambda m: len([t for t, _, _ in m if t.endswith("/motion")]) == 10)
+            link.status_changed()
+            assert rec.wait_for(lambda m: any(t.endswith("/status") and not r for t, _, r in m), timeout=5)
+            motion_ids = [json.loads(p)["event_id"] for p in rec.on(f"{BASE}/cam1/motion")]
+            status = rec.json_on(f"{BASE}/status")[-1]
+        finally:
+            rec.close()
+    finally:
+        link.stop()
+    assert motion_ids == [f"capped-{i:02d}" for i in range(5, 15)]
+    assert status["outbox"]["dropped"] == 5
+
+
+def _command(recorder: Recorder, name: str, payload: bytes, properties: Properties | None = None) -> dict:
+    before = len(recorder.on(f"{BASE}/cmd_result"))
+    recorder.client.publish(f"{BASE}/cmd/{name}", payload, qos=1, properties=properties)
+    assert recorder.wait_for(lambda m: len(recorder.on(f"{BASE}/cmd_result")) > before, timeout=5), name
+    return recorder.json_on(f"{BASE}/cmd_result")[-1]
+
+
+def test_commands_good_bad_and_unsupported(
+    mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def snapshot(args: dict[str, Any]) -> dict[str, Any]:
+        calls.append(args)
+        if args.get("camera") != "cam1":
+            raise CommandError(f"no camera {args.get('camera')!r}")
+        return {"stored": "snap-1.jpg"}
+
+    def reload(_args: dict[str, Any]) -> dict[str, Any]:
+        raise OSError("config file vanished")
+
+    link = _link(mosquitto, tmp_path, handlers={"snapshot": snapshot, "reload": reload})
+    try:
+        assert recorder.wait_for(lambda m: any(t == f"{BASE}/availability" for t, _, _ in m))
+        time.sleep(0.2)  # the link subscribes to its commands right after connecting
+        ok = _command(recorder, "snapshot", b'{"camera": "cam1", "request_id": "r-1"}')
+        assert ok == {
+            "schema": 1,
+            "command": "snapshot",
+            "ts": ok["ts"],
+            "ok": True,
+            "request_id": "r-1",
+            "result": {"stored": "snap-1.jpg"},
+        }
+        refused = _command(recorder, "snapshot", b'{"camera": "cam9"}')
+        assert refused["ok"] is False and refused["error"] == "snapshot: no camera 'cam9'"
+        hold = _command(recorder, "hold", b'{"camera": "cam1"}')
+        assert hold["ok"] is False and "'hold' is not supported on this device" in hold["error"]
+        unknown = _command(recorder, "reboot", b"{}")
+        assert "unknown command 'reboot'" in unknown["error"]
+        assert "snapshot, hold, release, reload" in unknown["error"]
+        garbage = _command(recorder, "snapshot", b"{camera: cam1")
+        assert garbage["ok"] is False and "not UTF-8 JSON" in garbage["error"]
+        not_object = _command(recorder, "snapshot", b"[1, 2]")
+        assert "must be a JSON object, got list" in not_object["error"]
+        crashed = _command(recorder, "reload", b"")
+        assert crashed["error"] == "reload failed: OSError: config file vanished"
+
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = b"corr-42"
+        got: list[Any] = []
+
+        def keep_correlation(client: Any, userdata: Any, msg: Any) -> None:
+            got.append(msg.properties.CorrelationData)
+            recorder._on_message(client, userdata, msg)
+
+        recorder.client.message_callback_add(f"{BASE}/cmd_result", keep_correlation)
+        _command(recorder, "snapshot", b'{"camera": "cam1"}', props)
+        assert got == [b"corr-42"]
+
+        link.publish_event(Event("still-alive"))  # the agent survived all of that
+        assert link.wait_delivered(5)
+        assert link.stats().command_errors == 6
+    finally:
+        link.stop()
+    assert len(calls) == 3
+
+
+def test_mqtt_311_option(mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path) -> None:
+    link = _link(mosquitto, tmp_path, protocol="3.1.1")
+    try:
+        link.publish_event(Event("v311"))
+        assert link.wait_delivered(5)
+        assert recorder.wait_for(lambda m: any(t.endswith("/cam1/motion") for t, _, _ in m))
+    finally:
+        link.stop()
+    assert recorder.on(f"{BASE}/availability")[-1] == b'"offline"'
+
+
+def test_password_and_refused_credentials(mosquitto_factory: Any, tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "pi-07", "good"], check=True)
+    broker = mosquitto_factory([f"password_file {passwd}", "allow_anonymous false"])
+    bad = _link(broker, tmp_path / "bad", username="pi-07", password="wrong")
+    good = _link(
+        broker, tmp_path / "good", username="pi-07", password="good", client_id=f"g-{uuid.uuid4().hex}"
+    )
+    try:
+        good.publish_event(Event("authenticated"))
+        bad.publish_event(Event("kept-for-later"))
+        assert good.wait_delivered(5)
+        deadline = time.monotonic() + 5
+        while not bad.stats().last_error and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "refused" in bad.stats().last_error
+        assert not bad.stats().connected
+        assert bad.stats().outbox_pending == 1
+    finally:
+        bad.stop(drain_timeout_s=0.1)
+        good.stop()
