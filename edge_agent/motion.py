@@ -63,6 +63,8 @@ class Tuning:
     deviation_rate: float
     blink_rate: float
     global_change: float  # share of the watched area that means "the scene changed", not motion
+    active_share: float  # share of a blob that must change frame to frame for it to be moving
+    stationary_seconds: float  # foreground that has not changed for this long becomes background
 
     @classmethod
     def from_sensitivity(cls, sensitivity: float) -> Tuning:
@@ -76,6 +78,8 @@ class Tuning:
             deviation_rate=0.02,
             blink_rate=0.05,
             global_change=0.6,
+            active_share=0.05,
+            stationary_seconds=8.0,
         )
 
 
@@ -87,7 +91,7 @@ def detect_size_for(frame_size: tuple[int, int], detect_width: int) -> tuple[int
 
 
 class MotionDetector:
-    """Per-camera background model; `detect` takes each masked frame in order."""
+    """Per-camera background model; `detect` takes each masked frame in time order."""
 
     def __init__(
         self, config: MotionConfig, frame_size: tuple[int, int], privacy_mask: np.ndarray | None
@@ -105,34 +109,40 @@ class MotionDetector:
         width, height = self.detect_size
         self._min_pixels = max(4, round(config.min_area * width * height))
         self._kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
-        self._mean: np.ndarray | None = None
-        self._deviation = np.full((height, width), 4.0, dtype=np.float32)
-        self._blink = np.zeros((height, width), dtype=np.float32)  # 0..255: how often a pixel blinks
-        self._raw_prev = np.zeros((height, width), dtype=np.uint8)
-        self._final_prev = np.zeros((height, width), dtype=np.uint8)
+        self._near = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
+        shape = (height, width)
+        self._mean = np.zeros(shape, np.float32)
+        self._previous = np.zeros(shape, np.float32)
+        self._deviation = np.full(shape, 4.0, np.float32)
+        self._blink = np.zeros(shape, np.float32)  # 0..255: how often a pixel blinks
+        self._still = np.zeros(shape, np.float32)  # seconds a foreground pixel has not changed
+        self._raw_prev = np.zeros(shape, np.uint8)
+        self._foreground_prev = np.zeros(shape, np.uint8)
+        self._moving_prev = np.zeros(shape, np.uint8)
         self._frames = 0
+        self._last_ts = 0.0
 
     def detect(self, frame: MaskedFrame) -> MotionResult:
         """Update the background with this frame and report where it moves."""
         gray = self._prepare(frame.image)
+        elapsed = frame.captured_at - self._last_ts
+        self._last_ts = frame.captured_at
         self._frames += 1
-        if self._mean is None:
-            self._mean = gray.copy()
-            return self._nothing()
-        tuning = self.tuning
-        gain = self._gain(gray)
-        if gain != 1.0:
-            gray = cv2.multiply(gray, 1.0 / gain)
-        raw = self._raw_foreground(gray)
-        if cv2.countNonZero(raw) > tuning.global_change * self._watched_pixels:
+        if self._frames == 1:
             self._relearn(gray)
             return self._nothing()
-        foreground = cv2.medianBlur(raw, 3)
-        foreground = cv2.morphologyEx(foreground, cv2.MORPH_CLOSE, self._kernel)
-        foreground, boxes, moving = self._blobs(foreground)
-        self._update(gray, raw, foreground)
+        self._follow_light(gray)
+        threshold = self._threshold()
+        raw = self._raw_foreground(gray, threshold)
+        if cv2.countNonZero(raw) > self.tuning.global_change * self._watched_pixels:
+            self._relearn(gray)
+            return self._nothing()
+        changed = cv2.bitwise_and(_above(cv2.absdiff(gray, self._previous), threshold), self._watched)
+        foreground = cv2.morphologyEx(cv2.medianBlur(raw, 3), cv2.MORPH_CLOSE, self._kernel)
+        foreground, moving, boxes = self._blobs(foreground, changed)
+        self._learn(gray, raw, foreground, changed, min(max(elapsed, 0.0), 1.0))
         zones = [name for name, area in self._zones if cv2.countNonZero(cv2.bitwise_and(area, moving))]
-        score = cv2.countNonZero(foreground) / self._watched_pixels
+        score = cv2.countNonZero(moving) / self._watched_pixels
         return MotionResult(bool(boxes), float(score), boxes, zones, foreground)
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
@@ -145,76 +155,109 @@ class MotionDetector:
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
         return cv2.GaussianBlur(gray, (3, 3), 0).astype(np.float32)
 
-    def _gain(self, gray: np.ndarray) -> float:
-        """Global brightness ratio frame/background over pixels that were background last frame."""
-        assert self._mean is not None
-        background = cv2.bitwise_and(self._watched, cv2.bitwise_not(self._final_prev))
+    def _follow_light(self, gray: np.ndarray) -> None:
+        """Scale the model by the global brightness ratio frame/background, measured on the pixels that
+        were background last frame: drift, clouds and a whole-scene light change are not motion."""
+        background = cv2.bitwise_and(self._watched, cv2.bitwise_not(self._foreground_prev))
         if cv2.countNonZero(background) < 0.2 * self._watched_pixels:
-            return 1.0
+            return
         now = cv2.mean(gray, mask=background)[0]
         before = cv2.mean(self._mean, mask=background)[0]
         if now < 8.0 or before < 8.0:
-            return 1.0
-        return float(now / before)
+            return
+        gain = now / before
+        if abs(gain - 1.0) > 0.002:
+            # Saturated pixels stay at 255: a clipped highlight does not brighten further.
+            self._mean = np.minimum(self._mean * gain, 255.0, dtype=np.float32)
+            self._previous = np.minimum(self._previous * gain, 255.0, dtype=np.float32)
 
-    def _raw_foreground(self, gray: np.ndarray) -> np.ndarray:
-        assert self._mean is not None
+    def _threshold(self) -> np.ndarray:
+        """Per pixel: k x its mean absolute deviation (with a floor), raised where it blinks."""
         tuning = self.tuning
+        threshold = np.maximum(self._deviation * tuning.deviation_factor, tuning.threshold_floor)
+        return threshold * (1.0 + (tuning.blink_gain / 255.0) * self._blink)
+
+    def _raw_foreground(self, gray: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """Pixels farther than the threshold from every background value of their 3x3 neighbourhood."""
         low = cv2.erode(self._mean, self._kernel)
         high = cv2.dilate(self._mean, self._kernel)
         difference = cv2.max(cv2.subtract(low, gray), cv2.subtract(gray, high))
-        threshold = cv2.max(self._deviation * tuning.deviation_factor, tuning.threshold_floor)
-        threshold = threshold * (1.0 + (tuning.blink_gain / 255.0) * self._blink)
-        raw = (difference > threshold).astype(np.uint8) * 255
-        return cv2.bitwise_and(raw, self._watched)
+        return cv2.bitwise_and(_above(difference, threshold), self._watched)
 
-    def _blobs(self, foreground: np.ndarray) -> tuple[np.ndarray, list[Box], np.ndarray]:
-        """Keep blobs of at least min_area; those that persist from the last frame are motion."""
+    def _blobs(self, foreground: np.ndarray, changed: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Box]]:
+        """Keep blobs of at least min_area. A blob is motion when it is changing (frame to frame) and was
+        changing at the same place in the previous frame too; a still blob (a stopped car, a ghost of
+        the background, a lamp switched on) stays foreground but is not motion."""
         count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
         width, height = self.detect_size
         kept = np.zeros_like(foreground)
         moving = np.zeros_like(foreground)
         boxes: list[Box] = []
+        previous = cv2.dilate(self._moving_prev, self._near)
         for label in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[label])
             if area < self._min_pixels:
                 continue
-            blob = (labels[y : y + h, x : x + w] == label).astype(np.uint8) * 255
-            kept[y : y + h, x : x + w] |= blob
-            if cv2.countNonZero(cv2.bitwise_and(blob, self._final_prev[y : y + h, x : x + w])) == 0:
+            window = (slice(y, y + h), slice(x, x + w))
+            blob = (labels[window] == label).astype(np.uint8) * 255
+            kept[window] |= blob
+            active = cv2.countNonZero(cv2.bitwise_and(blob, changed[window]))
+            if active < max(2, self.tuning.active_share * area):
                 continue
-            moving[y : y + h, x : x + w] |= blob
-            boxes.append((x / width, y / height, w / width, h / height))
-        return kept, boxes, moving
+            moving[window] |= blob
+            if cv2.countNonZero(cv2.bitwise_and(blob, previous[window])):
+                boxes.append((x / width, y / height, w / width, h / height))
+        self._moving_prev = moving
+        if not boxes:
+            moving = np.zeros_like(moving)
+        return kept, moving, boxes
 
-    def _update(self, gray: np.ndarray, raw: np.ndarray, foreground: np.ndarray) -> None:
-        assert self._mean is not None
+    def _learn(
+        self, gray: np.ndarray, raw: np.ndarray, foreground: np.ndarray, changed: np.ndarray, elapsed: float
+    ) -> None:
         tuning = self.tuning
-        warmup = 1.0 / (self._frames + 1)
-        rate = max(tuning.learning_rate, warmup)
+        warmup = 1.0 / self._frames
         background = cv2.bitwise_and(self._watched, cv2.bitwise_not(foreground))
         deviation = cv2.absdiff(gray, self._mean)
         cv2.accumulateWeighted(
             deviation, self._deviation, max(tuning.deviation_rate, warmup), mask=background
         )
-        cv2.accumulateWeighted(gray, self._mean, rate, mask=background)
+        cv2.accumulateWeighted(gray, self._mean, max(tuning.learning_rate, warmup), mask=background)
         cv2.accumulateWeighted(gray, self._mean, tuning.foreground_rate, mask=foreground)
+        # Foreground that stopped changing becomes background after `stationary_seconds`.
+        still = cv2.bitwise_and(foreground, cv2.bitwise_not(changed))
+        self._still += elapsed
+        self._still *= still > 0
+        settled = (self._still > tuning.stationary_seconds).astype(np.uint8)
+        if settled.any():
+            cv2.copyTo(gray, settled, self._mean)
+            self._still[settled > 0] = 0.0
         blink = cv2.bitwise_and(cv2.bitwise_xor(raw, self._raw_prev), background)
         cv2.accumulateWeighted(blink, self._blink, tuning.blink_rate)
+        self._previous = gray
         self._raw_prev = raw
-        self._final_prev = foreground
+        self._foreground_prev = foreground
 
     def _relearn(self, gray: np.ndarray) -> None:
-        """The whole scene changed (lights, IR cut, camera moved): start the background again from here."""
+        """Start the background again from this frame: first frame, or the whole scene changed
+        (lights, IR cut filter, camera moved)."""
         self._mean = gray.copy()
+        self._previous = gray
         self._blink[:] = 0
+        self._still[:] = 0
         self._raw_prev = np.zeros_like(self._raw_prev)
-        self._final_prev = np.zeros_like(self._final_prev)
+        self._foreground_prev = np.zeros_like(self._foreground_prev)
+        self._moving_prev = np.zeros_like(self._moving_prev)
         self._frames = 1
 
     def _nothing(self) -> MotionResult:
         width, height = self.detect_size
         return MotionResult(False, 0.0, [], [], np.zeros((height, width), dtype=np.uint8))
+
+
+def _above(values: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """uint8 0/255 where values > threshold."""
+    return cv2.compare(values, threshold, cv2.CMP_GT)
 
 
 def _watched_area(
@@ -225,7 +268,7 @@ def _watched_area(
 ) -> np.ndarray:
     """255 where motion counts at detection size: not masked (no masked source pixel) and inside a zone."""
     width, height = detect_size
-    watched = np.full((height, width), 255, dtype=np.uint8)
+    watched: np.ndarray = np.full((height, width), 255, dtype=np.uint8)
     if privacy_mask is not None and privacy_mask.any():
         if (privacy_mask.shape[1], privacy_mask.shape[0]) != frame_size:
             raise ValueError(

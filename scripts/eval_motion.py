@@ -12,7 +12,12 @@ and F1. Two detectors run on the same frames:
 Usage:
   eval_motion.py                          # the table for every dev sequence, ours vs mog2
   eval_motion.py --replay-dir DIR --sequence CAVIAR2   # score an existing motion-replay output
+  eval_motion.py --stress                 # synthetic stress clips (tests/motion_clips.py): false alarms
   eval_motion.py --json out.json          # also write the figures as JSON
+
+Stress clips: the share of frames raising motion on clips with nothing moving (noise, lighting steps, a
+street light, shake, swaying trees, rain), and on the trees clip with a walker entering: frames from its
+entry to the first motion, and pixel F1. MOG2 "raises motion" when a blob of at least min_area remains.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ sys.path.insert(0, str(PROJECT))
 from edge_agent.config import MotionConfig  # noqa: E402
 from edge_agent.privacy import PrivacyMasker  # noqa: E402
 from edge_agent.replay import Replayer, ReplaySettings, full_size_mask  # noqa: E402
+from tests.motion_clips import CLIPS, ClipSpec  # noqa: E402
 
 DATASET = PROJECT.parent / "shared" / "datasets" / "sbi2015"
 SEQUENCES = ("CAVIAR2", "IBMtest2", "HallAndMonitor")
@@ -180,6 +186,48 @@ def evaluate(names: list[str], motion: MotionConfig | None = None) -> dict[str, 
     return table
 
 
+def _mog2_motion(mask: np.ndarray, min_area: float) -> bool:
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    return bool(count > 1 and stats[1:, cv2.CC_STAT_AREA].max() >= min_area * mask.size)
+
+
+def stress(motion: MotionConfig | None = None, frames: int = 600) -> dict[str, dict[str, float]]:
+    """{clip: {ours_alarms, mog2_alarms}} share of frames with motion; trees+walker adds latency and F1."""
+    motion = motion or MotionConfig()  # type: ignore[call-arg]
+    table: dict[str, dict[str, float]] = {}
+    cases = [(name, ClipSpec(frames=frames)) for name in CLIPS]
+    cases.append(("trees+walker", ClipSpec(frames=frames, walker_from=frames // 2)))
+    for name, spec in cases:
+        make = CLIPS[name.split("+")[0]]
+        replayer = Replayer(ReplaySettings("stress", PrivacyMasker([]), motion, spec.fps))
+        ours_motion, truths, our_masks = [], [], []
+        for index, (image, truth) in enumerate(make(spec)):
+            item = replayer.step(index, image)
+            ours_motion.append(item.result.motion)
+            truths.append(truth)
+            our_masks.append(full_size_mask(item.result, item.frame.size))
+        base_masks = [m for _, m in mog2_masks(image for image, _ in make(spec))]
+        base_motion = [_mog2_motion(m, motion.min_area) for m in base_masks]
+        row: dict[str, float] = {}
+        quiet = [i for i, t in enumerate(truths) if not t.any()]
+        # The first 2 s are the background's warm-up for both detectors.
+        quiet = [i for i in quiet if i >= 2 * spec.fps]
+        row["ours_alarms"] = round(sum(ours_motion[i] for i in quiet) / len(quiet), 4)
+        row["mog2_alarms"] = round(sum(base_motion[i] for i in quiet) / len(quiet), 4)
+        if spec.walker_from is not None:
+            entry = next(i for i, t in enumerate(truths) if t.any())
+            for label, flags, masks in (("ours", ours_motion, our_masks), ("mog2", base_motion, base_masks)):
+                first = next((i for i in range(entry, len(flags)) if flags[i]), len(flags))
+                row[f"{label}_latency"] = first - entry
+                counts = Counts()
+                roi = np.ones(truths[0].shape, bool)
+                for mask, truth in zip(masks[entry:], truths[entry:], strict=True):
+                    counts.add(mask, truth, roi)
+                row[f"{label}_f1"] = round(counts.f1, 4)
+        table[name] = row
+    return table
+
+
 def print_table(table: dict[str, dict[str, dict[str, float]]]) -> None:
     print(f"{'sequence':<16}{'ours P':>8}{'R':>7}{'F1':>7}   {'mog2 P':>8}{'R':>7}{'F1':>7}")
     for name, row in table.items():
@@ -200,8 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         "--replay-dir", type=Path, help="score this motion-replay output (needs --write-masks)"
     )
     parser.add_argument("--sensitivity", type=float, help="detector sensitivity (default: the config's)")
+    parser.add_argument("--stress", action="store_true", help="the synthetic stress clips instead")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    motion = None if args.sensitivity is None else MotionConfig(sensitivity=args.sensitivity)  # type: ignore[call-arg]
+    if args.stress:
+        result = stress(motion)
+        for name, row in result.items():
+            print(f"{name:<14}" + "  ".join(f"{k} {v:g}" for k, v in row.items()))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        return 0
     if not DATASET.is_dir():
         print(f"no dataset at {DATASET}")
         return 2
@@ -212,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
         counts = score(Sequence(DATASET / names[0]), replay_dir_masks(args.replay_dir))
         print(json.dumps({names[0]: counts.summary()}, indent=2))
         return 0
-    motion = None if args.sensitivity is None else MotionConfig(sensitivity=args.sensitivity)  # type: ignore[call-arg]
     table = evaluate(names, motion)
     print_table(table)
     if args.json:
