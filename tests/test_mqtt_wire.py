@@ -1,0 +1,151 @@
+"""The wire contract alone: times, topics, payload builders and the collector's parsers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+
+from edge_agent.config import parse_config
+from edge_agent.mqtt import advertised_clip_url
+from edge_agent.mqtt_wire import (
+    PayloadError,
+    TopicInfo,
+    Topics,
+    cmd_result_payload,
+    encode,
+    iso_ms,
+    motion_payload,
+    parse_availability,
+    parse_command,
+    parse_iso,
+    parse_motion,
+    parse_status,
+    parse_topic,
+    status_payload,
+)
+
+
+@dataclass
+class Ev:
+    event_id: str = "e1"
+    camera_id: str = "cam1"
+    phase: str = "update"
+    ts: float = 1714564800.0
+    start_ts: float = 1714564790.25
+    score: float = 0.123456
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=lambda: [(0.1, 0.2, 0.3, 0.4)])
+    zones: list[str] = field(default_factory=list)
+
+
+def test_times_are_utc_iso_with_milliseconds() -> None:
+    assert iso_ms(0.0) == "1970-01-01T00:00:00.000Z"
+    assert iso_ms(1714564800.9999) == "2024-05-01T12:00:00.999Z"
+    assert parse_iso("2024-05-01T14:00:00.500+02:00") == 1714564800.5
+    assert parse_iso("2024-05-01T12:00:00") == 1714564800.0
+    with pytest.raises(PayloadError, match="not an ISO 8601 time"):
+        parse_iso("yesterday")
+
+
+def test_topics_and_their_parsing() -> None:
+    topics = Topics("csu/v1", "s1", "d1")
+    assert topics.motion("cam2") == "csu/v1/s1/d1/cam2/motion"
+    assert topics.commands == "csu/v1/s1/d1/cmd/+"
+    assert parse_topic("csu/v1", topics.status) == TopicInfo("status", "s1", "d1")
+    assert parse_topic("csu/v1", topics.motion("cam2")) == TopicInfo("motion", "s1", "d1", "cam2")
+    with pytest.raises(PayloadError, match="outside the root"):
+        parse_topic("csu/v1", "other/s1/d1/status")
+    with pytest.raises(PayloadError, match="not availability, status"):
+        parse_topic("csu/v1", "csu/v1/s1/d1/cam2/whatever")
+
+
+def test_motion_payload_round_trip() -> None:
+    payload = motion_payload(Ev())
+    assert payload["schema"] == 1 and payload["score"] == 0.1235
+    assert payload["start_ts"] == "2024-05-01T11:59:50.250Z"
+    parsed = parse_motion(encode(payload))
+    assert (parsed.event_id, parsed.phase, parsed.ts, parsed.start_ts) == (
+        "e1",
+        "update",
+        1714564800.0,
+        1714564790.25,
+    )
+    assert parsed.boxes == [(0.1, 0.2, 0.3, 0.4)]
+    with pytest.raises(PayloadError, match="phase 'middle'"):
+        motion_payload(Ev(phase="middle"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema": 2}, "schema: Input should be 1"),
+        ({"phase": "later"}, "phase: Input should be 'start', 'update' or 'end'"),
+        ({"ts": 1714564800}, "ts: must be an ISO 8601 time string"),
+        ({"start_ts": "noon"}, "start_ts: 'noon' is not an ISO 8601 time"),
+        ({"boxes": [[0.1, 0.2]]}, "boxes.0"),
+        ({"event_id": ""}, "event_id: String should have at least 1 character"),
+    ],
+)
+def test_bad_motion_payloads_name_the_field(change: dict, message: str) -> None:
+    payload = {**motion_payload(Ev()), **change}
+    with pytest.raises(PayloadError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse_motion(json.dumps(payload).encode())
+
+
+def test_missing_field_and_non_json() -> None:
+    payload = motion_payload(Ev())
+    del payload["event_id"]
+    with pytest.raises(PayloadError, match="event_id: Field required"):
+        parse_motion(encode(payload))
+    with pytest.raises(PayloadError, match="not UTF-8 JSON"):
+        parse_motion(b"\xff\xfe")
+    with pytest.raises(PayloadError, match="must be a JSON object, got str"):
+        parse_motion(b'"start"')
+
+
+def test_status_must_match_its_topic() -> None:
+    doc = status_payload(
+        site="s1", device="d1", ts=0.0, version="1", uptime_s=3.04, cameras=[{"id": "c", "state": "running"}]
+    )
+    assert doc["uptime_s"] == 3.0
+    status = parse_status(encode(doc), TopicInfo("status", "s1", "d1"))
+    assert status.cameras[0].id == "c"
+    with pytest.raises(PayloadError, match="differ from the topic's s1/d2"):
+        parse_status(encode(doc), TopicInfo("status", "s1", "d2"))
+    extra_cannot_override = status_payload(
+        site="s1", device="d1", ts=0.0, version="1", uptime_s=0, cameras=[], extra={"schema": 9, "x": 1}
+    )
+    assert extra_cannot_override["schema"] == 1 and extra_cannot_override["x"] == 1
+
+
+def test_availability_and_commands() -> None:
+    assert parse_availability(b'"online"') == "online"
+    assert parse_availability(b"offline") == "offline"
+    with pytest.raises(PayloadError, match="online or offline"):
+        parse_availability(b"maybe")
+    assert parse_command("reload", b"") == {}
+    assert parse_command("hold", b'{"camera": "c"}') == {"camera": "c"}
+    with pytest.raises(PayloadError, match="unknown command 'format'"):
+        parse_command("format", b"{}")
+    reply = cmd_result_payload("hold", 0.0, "r1", error="hold: bad range")
+    assert reply == {
+        "schema": 1,
+        "command": "hold",
+        "ts": "1970-01-01T00:00:00.000Z",
+        "ok": False,
+        "request_id": "r1",
+        "error": "hold: bad range",
+    }
+
+
+def test_clip_url_advertised_or_derived() -> None:
+    base = {"site_id": "s", "device_id": "d"}
+    assert (
+        advertised_clip_url(parse_config({**base, "clip_server": {"advertise_url": "https://x:1/"}}))
+        == "https://x:1"
+    )
+    assert advertised_clip_url(parse_config(base), "10.1.2.3") == "http://10.1.2.3:8480"
+    bound = parse_config({**base, "clip_server": {"bind": "192.168.1.5", "port": 9000}})
+    assert advertised_clip_url(bound, "10.1.2.3") == "http://192.168.1.5:9000"
+    assert advertised_clip_url(parse_config({**base, "clip_server": {"enabled": False}})) == ""

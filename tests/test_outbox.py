@@ -1,0 +1,44 @@
+"""The SQLite outbox: order, acknowledgement, survival across reopen, cap with counted drops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox
+
+
+def test_messages_come_back_in_order_until_acknowledged(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite", max_messages=100)
+    ids = [outbox.put(f"t/{i}", f"p{i}".encode(), now=1000.0 + i) for i in range(5)]
+    assert [m.topic for m in outbox.pending()] == [f"t/{i}" for i in range(5)]
+    assert [m.id for m in outbox.pending(after_id=ids[2])] == ids[3:]
+    outbox.ack(ids[0])
+    outbox.ack(ids[0])  # a second PUBACK for the same message changes nothing
+    assert [m.payload for m in outbox.pending(limit=2)] == [b"p1", b"p2"]
+    stats = outbox.stats()
+    assert (stats.pending, stats.dropped, stats.oldest_created_at) == (4, 0, 1001.0)
+    assert not outbox.contains(ids[0]) and outbox.contains(ids[1])
+
+
+def test_survives_reopen_with_counts(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "o.sqlite"
+    first = Outbox(path, max_messages=3)
+    for i in range(5):
+        first.put("t", bytes([i]), qos=1, retain=i == 4)
+    first.close()
+    again = Outbox(path, max_messages=3)
+    pending = again.pending()
+    assert [m.payload for m in pending] == [b"\x02", b"\x03", b"\x04"]
+    assert pending[-1].retain and pending[-1].qos == 1
+    assert again.stats().dropped == 2
+    again.put("t", b"\x05")
+    assert again.stats().dropped == 3 and again.stats().pending == 3
+    # ids keep growing after a drop of the newest-ever row: order is never reused
+    assert again.pending()[-1].id > pending[-1].id
+
+
+def test_cap_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_messages must be at least 1"):
+        Outbox(tmp_path / "o.sqlite", max_messages=0)
