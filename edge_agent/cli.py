@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "edge_agent.commands.audit_cmd",
     "edge_agent.doctor",
     "edge_agent.replay",
+    "edge_agent.commands.run_cmd",
+    "edge_agent.demo",
 ]
 
 

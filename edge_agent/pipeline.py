@@ -51,6 +51,7 @@ class CameraState(StrEnum):
     RECONNECTING = "reconnecting"
     AWAITING_MASKS = "awaiting_masks"
     STOPPED = "stopped"
+    DISCONNECTED = "disconnected"
 
 
 @dataclass(frozen=True)
