@@ -230,7 +230,7 @@ class Agent:
         """The agent's part of the status document (the MQTT link adds health and counters)."""
         parts: dict[str, Any] = {"cameras": self.camera_entries()}
         if self.ring is not None:
-            oldest = [s["oldest_ts"] for s in self.ring.stats().values() if s.get("oldest_ts") is not None]
+            oldest = [float(s["oldest_ts"] or 0) for s in self.ring.stats().values() if s.get("oldest_ts")]
             parts["retention"] = {"oldest_ts": min(oldest) if oldest else None}
         return parts
 

@@ -120,14 +120,23 @@ def parse_topic(root: str, topic: str) -> TopicInfo:
 class MotionEventLike(Protocol):
     """What `edge_agent.motion.MotionEvent` provides (structural, so either side can land first)."""
 
-    event_id: str
-    camera_id: str
-    phase: str
-    ts: float
-    start_ts: float
-    score: float
-    boxes: Sequence[Sequence[float]]
-    zones: Sequence[str]
+    # Read-only members, so that a frozen dataclass with narrower field types (list[Box]) matches.
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def camera_id(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def ts(self) -> float: ...
+    @property
+    def start_ts(self) -> float: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def boxes(self) -> Sequence[Sequence[float]]: ...
+    @property
+    def zones(self) -> Sequence[str]: ...
 
 
 def motion_payload(event: MotionEventLike) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from edge_agent.sources import Clock, FrameSource, SourceError, open_source
 log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[CameraConfig, Clock], FrameSource]
-EventSink = Callable[[MotionEvent], None]
+EventSink = Callable[[MotionEvent], object]
 
 
 class FrameSink(Protocol):
@@ -289,7 +289,7 @@ class CameraWorker:
             for sink in self._event_sinks:
                 self._call_sink(sink, event)
 
-    def _call_sink(self, function: Callable[..., None], *args: object) -> None:
+    def _call_sink(self, function: Callable[..., object], *args: object) -> None:
         """Run a sink; a failing sink is counted and logged, and never stops the camera."""
         try:
             function(*args)
