@@ -24,6 +24,8 @@ from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 # The left third of the picture is private (a fill mask); colour chosen to stand out after decoding.
 MASK_POINTS = [(0.0, 0.0), (0.34, 0.0), (0.34, 1.0), (0.0, 1.0)]
 MASK_COLOR = (40, 200, 90)
