@@ -84,7 +84,8 @@ class IngestCounters:
 
     received: int = 0
     stored: int = 0
-    duplicates: int = 0
+    duplicate: int = 0
+    stale: int = 0
     malformed: int = 0
     ignored: int = 0
 
@@ -112,7 +113,7 @@ class Ingestor:
     # --- pure handling (no broker needed) -------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> str:
-        """Store one message; returns what happened: stored, duplicate, malformed or ignored."""
+        """Store one message; returns what happened: stored, duplicate, stale, malformed or ignored."""
         self.counters.received += 1
         now = self.clock()
         try:
@@ -123,7 +124,7 @@ class Ingestor:
             elif where.kind == "status":
                 status = parse_status(payload, where)
                 stored = self.store.record_status(status, payload.decode("utf-8"), now)
-                outcome = "stored" if stored else "duplicate"
+                outcome = "stored" if stored else "stale"
             elif where.kind == "motion":
                 event = parse_motion(payload)
                 inserted = self.store.record_motion(where.site, where.device, where.camera, event, now)
