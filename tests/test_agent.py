@@ -1,0 +1,206 @@
+"""The wired device: real broker, real keys, real ring buffer, synthetic cameras."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from edge_agent.agent import Agent, AgentError
+from edge_agent.config import parse_config
+from edge_agent.demo import demo_config
+from edge_agent.hotplug import CameraIdentity
+from edge_agent.keys import generate_csu_keys, generate_device_key
+from edge_agent.localbroker import LocalBroker
+from edge_agent.storage.sealing import verify_segment
+from tests.mqtt_support import Recorder as Subscriber
+
+TOPIC = "csu/v1/demo-site/demo-pi"
+
+
+@pytest.fixture
+def site(tmp_path: Path, mosquitto: LocalBroker) -> dict[str, Any]:
+    """A provisioned demo site document (keys on disk), pointing at the test broker."""
+    csu = generate_csu_keys(tmp_path / "csu")
+    device = generate_device_key(tmp_path / "device-keys")
+    document = demo_config(tmp_path, mosquitto.port, device, csu)
+    document["mqtt"]["status_interval_s"] = 1
+    document["cameras"].append({"id": "back", "source": "synthetic:9", "resolution": [320, 240]})
+    return document
+
+
+def start_agent(document: dict[str, Any], tmp_path: Path) -> Agent:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(document))
+    agent = Agent(parse_config(document), path, hotplug=False)
+    agent.start()
+    return agent
+
+
+def last_status(subscriber: Subscriber) -> dict[str, Any]:
+    return subscriber.json_on(f"{TOPIC}/status")[-1]
+
+
+def cameras_by_id(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["id"]: c for c in status["cameras"]}
+
+
+def command(subscriber: Subscriber, name: str, payload: dict[str, Any], mid: str) -> dict[str, Any]:
+    subscriber.publish(f"{TOPIC}/cmd/{name}", json.dumps({**payload, "request_id": mid}).encode())
+    assert subscriber.wait_for(
+        lambda _m: any(mid in p.decode() for p in subscriber.on(f"{TOPIC}/cmd_result"))
+    )
+    return next(json.loads(p) for p in subscriber.on(f"{TOPIC}/cmd_result") if mid in p.decode())
+
+
+def test_agent_publishes_status_events_and_records(
+    site: dict[str, Any], tmp_path: Path, mosquitto: LocalBroker
+) -> None:
+    subscriber = Subscriber(mosquitto.port)
+    agent = start_agent(site, tmp_path)
+    try:
+        assert subscriber.wait_for(
+            lambda _m: (
+                bool(subscriber.on(f"{TOPIC}/status"))
+                and cameras_by_id(last_status(subscriber)).get("entrance", {}).get("state") == "running"
+            ),
+            timeout=15,
+        )
+        cameras = cameras_by_id(last_status(subscriber))
+        assert cameras["back"]["state"] == "awaiting_masks", "an unmasked camera must not run"
+        assert last_status(subscriber)["clip_url"].startswith("http://127.0.0.1:")
+        assert subscriber.wait_for(lambda _m: bool(subscriber.on(f"{TOPIC}/entrance/motion")), timeout=20)
+        assert subscriber.on(f"{TOPIC}/availability")[-1] == b'"online"'
+        time.sleep(6)  # one 5 s segment sealed
+    finally:
+        agent.stop()
+    assert subscriber.wait_for(lambda _m: subscriber.on(f"{TOPIC}/availability")[-1] == b'"offline"')
+    subscriber.close()
+    segments = sorted((tmp_path / "device" / "segments").rglob("*.seg"))
+    assert segments, "nothing was recorded"
+    device_public = agent.keys.device.public_key() if agent.keys else None
+    for path in segments:
+        info = verify_segment(path, device_public)
+        assert info.camera in ("entrance", "square")
+
+
+def test_snapshot_and_reload_commands(site: dict[str, Any], tmp_path: Path, mosquitto: LocalBroker) -> None:
+    subscriber = Subscriber(mosquitto.port)
+    agent = start_agent(site, tmp_path)
+    try:
+        time.sleep(1.0)
+        reply = command(subscriber, "snapshot", {"camera": "entrance"}, "snap-1")
+        assert reply["ok"], reply
+        jpeg = base64.b64decode(reply["result"]["jpeg_base64"])
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (360, 640, 3)
+        assert image[30:100, 50:180].max() < 12, "window mask missing from the snapshot"
+        assert not any(p.suffix == ".jpg" for p in tmp_path.rglob("*")), "a snapshot must not be stored"
+
+        unknown = command(subscriber, "snapshot", {"camera": "nope"}, "snap-2")
+        assert not unknown["ok"] and "nope" in json.dumps(unknown)
+
+        broken = dict(site, cameras=[{"id": "entrance", "source": "synthetic", "fps": -3}])
+        (tmp_path / "site.yaml").write_text(yaml.safe_dump(broken))
+        refused = command(subscriber, "reload", {}, "reload-1")
+        assert not refused["ok"] and "cameras[0].fps" in json.dumps(refused)
+        assert agent.camera_entries()[0]["state"] == "running", "a bad reload must change nothing"
+
+        changed = json.loads(json.dumps(site))
+        changed["cameras"][1]["fps"] = 5
+        (tmp_path / "site.yaml").write_text(yaml.safe_dump(changed))
+        accepted = command(subscriber, "reload", {}, "reload-2")
+        assert accepted["ok"], accepted
+        assert accepted["result"]["cameras_restarted"] == ["square"]
+    finally:
+        agent.stop()
+        subscriber.close()
+
+
+def test_missing_sealing_key_stops_the_start(site: dict[str, Any], tmp_path: Path) -> None:
+    site["keys"]["csu_sealing_public_key"] = str(tmp_path / "absent.pub")
+    agent = Agent(parse_config(site), hotplug=False)
+    with pytest.raises(AgentError, match=r"keys\.csu_sealing_public_key"):
+        agent.start()
+    agent.stop()
+
+
+def test_hotplug_supervision(site: dict[str, Any], tmp_path: Path) -> None:
+    site["cameras"][1]["source"] = {"kind": "synthetic", "seed": 2, "usb_id": "046d:0825@1-1.2"}
+    site["mqtt"]["enabled"] = False
+
+    def factory(camera: Any, clock: Any) -> Any:
+        from edge_agent.sources.synthetic import SyntheticSource
+
+        assert camera.source.uri in ("", "/dev/video4")
+        return SyntheticSource.from_camera(
+            camera.model_copy(update={"source": camera.source.model_copy(update={"kind": "synthetic"})}),
+            clock,
+        )
+
+    agent = Agent(parse_config(site), source_factory=factory, hotplug=False)
+    agent.start()
+    try:
+        states = {e["id"]: e["state"] for e in agent.camera_entries()}
+        assert states["square"] == "disconnected"
+        agent.attach("square", "/dev/video4")
+        time.sleep(0.5)
+        square = next(e for e in agent.camera_entries() if e["id"] == "square")
+        assert square["state"] == "running" and square["device"] == "/dev/video4"
+        stranger = CameraIdentity("1234", "5678", "1-1.3", serial="SN42")
+        agent.report_unconfigured(stranger, "/dev/video6")
+        assert {"id": "SN42", "state": "unconfigured"}.items() <= agent.camera_entries()[-1].items()
+        agent.forget_unconfigured(stranger)
+        agent.detach("square")
+        states = {e["id"]: e["state"] for e in agent.camera_entries()}
+        assert states == {"entrance": "running", "square": "disconnected", "back": "awaiting_masks"}
+    finally:
+        agent.stop()
+
+
+def test_run_command_notifies_systemd_and_stops_on_sigterm(site: dict[str, Any], tmp_path: Path) -> None:
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(site))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config), "--no-hotplug"],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert b"READY=1" in notify.recv(4096)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert b"STOPPING=1" in notify.recv(4096)
+    finally:
+        process.kill()
+        notify.close()
+
+
+def test_run_command_rejects_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("site_id: x\ncameras: [{id: a, source: synthetic, fps: 0}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "device_id: Field required" in result.stderr
+    assert "cameras[0].fps" in result.stderr
