@@ -216,7 +216,7 @@ class SegmentWriter:
         self._prev_sha256 = prev_sha256
         self._stream = stream
         self._start_ts = start_ts
-        self._end_ts = start_ts
+        self._last_pts_end: int | None = None
         self._counter = 0
         self._packets = 0
         self._size = 0
@@ -284,20 +284,21 @@ class SegmentWriter:
         )
         self._record(head + packet.data, 0)
         self._packets += 1
-        end = self._stream.seconds(packet.pts + packet.duration)
-        self._end_ts = end if self._packets == 1 else max(self._end_ts, end)
+        end = packet.pts + packet.duration
+        self._last_pts_end = end if self._last_pts_end is None else max(self._last_pts_end, end)
 
     def finish(self) -> SealedSegment:
         """Write the end record and the signed trailer; return the segment's hashes and size."""
         if self._finished:
             raise RuntimeError("segment already finished")
         self._finished = True
+        end_ts = self._start_ts if self._last_pts_end is None else self._stream.seconds(self._last_pts_end)
         self._record(bytes([KIND_END]) + _canonical({"packets": self._packets}), FLAG_LAST)
         trailer = _canonical(
             {
                 "camera": self._camera,
                 "sequence": self._sequence,
-                "end_ts": self._end_ts,
+                "end_ts": end_ts,
                 "records": self._counter,
                 "packets": self._packets,
             }
@@ -308,7 +309,7 @@ class SegmentWriter:
         return SealedSegment(
             sequence=self._sequence,
             start_ts=self._start_ts,
-            end_ts=self._end_ts,
+            end_ts=end_ts,
             size=self._size,
             sha256=self._hash.hexdigest(),
             prev_sha256=self._prev_sha256,
