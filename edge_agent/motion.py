@@ -269,12 +269,12 @@ def _watched_area(
     """255 where motion counts at detection size: not masked (no masked source pixel) and inside a zone."""
     width, height = detect_size
     watched: np.ndarray = np.full((height, width), 255, dtype=np.uint8)
+    if privacy_mask is not None and (privacy_mask.shape[1], privacy_mask.shape[0]) != frame_size:
+        raise ValueError(
+            f"privacy mask is {privacy_mask.shape[1]}x{privacy_mask.shape[0]}, frames are"
+            f" {frame_size[0]}x{frame_size[1]}"
+        )
     if privacy_mask is not None and privacy_mask.any():
-        if (privacy_mask.shape[1], privacy_mask.shape[0]) != frame_size:
-            raise ValueError(
-                f"privacy mask is {privacy_mask.shape[1]}x{privacy_mask.shape[0]}, frames are"
-                f" {frame_size[0]}x{frame_size[1]}"
-            )
         small = cv2.resize(privacy_mask, detect_size, interpolation=cv2.INTER_AREA)
         # One pixel of margin: the edge of a fill or blur must not read as motion when light changes.
         masked = cv2.dilate((small > 0).astype(np.uint8) * 255, np.ones((3, 3), np.uint8))
