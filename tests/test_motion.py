@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -190,7 +192,7 @@ def test_event_lifecycle_start_updates_end() -> None:
     assert end.score == pytest.approx(0.4) and end.zones == ["door"]
     assert all(m.camera_id == "cam" for m in messages)
     updates = [m.ts for m in messages if m.phase == "update"]
-    assert all(b - a >= 2.0 - 1e-6 for a, b in zip(updates, updates[1:], strict=False))
+    assert all(b - a >= 2.0 - 1e-6 for a, b in itertools.pairwise(updates))
     assert not tracker.is_open
 
 
