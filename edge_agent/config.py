@@ -33,6 +33,10 @@ class ConfigError(Exception):
         super().__init__("\n".join(errors))
         self.errors = errors
 
+    def report(self, source: object) -> str:
+        """`source: N error(s)` then one indented line per error, as the commands print it."""
+        return "\n  ".join([f"{source}: {len(self.errors)} error(s)", *self.errors])
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -29,7 +29,7 @@ def audit_verify(args: argparse.Namespace) -> int:
         try:
             path = load_config(args.config).clip_server.audit_log
         except ConfigError as error:
-            print(f"{args.config}: {error}")
+            print(error.report(args.config))
             return 2
     if not path.exists():
         print(f"{path}: no such audit log")

@@ -22,9 +22,7 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"{args.config}: {len(error.errors)} error(s)")
-        for line in error.errors:
-            print(f"  {line}")
+        print(error.report(args.config))
         return 1
     print("ok")
     for line in summarize(config):

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"{args.config}: invalid config:\n  " + "\n  ".join(error.errors), file=sys.stderr)
+        print(error.report(args.config), file=sys.stderr)
         return 2
     agent = Agent(config, args.config, hotplug=not args.no_hotplug)
     try:

@@ -33,7 +33,7 @@ def snapshot(args: argparse.Namespace) -> int:
         masker = masker_for_camera(camera)
         source = open_source(camera)
     except ConfigError as error:
-        print(f"{args.config}: invalid config:\n  " + "\n  ".join(error.errors), file=sys.stderr)
+        print(error.report(args.config), file=sys.stderr)
         return 2
     except (KeyError, MasksRequired, SourceError) as error:
         print(f"snapshot refused: {error}", file=sys.stderr)

@@ -30,9 +30,7 @@ def show_storage(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"{args.config}: {len(error.errors)} error(s)")
-        for line in error.errors:
-            print(f"  {line}")
+        print(error.report(args.config))
         return 1
     root = config.storage.path
     if not (root / INDEX_NAME).exists():
