@@ -1,18 +1,12 @@
-"""`edge-agent`: the device's command line.
-
-Each command lives beside the code it drives: a module exposes `register(subparsers)`, which adds its
-parser and sets `handler` to a function `(args) -> exit code`. This file only lists those modules.
-"""
+"""`edge-agent`: the device's command line (see `edge_agent.commands` for the pattern)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
-import sys
 from collections.abc import Sequence
 
-from edge_agent import __version__
+from edge_agent.commands import build_parser as build_command_parser
+from edge_agent.commands import run_command
 
 COMMAND_MODULES = [
     "edge_agent.commands.config_cmd",
@@ -29,24 +23,12 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every command's subparser."""
-    parser = argparse.ArgumentParser(prog="edge-agent", description="Privacy-first camera edge agent.")
-    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    return parser
+    return build_command_parser("edge-agent", "Privacy-first camera edge agent.", COMMAND_MODULES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `edge-agent` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return int(args.handler(args))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
-    """One captured image, before masking.
+class _Image:
+    """What every frame carries.
 
     `captured_at` is UTC epoch seconds (wall clock at capture, or simulated time for replays);
     `seq` counts frames from 0 per source start; `image` is HxWx3 uint8 BGR, owned by this frame.
@@ -32,15 +32,10 @@ class Frame:
 
 
 @dataclass(frozen=True, slots=True)
-class MaskedFrame:
+class Frame(_Image):
+    """One captured image, before masking: only the privacy mask may take it."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedFrame(_Image):
     """A frame whose private areas have been masked in place; the only kind consumers accept."""
-
-    camera_id: str
-    seq: int
-    captured_at: float
-    image: np.ndarray
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) in pixels."""
-        return int(self.image.shape[1]), int(self.image.shape[0])

@@ -1,17 +1,12 @@
-"""`csu-collector`: the CSU side's command line.
-
-Same pattern as `edge_agent.cli`: each module in COMMAND_MODULES exposes `register(subparsers)`.
-"""
+"""`csu-collector`: the CSU side's command line (see `edge_agent.commands` for the pattern)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
-import sys
 from collections.abc import Sequence
 
-from edge_agent import __version__
+from edge_agent.commands import build_parser as build_command_parser
+from edge_agent.commands import run_command
 
 COMMAND_MODULES: list[str] = [
     "edge_agent.collector.clip_cmd",
@@ -23,28 +18,12 @@ COMMAND_MODULES: list[str] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every command's subparser."""
-    parser = argparse.ArgumentParser(prog="csu-collector", description="CSU collector for edge agents.")
-    parser.add_argument("--version", action="version", version=f"csu-collector {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    return parser
+    return build_command_parser("csu-collector", "CSU collector for edge agents.", COMMAND_MODULES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `csu-collector` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.command is None:
-        print(f"csu-collector {__version__}")
-        return 0
-    return int(args.handler(args))
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
