@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,7 +81,14 @@ def test_signed_clip_is_a_tar_bundle_with_signed_manifest(served, keys) -> None:
     assert [s["sequence"] for s in manifest["segments"]] == list(range(2, 10))
     assert first == ring.rows[2].path.read_bytes()
     assert headers["ETag"] == f'"{manifest["bundle_id"]}"'
-    entries = [e for e in audit_lines(server.config) if e["action"] == "clip"]
+    # The server writes its `served` line once the last byte has left, which may be just after the
+    # client has read it: give it a moment on a loaded machine.
+    deadline = time.monotonic() + 5
+    while True:
+        entries = [e for e in audit_lines(server.config) if e["action"] == "clip"]
+        if len(entries) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert [e["outcome"] for e in entries] == ["accepted", "served"]
     assert entries[1]["bytes"] == len(body) and entries[1]["requisition"] == "PV 2024/118-B"
 
