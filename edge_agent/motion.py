@@ -70,8 +70,8 @@ class Tuning:
     def from_sensitivity(cls, sensitivity: float) -> Tuning:
         """Map the single user-facing knob to the thresholds; 0.5 is the default street setting."""
         return cls(
-            threshold_floor=22.0 - 24.0 * sensitivity,
-            deviation_factor=4.0 - 2.0 * sensitivity,
+            threshold_floor=26.0 - 24.0 * sensitivity,
+            deviation_factor=3.0 - 2.0 * sensitivity,
             blink_gain=2.0,
             learning_rate=0.02,
             foreground_rate=0.002,
