@@ -159,7 +159,7 @@ def settings_for(config_path: Path | None, camera_id: str | None, fps: float) ->
     try:
         config = load_config(config_path)
     except ConfigError as error:
-        raise ReplayError(f"{config_path}: invalid config:\n  " + "\n  ".join(error.errors)) from None
+        raise ReplayError(error.report(config_path)) from None
     if camera_id is None:
         if len(config.cameras) != 1:
             known = ", ".join(c.id for c in config.cameras) or "none"
