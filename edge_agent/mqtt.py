@@ -208,8 +208,10 @@ class MqttLink:
                 info.wait_for_publish(timeout=drain_timeout_s)
             except (RuntimeError, ValueError) as error:
                 log.warning("offline message not confirmed before disconnecting: %s", error)
-        self.client.disconnect()
+        # Stop the network thread first: disconnecting under it makes paho log a spurious
+        # "not connected" error; without the thread, disconnect() sends DISCONNECT itself.
         self.client.loop_stop()
+        self.client.disconnect()
         self._final_stats = self.stats()
         self.outbox.close()
 

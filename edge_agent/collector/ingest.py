@@ -109,6 +109,7 @@ class Ingestor:
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._share_group = ""
+        self._stopping = False
 
     # --- pure handling (no broker needed) -------------------------------------------------------
 
@@ -188,9 +189,10 @@ class Ingestor:
 
     def stop(self) -> None:
         """Disconnect and store what is already queued."""
+        self._stopping = True
         if self._client is not None:
-            self._client.disconnect()
             self._client.loop_stop()
+            self._client.disconnect()
         self._queue.put(None)
         if self._writer is not None:
             self._writer.join(timeout=30)
@@ -217,7 +219,8 @@ class Ingestor:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         self.ready.clear()
-        log.warning("collector lost the broker (%s); reconnecting", reason)
+        if not self._stopping:
+            log.warning("collector lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         self._queue.put((message.topic, bytes(message.payload)))
