@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -245,15 +246,20 @@ class Agent:
     # ---- hot-plug (CameraSupervisor, called from the udev thread) -------------------------------
 
     def _start_hotplug(self) -> None:
-        if not self._hotplug_enabled or not any(c.source.usb_id for c in self.config.cameras):
+        """Watch udev even when no camera is named by USB identity, so that a camera a technician
+        plugs in unannounced shows up as `unconfigured` at the CSU."""
+        if not self._hotplug_enabled:
             return
         self._hotplug = HotplugTracker(self.config.cameras, self)
         try:
             self._watcher = UdevWatcher(self._hotplug)
             self._watcher.start()
         except (RuntimeError, OSError) as error:
-            log.error("hot-plug unavailable (%s): USB cameras named by usb_id stay disconnected", error)
             self._watcher = None
+            if any(c.source.usb_id for c in self.config.cameras):
+                log.error("hot-plug unavailable (%s): USB cameras named by usb_id stay disconnected", error)
+            else:
+                log.info("hot-plug unavailable (%s): unannounced USB cameras will not be reported", error)
 
     def attach(self, camera_id: str, device_node: str) -> None:
         """A configured USB camera appeared on `device_node`: (re)start its worker there."""
@@ -276,14 +282,28 @@ class Agent:
                 self._stop_camera(slot)
 
     def report_unconfigured(self, identity: CameraIdentity, device_node: str) -> None:
-        """A USB camera no config names: shown in status, never opened (privacy fails closed)."""
+        """A USB camera no config names: shown in status, never opened (privacy fails closed).
+
+        A node that a configured camera opens by path (`source: /dev/video0`) is not a stranger.
+        """
         with self._lock:
+            if self._node_in_use(device_node):
+                return
             self._unconfigured[identity.keys[0]] = device_node
         log.warning(
             "unconfigured camera %s on %s: not recording until a config with masks names it",
             identity,
             device_node,
         )
+
+    def _node_in_use(self, device_node: str) -> bool:
+        node = os.path.realpath(device_node)
+        for camera in self.config.cameras:
+            uri = camera.source.uri
+            path = f"/dev/video{uri}" if uri.isdigit() else uri
+            if uri and os.path.realpath(path) == node:
+                return True
+        return False
 
     def forget_unconfigured(self, identity: CameraIdentity) -> None:
         """The unconfigured camera was unplugged."""

@@ -163,11 +163,20 @@ def test_hotplug_supervision(site: dict[str, Any], tmp_path: Path) -> None:
         agent.report_unconfigured(stranger, "/dev/video6")
         assert {"id": "SN42", "state": "unconfigured"}.items() <= agent.camera_entries()[-1].items()
         agent.forget_unconfigured(stranger)
+        assert all(e["state"] != "unconfigured" for e in agent.camera_entries())
         agent.detach("square")
         states = {e["id"]: e["state"] for e in agent.camera_entries()}
         assert states == {"entrance": "running", "square": "disconnected", "back": "awaiting_masks"}
     finally:
         agent.stop()
+
+
+def test_camera_opened_by_path_is_not_reported_unconfigured(site: dict[str, Any]) -> None:
+    site["cameras"] = [dict(site["cameras"][0], source="/dev/video0")]
+    agent = Agent(parse_config(site), hotplug=False)
+    agent.report_unconfigured(CameraIdentity("046d", "0825", "1-1.2"), "/dev/video0")
+    agent.report_unconfigured(CameraIdentity("046d", "0826", "1-1.3"), "/dev/video2")
+    assert [e["id"] for e in agent.camera_entries() if e["state"] == "unconfigured"] == ["046d:0826@1-1.3"]
 
 
 def test_run_command_notifies_systemd_and_stops_on_sigterm(site: dict[str, Any], tmp_path: Path) -> None:
