@@ -254,7 +254,7 @@ class Agent:
         try:
             self._watcher = UdevWatcher(self._hotplug)
             self._watcher.start()
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError, ImportError) as error:
             self._watcher = None
             if any(c.source.usb_id for c in self.config.cameras):
                 log.error("hot-plug unavailable (%s): USB cameras named by usb_id stay disconnected", error)
