@@ -66,7 +66,8 @@ class PicameraSource:
             return None
         seq = self._seq
         self._seq += 1
-        return Frame(self.camera_id, seq, self._clock(), image[:, :, :3].copy())
+        # capture_array already hands over a fresh array of the RGB888 (3-channel BGR) main stream.
+        return Frame(self.camera_id, seq, self._clock(), image)
 
     def close(self) -> None:
         """Stop and release the camera."""
