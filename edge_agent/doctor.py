@@ -167,8 +167,9 @@ def _same_aspect(a: Size, b: Size) -> bool:
 
 # --- storage -----------------------------------------------------------------------------------
 
-# Conservative H.264 bits per pixel per frame at CRF 23 for a street scene; each +6 CRF halves it.
-_H264_BPP_AT_CRF23 = 0.05
+# H.264 bits per pixel per frame at CRF 28, measured by scripts/bench_storage.py on the synthetic
+# scene (sensor noise on every frame, so a high figure: 1.35 Mbit/s at 720p 10 fps); +6 CRF halves it.
+_H264_BPP_AT_CRF28 = 0.15
 # Conservative MJPEG bytes per pixel per frame (quality ~80).
 _MJPEG_BYTES_PER_PIXEL = 0.15
 
@@ -183,7 +184,7 @@ def estimate_bytes_per_hour(camera: CameraConfig, storage: StorageConfig) -> flo
         return pixels_per_s * _MJPEG_BYTES_PER_PIXEL * 3600
     if storage.bitrate_kbps:
         return storage.bitrate_kbps * 1000 / 8 * 3600
-    bpp = _H264_BPP_AT_CRF23 * 2 ** ((23 - storage.crf) / 6)
+    bpp = _H264_BPP_AT_CRF28 * 2 ** ((28 - storage.crf) / 6)
     return pixels_per_s * bpp / 8 * 3600
 
 

@@ -211,4 +211,5 @@ def test_bytes_per_hour_estimate() -> None:
     assert camera(crf=23) == pytest.approx(2 * camera(crf=29))  # +6 CRF halves the rate
     assert camera(bitrate_kbps=1000) == pytest.approx(450e6)
     assert camera(codec="mjpeg") > 5 * camera(crf=28)
-    assert 50e6 < camera(crf=28) < 500e6
+    # bench_storage measured 608 MB per hour for this camera on the synthetic scene.
+    assert 500e6 < camera(crf=28) < 800e6
