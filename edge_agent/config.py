@@ -483,8 +483,6 @@ def format_location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("function-after", "function-before") or part.startswith("function-"):
-            continue
         else:
             text += f".{part}" if text else str(part)
     return text or "(top level)"
@@ -494,12 +492,8 @@ def _format_errors(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         message = re.sub(r"^(Value error|Assertion failed), ", "", item["msg"])
-        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        lines.append(f"{format_location(loc)}: {message}")
+        lines.append(f"{format_location(item['loc'])}: {message}")
     return lines
-
-
-_UNION_TAGS = {"str", "int", "dict[str,any]"}
 
 
 def _parse_env_value(raw: str) -> Any:
