@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import sqlite3
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -116,34 +118,39 @@ class Agent:
     # ---- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Bring every part up; AgentError (nothing left running) when the set-up is unusable."""
+        """Bring every part up; on AgentError whatever had started is stopped again."""
+        try:
+            self._start_parts()
+        except AgentError:
+            self.stop()
+            raise
+
+    def _start_parts(self) -> None:
         self.keys = load_device_keys(self.config)
-        self.ring = RingBuffer(
-            self.config.storage.path,
-            self.config.storage,
-            self._clock,
-            device_public_key=self.keys.device.public_key(),
-        )
+        storage = self.config.storage
+        try:
+            self.ring = RingBuffer(
+                storage.path, storage, self._clock, device_public_key=self.keys.device.public_key()
+            )
+        except (OSError, sqlite3.Error) as error:
+            raise AgentError(
+                f"storage.path: cannot open the ring buffer in {storage.path}: {error}"
+            ) from None
         self.ring.start()
-        self.audit = AuditLog(self.config.clip_server.audit_log, self._clock)
-        clip_url = None
-        if self.config.clip_server.enabled:
-            self.clip_server = ClipServer(
-                self.config,
-                self.ring,
-                self.audit,
-                self.keys.device,
-                self.keys.collectors,
-                StatsProviders(cameras=self._clip_camera_stats, outbox_depth=self._outbox_depth),
-                self._clock,
-            )
-            self._clip_thread = ClipServerThread(self.clip_server)
-            self._clip_thread.start()
-            clip_url = self.clip_server.url
+        try:
+            self.audit = AuditLog(self.config.clip_server.audit_log, self._clock)
+        except OSError as error:
+            raise AgentError(f"clip_server.audit_log: {error}") from None
+        clip_url = self._start_clip_server(self.keys, self.ring, self.audit)
         if self.config.mqtt.enabled:
-            self.mqtt = MqttLink(
-                self.config, self.status_parts, self._command_handlers(), clip_url, self._clock
-            )
+            try:
+                self.mqtt = MqttLink(
+                    self.config, self.status_parts, self._command_handlers(), clip_url, self._clock
+                )
+            except (OSError, sqlite3.Error) as error:
+                raise AgentError(
+                    f"mqtt.outbox_path: cannot open {self.config.mqtt.outbox_path}: {error}"
+                ) from None
             self.mqtt.start()
         with self._lock:
             for camera in self.config.cameras:
@@ -153,20 +160,50 @@ class Agent:
                     self._start_camera(slot)
         self._start_hotplug()
 
+    def _start_clip_server(self, keys: DeviceKeys, ring: RingBuffer, audit: AuditLog) -> str | None:
+        """Start the clip API; its URL, or None when disabled."""
+        settings = self.config.clip_server
+        if not settings.enabled:
+            return None
+        self.clip_server = ClipServer(
+            self.config,
+            ring,
+            audit,
+            keys.device,
+            keys.collectors,
+            StatsProviders(cameras=self._clip_camera_stats, outbox_depth=self._outbox_depth),
+            self._clock,
+        )
+        thread = ClipServerThread(self.clip_server)
+        try:
+            thread.start()
+        except (OSError, ssl.SSLError) as error:
+            raise AgentError(
+                f"clip_server: cannot listen on {settings.bind}:{settings.port}: {error}"
+            ) from None
+        self._clip_thread = thread
+        return self.clip_server.url
+
     def stop(self) -> None:
-        """Stop cameras first (their segments get sealed), then the links, then storage."""
+        """Stop cameras first (their segments get sealed), then the links, then storage.
+
+        Safe on a partly started agent and when called twice.
+        """
         if self._watcher is not None:
             self._watcher.stop()
+            self._watcher = None
         with self._lock:
             for slot in self._slots.values():
                 self._stop_camera(slot)
         if self.mqtt is not None:
             self.mqtt.stop()
+            self.mqtt = None
         if self._clip_thread is not None:
             self._clip_thread.stop()
+            self._clip_thread = None
         if self.ring is not None:
-            self.ring.stop()
             self.ring.close()
+            self.ring = None
 
     def tick(self) -> None:
         """Supervision step: a camera changed state -> a fresh status soon."""
@@ -371,6 +408,8 @@ class Agent:
             for name in ("storage", "mqtt", "clip_server", "keys")
             if getattr(new, name) != getattr(self.config, name)
         ]
+        if {c.id for c in new.cameras} != {c.id for c in self.config.cameras} and "clip_server" not in restart_needed:
+            restart_needed.append("clip_server")  # it serves the camera ids it started with
         changed = self._apply_cameras(new.cameras)
         self.config = new
         if self._hotplug is not None:
@@ -390,13 +429,15 @@ class Agent:
                 slot = self._slots.get(camera_id)
                 if slot is not None and slot.config == camera:
                     continue
+                # A USB camera that is plugged in stays on its node: hot-plug only reports changes of node.
+                node = slot.device_node if slot is not None and slot.worker is not None else ""
                 if slot is not None:
                     self._stop_camera(slot)
                 slot = _CameraSlot(camera)
                 self._slots[camera_id] = slot
                 changed.append(camera_id)
-                if not camera.source.usb_id:
-                    self._start_camera(slot)
+                if not camera.source.usb_id or node:
+                    self._start_camera(slot, node)
         return changed
 
 

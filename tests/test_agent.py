@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,57 @@ def test_run_command_rejects_bad_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "device_id: Field required" in result.stderr
     assert "cameras[0].fps" in result.stderr
+
+
+def test_busy_clip_port_stops_the_start_and_leaves_nothing_running(site: dict[str, Any]) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    site["clip_server"]["port"] = blocker.getsockname()[1]
+    before = {t.name for t in threading.enumerate()}
+    agent = Agent(parse_config(site), hotplug=False)
+    try:
+        with pytest.raises(AgentError, match=r"clip_server: cannot listen on 127\.0\.0\.1"):
+            agent.start()
+    finally:
+        blocker.close()
+    assert agent.ring is None and agent.mqtt is None
+    time.sleep(0.2)
+    assert {t.name for t in threading.enumerate()} <= before, "a part kept running after a failed start"
+
+
+def test_unusable_storage_path_names_the_field(site: dict[str, Any], tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the segments should go")
+    site["storage"]["path"] = str(blocker / "segments")
+    agent = Agent(parse_config(site), hotplug=False)
+    with pytest.raises(AgentError, match=r"storage\.path: cannot open the ring buffer"):
+        agent.start()
+    assert blocker.read_text() == "a file where the segments should go"
+
+
+def test_reload_restarts_an_attached_usb_camera_on_its_node(site: dict[str, Any], tmp_path: Path) -> None:
+    site["cameras"] = [dict(site["cameras"][1], source={"kind": "synthetic", "seed": 2, "usb_id": "SN1"})]
+    site["mqtt"]["enabled"] = False
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    nodes: list[str] = []
+
+    def factory(camera: Any, clock: Any) -> Any:
+        from edge_agent.sources.synthetic import SyntheticSource
+
+        nodes.append(camera.source.uri)
+        return SyntheticSource.from_camera(camera, clock)
+
+    agent = Agent(parse_config(site), path, source_factory=factory, hotplug=False)
+    agent.start()
+    try:
+        agent.attach("square", "/dev/video4")
+        site["cameras"][0]["masks"].append({"points": [[0, 0], [0.1, 0], [0.1, 0.1]]})
+        path.write_text(yaml.safe_dump(site))
+        assert agent.reload()["cameras_restarted"] == ["square"]
+        entry = agent.camera_entries()[0]
+        assert entry["masks"] == 2 and entry.get("device") == "/dev/video4"
+        assert nodes == ["/dev/video4", "/dev/video4"]
+    finally:
+        agent.stop()

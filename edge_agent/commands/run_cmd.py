@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
         agent.start()
     except AgentError as error:
         print(f"edge-agent: cannot start: {error}", file=sys.stderr)
-        agent.stop()
         return 2
     stop, reload = threading.Event(), threading.Event()
     _install_signals(stop, reload)
