@@ -180,20 +180,31 @@ def test_camera_opened_by_path_is_not_reported_unconfigured(site: dict[str, Any]
     assert [e["id"] for e in agent.camera_entries() if e["state"] == "unconfigured"] == ["046d:0826@1-1.3"]
 
 
-def test_run_command_notifies_systemd_and_stops_on_sigterm(site: dict[str, Any], tmp_path: Path) -> None:
+def test_run_command_notifies_systemd_reloads_on_sighup_and_stops_on_sigterm(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
     config = tmp_path / "site.yaml"
     config.write_text(yaml.safe_dump(site))
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(20)
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config), "--no-hotplug"],
-        env=env,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "agent.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config), "--no-hotplug"],
+            env=env,
+            stderr=stderr,
+        )
     try:
         assert b"READY=1" in notify.recv(4096)
+        site["cameras"][1]["fps"] = 4
+        config.write_text(yaml.safe_dump(site))
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "cameras_restarted" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "'cameras_restarted': ['square']" in log.read_text()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert b"STOPPING=1" in notify.recv(4096)
