@@ -119,6 +119,22 @@ def test_status_is_retained_and_republished_on_change(
     assert retained[f"{BASE}/status"][1] is True
 
 
+def test_status_merges_the_agents_retention(mosquitto: LocalBroker, tmp_path: Path) -> None:
+    """The link fills `retention.oldest_ts` with None; the agent's value (epoch seconds) must win, as ISO."""
+    config = parsed(agent_config(mosquitto, tmp_path))
+    parts = {"cameras": CAMERAS, "retention": {"oldest_ts": 1714564800.5}}
+    link = MqttLink(config, lambda: parts, clock=lambda: 1714564900.0)
+    try:
+        status = link.build_status()
+        parts["retention"] = {"oldest_ts": None}  # nothing recorded yet
+        empty = link.build_status()
+    finally:
+        link.outbox.close()
+    assert status["retention"] == {"oldest_ts": "2024-05-01T12:00:00.500Z", "days": 15.0}
+    assert status["ts"] == "2024-05-01T12:01:40.000Z"
+    assert empty["retention"] == {"oldest_ts": None, "days": 15.0}
+
+
 def test_status_provider_failure_is_reported_not_fatal(
     mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
 ) -> None:
