@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from edge_agent.audit import AuditLog
 from edge_agent.clip_server import ClipServer, ClipServerThread, StatsProviders
 from edge_agent.collector.download import DeviceEndpoint
-from edge_agent.config import AgentConfig, parse_config
+from edge_agent.config import AgentConfig, StorageConfig, parse_config
 from edge_agent.signing import RequestSigner
+from edge_agent.storage.media import EncodedPacket, StreamInfo
+from edge_agent.storage.ringbuffer import RingBuffer, SegmentRecord
+from edge_agent.storage.sealing import SegmentWriter
 
 
 def device_config(tmp_path: Path, cameras: tuple[str, ...] = ("cam1",), **clip: Any) -> AgentConfig:
@@ -28,7 +33,7 @@ def device_config(tmp_path: Path, cameras: tuple[str, ...] = ("cam1",), **clip: 
                 {"id": c, "source": "synthetic", "require_masks": False, "resolution": [320, 240]}
                 for c in cameras
             ],
-            "storage": {"path": str(tmp_path / "ring"), "segment_seconds": 2},
+            "storage": {"path": str(tmp_path / "ring"), "segment_seconds": 2, "min_free_bytes": 0},
             "clip_server": {
                 "bind": "127.0.0.1",
                 "port": 0,
@@ -43,7 +48,7 @@ def device_config(tmp_path: Path, cameras: tuple[str, ...] = ("cam1",), **clip: 
 @contextmanager
 def running_server(
     config: AgentConfig,
-    ring: Any,
+    ring: RingBuffer,
     device_key: Ed25519PrivateKey,
     collector_key: Ed25519PrivateKey,
     stats: StatsProviders | None = None,
@@ -139,29 +144,78 @@ class CuttingProxy:
         self._listener.close()
 
 
+def sealed_ring(root: Path, device_key: Ed25519PrivateKey) -> RingBuffer:
+    """An empty real ring buffer under `root` (no free-space floor: tests must not lose segments)."""
+    storage = StorageConfig(path=root, min_free_bytes=0)
+    return RingBuffer(root, storage, device_public_key=device_key.public_key())
+
+
+def seal_segment(
+    ring: RingBuffer,
+    stream: StreamInfo,
+    packets: Sequence[EncodedPacket],
+    device_key: Ed25519PrivateKey,
+    csu_public_key: X25519PublicKey,
+    camera: str = "cam1",
+) -> SegmentRecord:
+    """Seal `packets` as the camera's next segment through the ring's own write path (begin, commit)."""
+    pending = ring.begin(camera)
+    writer = SegmentWriter(
+        pending.file,
+        camera=camera,
+        device="pi-01",
+        sequence=pending.sequence,
+        prev_sha256=pending.prev_sha256,
+        stream=stream,
+        start_ts=stream.seconds(packets[0].pts),
+        device_key=device_key,
+        csu_public_key=csu_public_key,
+    )
+    for packet in packets:
+        writer.append(packet)
+    return ring.commit(pending, writer.finish())
+
+
+def random_ring(
+    root: Path, device_key: Ed25519PrivateKey, start_ts: float, count: int = 10, seconds: int = 2
+) -> RingBuffer:
+    """A ring of `count` really sealed segments of `seconds` each, whose packets are random bytes.
+
+    For tests of the API, not of the footage: they are sealed to a throwaway CSU key. Segment i
+    (sequence i + 1) covers [start_ts + i * seconds, start_ts + (i + 1) * seconds) and is ~50 kB.
+    """
+    fps = 10
+    stream = StreamInfo("h264", "random", 160, 120, "yuv420p", Fraction(1, fps), fps, start_ts)
+    csu_public_key = X25519PrivateKey.generate().public_key()
+    ring = sealed_ring(root, device_key)
+    per_segment = seconds * fps
+    for index in range(count):
+        packets = [
+            EncodedPacket(pts, pts, 1, pts % per_segment == 0, os.urandom(50_000 // per_segment + index * 50))
+            for pts in range(index * per_segment, (index + 1) * per_segment)
+        ]
+        seal_segment(ring, stream, packets, device_key, csu_public_key)
+    return ring
+
+
 def encode_segments(
     root: Path,
     device_key: Ed25519PrivateKey,
-    csu_public_key: Any,
+    csu_public_key: X25519PublicKey,
     start_ts: float,
     seconds: float,
     fps: int = 10,
     segment_seconds: float = 2.0,
     size: tuple[int, int] = (160, 120),
-) -> list[Any]:
-    """Real H.264 footage (libx264, 1 keyframe a second), sealed into segment files; index rows back.
+) -> RingBuffer:
+    """Real H.264 footage (libx264, 1 keyframe a second) sealed into a real ring buffer.
 
     Each frame's brightness encodes its index; the top-left quarter is a constant black "mask".
+    A segment starts at the first keyframe of each `segment_seconds` stretch.
     """
-    from fractions import Fraction
-
     import av
     import numpy as np
 
-    from edge_agent.storage.media import EncodedPacket, StreamInfo
-    from edge_agent.storage.sealing import SegmentWriter
-
-    root.mkdir(parents=True, exist_ok=True)
     width, height = size
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
@@ -170,153 +224,28 @@ def encode_segments(
     encoder.flags |= av.codec.context.Flags.global_header
     encoder.options = {"g": str(fps), "bf": "0", "preset": "ultrafast"}
     encoder.open()
-    stream_info: StreamInfo | None = None
-    rows: list[Any] = []
-    writer: Any = None
-    handle: Any = None
-    prev = ""
     per_segment = int(segment_seconds * fps)
-    total = int(seconds * fps)
+    segments: list[list[EncodedPacket]] = []
 
-    def packets(frame: Any) -> list[Any]:
-        return list(encoder.encode(frame))
+    def add(packets: Any) -> None:
+        for packet in packets:
+            pts = int(packet.pts)
+            if packet.is_keyframe and (not segments or pts // per_segment != len(segments) - 1):
+                segments.append([])
+            segments[-1].append(EncodedPacket(pts, int(packet.dts), 1, packet.is_keyframe, bytes(packet)))
 
-    def flush_segment() -> None:
-        nonlocal writer, handle, prev
-        sealed = writer.finish()
-        handle.close()
-        path = root / f"seg-{sealed.sequence:06d}.seg"
-        rows.append(
-            Row(
-                "cam1",
-                sealed.sequence,
-                sealed.start_ts,
-                sealed.end_ts,
-                sealed.size,
-                sealed.sha256,
-                sealed.prev_sha256,
-                path,
-            )
-        )
-        prev = sealed.sha256
-        writer = None
-
-    for index in range(total):
+    for index in range(int(seconds * fps)):
         image = np.full((height, width, 3), (index * 3) % 200 + 30, np.uint8)
         image[: height // 2, : width // 2] = 0
         frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
         frame.pts = index
-        out = packets(frame)
-        if stream_info is None:
-            stream_info = StreamInfo(
-                "h264",
-                "libx264",
-                width,
-                height,
-                "yuv420p",
-                Fraction(1, fps),
-                float(fps),
-                start_ts,
-                bytes(encoder.extradata or b""),
-            )
-        for packet in out:
-            sequence = int(packet.pts) // per_segment
-            if writer is not None and packet.is_keyframe and sequence != len(rows):
-                flush_segment()
-            if writer is None:
-                handle = (root / f"seg-{len(rows):06d}.seg").open("wb")
-                writer = SegmentWriter(
-                    handle,
-                    camera="cam1",
-                    device="pi-01",
-                    sequence=len(rows),
-                    prev_sha256=prev,
-                    stream=stream_info,
-                    start_ts=stream_info.seconds(packet.pts),
-                    device_key=device_key,
-                    csu_public_key=csu_public_key,
-                )
-            writer.append(
-                EncodedPacket(int(packet.pts), int(packet.dts), 1, packet.is_keyframe, bytes(packet))
-            )
-    for packet in encoder.encode(None):
-        writer.append(EncodedPacket(int(packet.pts), int(packet.dts), 1, packet.is_keyframe, bytes(packet)))
-    flush_segment()
-    return rows
-
-
-@dataclass
-class Row:
-    """An index row as the ring buffer's `segments()` returns it."""
-
-    camera: str
-    sequence: int
-    start_ts: float
-    end_ts: float
-    size: int
-    sha256: str
-    prev_sha256: str
-    path: Path
-    state: str = "complete"
-
-
-class FileRing:
-    """Segment files and their index rows behind the ring buffer's query interface (no retention)."""
-
-    def __init__(self, rows: list[Row]) -> None:
-        self.rows = rows
-        self.hold_rows: dict[int, dict[str, Any]] = {}
-
-    def segments(self, camera: str, start_ts: float, end_ts: float) -> list[Row]:
-        return [r for r in self.rows if r.camera == camera and r.end_ts > start_ts and r.start_ts < end_ts]
-
-    def add_hold(
-        self, camera: str, start_ts: float, end_ts: float, requisition: str, expires_at: float
-    ) -> dict[str, Any]:
-        hold = {
-            "id": len(self.hold_rows) + 1,
-            "camera": camera,
-            "start_ts": start_ts,
-            "end_ts": end_ts,
-            "requisition": requisition,
-            "expires_at": expires_at,
-        }
-        self.hold_rows[hold["id"]] = hold
-        return hold
-
-    def release_hold(self, hold_id: int) -> bool:
-        return self.hold_rows.pop(hold_id, None) is not None
-
-    def holds(self, camera: str | None = None) -> list[dict[str, Any]]:
-        return list(self.hold_rows.values())
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        if not self.rows:
-            return {}
-        return {
-            "cam1": {
-                "segments": len(self.rows),
-                "bytes": sum(r.size for r in self.rows),
-                "oldest_ts": min(r.start_ts for r in self.rows),
-                "newest_ts": max(r.end_ts for r in self.rows),
-            }
-        }
-
-
-def random_rows(root: Path, start_ts: float, count: int = 10, seconds: float = 2.0) -> list[Row]:
-    """Segment-sized random files (for tests of the API, not of the footage)."""
-    import hashlib
-    import os
-
-    root.mkdir(parents=True, exist_ok=True)
-    rows: list[Row] = []
-    prev = "0" * 64
-    for seq in range(count):
-        data = os.urandom(50_000 + seq * 1000)
-        path = root / f"cam1-{seq:08d}.seg"
-        path.write_bytes(data)
-        digest = hashlib.sha256(data).hexdigest()
-        start = start_ts + seq * seconds
-        rows.append(Row("cam1", seq, start, start + seconds, len(data), digest, prev, path))
-        prev = digest
-    return rows
+        add(encoder.encode(frame))
+    add(encoder.encode(None))
+    extradata = bytes(encoder.extradata or b"")
+    stream = StreamInfo(
+        "h264", "libx264", width, height, "yuv420p", Fraction(1, fps), fps, start_ts, extradata
+    )
+    ring = sealed_ring(root, device_key)
+    for packets in segments:
+        seal_segment(ring, stream, packets, device_key, csu_public_key)
+    return ring

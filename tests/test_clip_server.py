@@ -16,8 +16,8 @@ from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME
 from edge_agent.clip_server import CameraStats, ClipServer, StatsProviders
 from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.signing import RequestSigner
-from tests.clip_support import FileRing as _FileRing
-from tests.clip_support import audit_lines, device_config, endpoint, random_rows, running_server
+from edge_agent.storage.ringbuffer import RingBuffer
+from tests.clip_support import audit_lines, device_config, endpoint, random_ring, running_server
 
 T0 = 1_700_000_000.0
 CLIP = [
@@ -28,22 +28,19 @@ CLIP = [
 ]
 
 
-def FileRing(root: Path, count: int = 10) -> _FileRing:
-    return _FileRing(random_rows(root, T0, count))
-
-
 @pytest.fixture
 def keys() -> dict[str, Ed25519PrivateKey]:
     return {name: Ed25519PrivateKey.generate() for name in ("device", "collector", "other")}
 
 
 @pytest.fixture
-def served(tmp_path: Path, keys) -> Iterator[tuple[ClipServer, FileRing]]:
+def served(tmp_path: Path, keys) -> Iterator[tuple[ClipServer, RingBuffer]]:
     config = device_config(tmp_path, max_clip_seconds=60, requests_per_minute=1000)
-    ring = FileRing(tmp_path / "ring")
+    ring = random_ring(tmp_path / "ring", keys["device"], T0)
     stats = StatsProviders(cameras=lambda: {"cam1": CameraStats(9.8, 3)}, outbox_depth=lambda: 7)
     with running_server(config, ring, keys["device"], keys["collector"], stats) as server:
         yield server, ring
+    ring.close()
 
 
 def _get(ep: DeviceEndpoint, path: str, query, headers=None) -> tuple[int, dict, bytes]:
@@ -77,9 +74,9 @@ def test_signed_clip_is_a_tar_bundle_with_signed_manifest(served, keys) -> None:
         first = archive.extractfile(names[2]).read()
     keys["device"].public_key().verify(signature, manifest_bytes)
     manifest = json.loads(manifest_bytes)
-    # 22:13:24Z = T0 + 4 s: segments 2..9 overlap [T0+4, T0+20)
-    assert [s["sequence"] for s in manifest["segments"]] == list(range(2, 10))
-    assert first == ring.rows[2].path.read_bytes()
+    # 22:13:24Z = T0 + 4 s: segments 3..10 (from T0 + 4 to T0 + 20) overlap [T0+4, T0+20)
+    assert [s["sequence"] for s in manifest["segments"]] == list(range(3, 11))
+    assert first == ring.segments("cam1")[2].path.read_bytes()
     assert headers["ETag"] == f'"{manifest["bundle_id"]}"'
     # The server writes its `served` line once the last byte has left, which may be just after the
     # client has read it: give it a moment on a loaded machine.
@@ -197,9 +194,9 @@ def _raw(server: ClipServer, query, headers) -> tuple[int, dict, bytes]:
 def test_segment_listing_has_no_paths(served, keys) -> None:
     server, ring = served
     rows = endpoint(server, keys["collector"]).call_json("GET", "/v1/segments", CLIP[:3])["segments"]
-    assert [r["sequence"] for r in rows] == list(range(2, 10))
+    assert [r["sequence"] for r in rows] == list(range(3, 11))
     assert all("path" not in r for r in rows)
-    assert rows[3]["sha256"] == ring.rows[5].sha256
+    assert rows[3]["sha256"] == ring.segments("cam1")[5].sha256
 
 
 def test_holds_add_list_release_and_bad_ids(served, keys) -> None:
@@ -207,7 +204,7 @@ def test_holds_add_list_release_and_bad_ids(served, keys) -> None:
     ep = endpoint(server, keys["collector"])
     body = json.dumps({"camera": "cam1", "start": T0, "end": T0 + 600, "requisition": "PV-1"}).encode()
     hold = ep.call_json("POST", "/v1/holds", body=body)
-    assert ring.hold_rows[hold["id"]]["requisition"] == "PV-1"
+    assert [(h.id, h.requisition) for h in ring.holds()] == [(hold["id"], "PV-1")]
     assert ep.call_json("GET", "/v1/holds")["holds"][0]["id"] == hold["id"]
     assert ep.call_json("DELETE", f"/v1/holds/{hold['id']}") == {"id": str(hold["id"]), "released": True}
     with pytest.raises(FetchError) as unknown:
@@ -243,7 +240,8 @@ def test_metrics_signed_with_pipeline_and_request_counts(served, keys) -> None:
 
 def test_request_rate_limit_per_client(tmp_path: Path, keys) -> None:
     config = device_config(tmp_path, requests_per_minute=3)
-    with running_server(config, FileRing(tmp_path / "ring", 2), keys["device"], keys["collector"]) as server:
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 2)
+    with running_server(config, ring, keys["device"], keys["collector"]) as server:
         ep = endpoint(server, keys["collector"])
         statuses = [_get(ep, "/v1/segments", CLIP[:3])[0] for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
@@ -255,7 +253,7 @@ def test_mqtt_hold_and_release_commands_must_be_signed(tmp_path: Path, keys) -> 
     from edge_agent.holds import HoldService, signed_command
     from edge_agent.signing import RequestVerifier
 
-    ring = FileRing(tmp_path / "ring", 1)
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 1)
     audit = AuditLog(tmp_path / "audit.jsonl")
     service = HoldService(ring, audit, ["cam1"])
     verifier = RequestVerifier([keys["collector"].public_key()], skew_s=60)
@@ -263,7 +261,7 @@ def test_mqtt_hold_and_release_commands_must_be_signed(tmp_path: Path, keys) -> 
     fields = {"camera": "cam1", "start": str(T0), "end": str(T0 + 60), "requisition": "PV-9"}
 
     reply = service.handle_command("hold", signed_command("hold", fields, signer), verifier)
-    assert reply["ok"] and ring.hold_rows[reply["hold"]["id"]]["requisition"] == "PV-9"
+    assert reply["ok"] and [h.requisition for h in ring.holds()] == ["PV-9"]
     unsigned = service.handle_command("release", {"id": reply["hold"]["id"]}, verifier)
     assert (unsigned["ok"], unsigned["error"]) == (False, "missing-signature")
     forged = signed_command("release", {"id": reply["hold"]["id"]}, RequestSigner(keys["other"]))
@@ -276,7 +274,7 @@ def test_mqtt_hold_and_release_commands_must_be_signed(tmp_path: Path, keys) -> 
         "id": str(reply["hold"]["id"]),
         "released": True,
     }
-    assert ring.hold_rows == {}
+    assert ring.holds() == []
     outcomes = [(e["action"], e["outcome"]) for e in audit_lines_of(audit.path)]
     assert outcomes == [
         ("hold", "accepted"),

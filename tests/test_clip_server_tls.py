@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from edge_agent.collector.download import DeviceEndpoint
 from edge_agent.signing import RequestSigner
-from tests.clip_support import FileRing, device_config, random_rows, running_server
+from tests.clip_support import device_config, random_ring, running_server
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -51,7 +51,7 @@ def test_https_serves_signed_requests_and_checks_the_certificate(tmp_path: Path)
     cert, key = _self_signed(tmp_path)
     config = device_config(tmp_path, tls_cert=str(cert), tls_key=str(key))
     device, collector = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    ring = FileRing(random_rows(tmp_path / "ring", 1_700_000_000.0, 2))
+    ring = random_ring(tmp_path / "ring", device, 1_700_000_000.0, 2)
     with running_server(config, ring, device, collector) as server:
         assert server.url.startswith("https://")
         trusted = DeviceEndpoint(

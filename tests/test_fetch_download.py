@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_agent.collector.download import DeviceEndpoint, FetchError, download_bundle
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.signing import RequestSigner
-from tests.clip_support import CuttingProxy, audit_lines, device_config, running_server
-from tests.test_clip_server import CLIP, FileRing
+from tests.clip_support import CuttingProxy, audit_lines, device_config, random_ring, running_server
+from tests.test_clip_server import CLIP, T0
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def keys() -> dict[str, Ed25519PrivateKey]:
 
 def test_cut_download_resumes_to_the_same_bytes(tmp_path: Path, keys, capsys) -> None:
     config = device_config(tmp_path, max_clip_seconds=60)
-    ring = FileRing(tmp_path / "ring", count=10)
+    ring = random_ring(tmp_path / "ring", keys["device"], T0)
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
         signer = RequestSigner(keys["collector"])
         whole = download_bundle(DeviceEndpoint(server.url, signer), CLIP, tmp_path / "whole.tar")
@@ -45,7 +45,7 @@ def test_cut_download_resumes_to_the_same_bytes(tmp_path: Path, keys, capsys) ->
 
 def test_changed_bundle_restarts_from_zero(tmp_path: Path, keys) -> None:
     config = device_config(tmp_path, max_clip_seconds=60)
-    ring = FileRing(tmp_path / "ring", count=10)
+    ring = random_ring(tmp_path / "ring", keys["device"], T0)
     dest = tmp_path / "clip.tar"
     part = tmp_path / "clip.tar.part"
     part.write_bytes(b"x" * 5000)
@@ -58,7 +58,7 @@ def test_changed_bundle_restarts_from_zero(tmp_path: Path, keys) -> None:
 
 def test_refusal_is_not_retried(tmp_path: Path, keys) -> None:
     config = device_config(tmp_path, max_clip_seconds=5)
-    ring = FileRing(tmp_path / "ring", 2)
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 2)
     with (
         running_server(config, ring, keys["device"], keys["collector"]) as server,
         pytest.raises(FetchError) as refused,

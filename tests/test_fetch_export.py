@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,32 +18,34 @@ from edge_agent.collector.download import DeviceEndpoint
 from edge_agent.collector.evidence import ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.signing import RequestSigner
-from tests.clip_support import CuttingProxy, FileRing, device_config, encode_segments, running_server
+from edge_agent.storage.ringbuffer import RingBuffer
+from tests.clip_support import CuttingProxy, device_config, encode_segments, running_server
 
 T0 = 1_700_000_000.0
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """30 s of sealed footage at 10 fps in 2 s segments, and the keys around it."""
+    """A real ring buffer with 30 s of sealed footage at 10 fps in 2 s segments, and the keys around it."""
     root = tmp_path_factory.mktemp("site")
     keys = {
         "device": Ed25519PrivateKey.generate(),
         "collector": Ed25519PrivateKey.generate(),
         "csu": X25519PrivateKey.generate(),
     }
-    rows = encode_segments(root / "ring", keys["device"], keys["csu"].public_key(), T0, 30.0)
-    return root, keys, rows
+    ring = encode_segments(root / "ring", keys["device"], keys["csu"].public_key(), T0, 30.0)
+    yield root, keys, ring
+    ring.close()
 
 
 def _request(start: float, end: float) -> ClipRequest:
     return ClipRequest("ville-01", "pi-01", "cam1", start, end, "PV 2024/118")
 
 
-def _fetch(tmp_path: Path, site, request: ClipRequest, via=None, allow_partial=False, rows=None):
-    _, keys, all_rows = site
+def _fetch(tmp_path: Path, site, request: ClipRequest, via=None, allow_partial=False, ring=None):
+    _, keys, site_ring = site
     config = device_config(tmp_path, max_clip_seconds=60)
-    ring = FileRing(rows or all_rows)
+    ring = ring or site_ring
     audit = AuditLog(tmp_path / "collector-audit.jsonl")
     collector_keys = CollectorKeys(keys["collector"], keys["csu"], keys["device"].public_key())
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
@@ -80,13 +83,13 @@ def test_twenty_seconds_export_to_a_playable_mp4(tmp_path: Path, site) -> None:
 
 
 def test_bundle_altered_in_transit_is_rejected_naming_the_segment(tmp_path: Path, site) -> None:
-    _, _, rows = site
-    # One byte flipped inside segment #5 as it crosses the network (after HTTP head + members).
+    rows = site[2].segments("cam1")
+    # One byte flipped inside segment #6 as it crosses the network (after HTTP head + members).
     offset_in_bundle = 3 * 512 + sum(-(-r.size // 512) * 512 + 512 for r in rows[:5]) + 512 + 5000
     via = lambda server: CuttingProxy(server.port, after=1 << 40, cuts=1, flip_at=offset_in_bundle + 350).url  # noqa: E731
     with pytest.raises(ClipRejected) as rejected:
         _fetch(tmp_path, site, _request(T0, T0 + 20), via=via)
-    assert "segments/000000000005.seg (#5): tampered" in str(rejected.value)
+    assert "segments/000000000006.seg (#6): tampered" in str(rejected.value)
     assert not (tmp_path / "export" / "clip.mp4").exists()
     entry = json.loads((tmp_path / "collector-audit.jsonl").read_text().splitlines()[-1])
     assert (entry["outcome"], entry["reason"]) == ("rejected", "verification")
@@ -94,22 +97,25 @@ def test_bundle_altered_in_transit_is_rejected_naming_the_segment(tmp_path: Path
 
 
 def test_tampered_segment_on_device_becomes_a_named_gap_with_partial(tmp_path: Path, site) -> None:
-    _, _, rows = site
-    copies = []
-    for row in rows:
-        data = bytearray(row.path.read_bytes())
-        if row.sequence == 4:
-            data[3000] ^= 1
-        path = tmp_path / row.path.name
-        path.write_bytes(bytes(data))
-        copies.append(type(row)(**{**row.__dict__, "path": path}))
-    outcome = _fetch(tmp_path, site, _request(T0 + 2, T0 + 16), allow_partial=True, rows=copies)
+    root, keys, site_ring = site
+    # A copy of the device's ring where one stored segment had a byte flipped in place (same size,
+    # so the device's start-up recovery does not look at it: only the collector can notice).
+    shutil.copytree(root / "ring", tmp_path / "ring")
+    ring = RingBuffer(tmp_path / "ring", site_ring.storage, device_public_key=keys["device"].public_key())
+    tampered = ring.segments("cam1")[4]
+    data = bytearray(tampered.path.read_bytes())
+    data[3000] ^= 1
+    tampered.path.write_bytes(bytes(data))
+    try:
+        outcome = _fetch(tmp_path, site, _request(T0 + 2, T0 + 16), allow_partial=True, ring=ring)
+    finally:
+        ring.close()
     evidence = outcome.evidence
     assert evidence["verification"]["result"] == "partial"
     assert evidence["gaps"] == [
-        {"start_ts": rows[4].start_ts, "end_ts": rows[4].end_ts, "reason": "tampered"}
+        {"start_ts": tampered.start_ts, "end_ts": tampered.end_ts, "reason": "tampered"}
     ]
-    assert "segments/000000000004.seg (#4): tampered" in evidence["verification"]["problems"][0]
+    assert "segments/000000000005.seg (#5): tampered" in evidence["verification"]["problems"][0]
     assert evidence["clip"]["frames"] == 140 - 20
 
 
@@ -131,9 +137,9 @@ def test_reverify_detects_edits_to_clip_evidence_and_bundle(tmp_path: Path, site
     assert any("clip.mp4: sha256 differs" in p for p in tamper("clip.mp4", 2000))
     assert any("collector signature does not verify" in p for p in tamper("evidence.json", 40))
     with tarfile.open(export / "bundle.tar") as archive:
-        first_segment = archive.getmember("segments/000000000000.seg").offset_data
+        first_segment = archive.getmember("segments/000000000001.seg").offset_data
     bundle_problems = tamper("bundle.tar", first_segment + 800)
     assert any("bundle.tar: sha256 differs" in p for p in bundle_problems)
-    assert any("000000000000.seg" in p for p in bundle_problems)
+    assert any("000000000001.seg" in p for p in bundle_problems)
     other = Ed25519PrivateKey.generate().public_key()
     assert "not one given" in verify_export(export, [other])[1][0]
