@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FPS = 25.0
 REPLAY_CAMERA = "replay"
+_HALF_RED = np.array([0.0, 0.0, 128.0, 0.0])  # an OpenCV scalar (B, G, R, A)
 
 
 class ReplayError(Exception):
@@ -126,15 +127,16 @@ def full_size_mask(result: MotionResult, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(result.foreground, size, interpolation=cv2.INTER_NEAREST)
 
 
-def annotate(frame: MaskedFrame, result: MotionResult, settings: ReplaySettings) -> np.ndarray:
-    """The masked frame with the foreground tinted red, masks and zones outlined, boxes and score drawn."""
+def annotate(
+    frame: MaskedFrame, result: MotionResult, foreground: np.ndarray, settings: ReplaySettings
+) -> np.ndarray:
+    """The masked frame with the foreground (at the frame's size) tinted red, masks and zones outlined,
+    boxes and score drawn."""
     size = frame.size
     canvas = frame.image.copy()
-    foreground = full_size_mask(result, size)
-    red = np.zeros_like(canvas)
-    red[:] = (0, 0, 255)
-    tinted = cv2.addWeighted(canvas, 0.5, red, 0.5, 0)
-    cv2.copyTo(tinted, foreground, canvas)
+    # Half the pixel plus half of pure red, written only under the foreground. (Filling a whole-frame
+    # red image with numpy instead costs 13 ms per 1080p frame, more than encoding it.)
+    cv2.add(cv2.convertScaleAbs(canvas, alpha=0.5), _HALF_RED, dst=canvas, mask=foreground)
     masks = settings.masks_config.masks if settings.masks_config else []
     canvas = draw_outlines(canvas, masks, list(settings.motion.zones))
     width, height = size
@@ -225,15 +227,18 @@ def _write_all(
             item = replayer.step(index, image)
             _write_events(events_file, item.events)
             frames_file.write(json.dumps(frame_record(item.index, item.result)) + "\n")
+            count += 1
+            if not (write_masks or annotate_to):
+                continue
+            foreground = full_size_mask(item.result, item.frame.size)
             if write_masks:
                 path = out / "masks" / f"{item.index:06d}.png"
-                if not cv2.imwrite(str(path), full_size_mask(item.result, item.frame.size)):
+                if not cv2.imwrite(str(path), foreground):
                     raise ReplayError(f"cannot write {path}")
             if annotate_to is not None:
                 if writer is None:
                     writer = _video_writer(annotate_to, settings.fps, item.frame.size)
-                writer.write(annotate(item.frame, item.result, settings))
-            count += 1
+                writer.write(annotate(item.frame, item.result, foreground, settings))
         _write_events(events_file, replayer.close())
     finally:
         if writer is not None:

@@ -11,6 +11,11 @@ import pytest
 import yaml
 
 from edge_agent.cli import main
+from edge_agent.config import MotionConfig
+from edge_agent.frames import Frame
+from edge_agent.motion import MotionResult
+from edge_agent.privacy import PrivacyMasker
+from edge_agent.replay import ReplaySettings, annotate
 
 SIZE = (200, 150)
 FRAMES = 30
@@ -96,6 +101,20 @@ def test_tuner_on_a_video_file(datasets: Path, tmp_path: Path) -> None:
         768,
         576,
     )
+
+
+def test_annotate_tints_only_the_foreground_and_draws_the_boxes() -> None:
+    masker = PrivacyMasker([])
+    frame = masker.apply(Frame("cam", 7, 0.0, np.full((SIZE[1], SIZE[0], 3), 100, np.uint8)))
+    foreground = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+    foreground[60:90, 100:130] = 255
+    result = MotionResult(True, 0.03, [(0.5, 0.4, 0.15, 0.2)], [], foreground)
+    settings = ReplaySettings("cam", masker, MotionConfig(), 25.0)  # type: ignore[call-arg]
+    canvas = annotate(frame, result, foreground, settings)
+    assert tuple(canvas[75, 115]) == (50, 50, 178)  # half the pixel, half pure red
+    assert tuple(canvas[120, 20]) == (100, 100, 100)  # outside the foreground: untouched
+    assert tuple(canvas[60, 110]) == (0, 255, 255)  # the box's top edge
+    assert (frame.image == 100).all()  # drawn on a copy
 
 
 def _config(tmp_path: Path, cameras: list[dict[str, object]]) -> Path:
