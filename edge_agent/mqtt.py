@@ -7,12 +7,13 @@ Topics and payloads are those of DESIGN.md section 4 (built in `mqtt_wire`). Gua
   `status_changed()` (at most one per second);
 - motion events go through the SQLite outbox: stored before sending, removed on PUBACK, resent after a
   reconnect or an agent restart, in order (the collector deduplicates a redelivered message);
-- a command is answered on `.../cmd_result`; a malformed or unknown command, a missing or failing
-  handler all become an error reply naming what is wrong, never an exception in the agent.
+- a command is answered on `.../cmd_result`; a malformed or unknown command, a missing, failing or
+  hung handler all become an error reply naming what is wrong, never an exception in the agent.
 
 Threads: paho's network thread only records acknowledgements and queues commands; a sender thread
-moves messages from the outbox to paho and publishes status; a command thread runs the handlers (a
-snapshot may take a second, which must not delay events).
+moves messages from the outbox to paho and publishes status; a command thread answers commands one at
+a time (a snapshot may take a second, which must not delay events), each handler in a thread of its
+own so that one that hangs is answered as timed out and does not block the commands behind it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ CommandHandler = Callable[[dict[str, Any]], Mapping[str, Any]]
 """Takes the command's JSON arguments, returns a JSON-able result; raises CommandError to refuse."""
 
 MIN_STATUS_GAP_S = 1.0
+COMMAND_TIMEOUT_S = 30.0
 _OFFLINE = b'"offline"'
 _ONLINE = b'"online"'
 
@@ -115,6 +117,7 @@ class MqttLink:
         handlers: Mapping[str, CommandHandler] | None = None,
         clip_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
     ) -> None:
         """Open the outbox (events can be queued before `start()`); nothing connects yet."""
         self.config = config
@@ -135,6 +138,8 @@ class MqttLink:
         self._status_due = True
         self._last_status = 0.0
         self._commands: queue.Queue[tuple[str, bytes, Properties | None] | None] = queue.Queue()
+        self._command_timeout_s = command_timeout_s
+        self._running_handlers: dict[str, threading.Thread] = {}  # command thread only
         self._threads: list[threading.Thread] = []
         self._connections = 0
         self._rejected = 0
@@ -404,7 +409,7 @@ class MqttLink:
             handler = self._handlers.get(name)
             if handler is None:
                 raise CommandError(f"command {name!r} is not supported on this device")
-            result = handler(args)
+            result = self._run_handler(name, handler, args)
         except (PayloadError, CommandError) as refused:
             error = f"{name}: {refused}"
         except Exception as failure:  # a handler bug: answer and keep going
@@ -420,3 +425,33 @@ class MqttLink:
             reply_props = Properties(PacketTypes.PUBLISH)
             reply_props.CorrelationData = correlation
         self.client.publish(self.topics.cmd_result, encode(payload), qos=1, properties=reply_props)
+
+    def _run_handler(self, name: str, handler: CommandHandler, args: dict[str, Any]) -> Mapping[str, Any]:
+        """Run a handler in its own thread; CommandError when it is still running after the time limit.
+
+        A Python thread cannot be killed: a hung handler is left running, and the same command is
+        refused until it returns, so that hung calls do not pile up.
+        """
+        previous = self._running_handlers.get(name)
+        if previous is not None and previous.is_alive():
+            raise CommandError(f"the previous {name} is still running")
+        outcome: list[Mapping[str, Any] | BaseException] = []
+
+        def call() -> None:
+            try:
+                outcome.append(handler(args))
+            except BaseException as error:  # handed to the command thread, which answers with it
+                outcome.append(error)
+
+        worker = threading.Thread(target=call, name=f"mqtt-cmd-{name}", daemon=True)
+        self._running_handlers[name] = worker
+        worker.start()
+        worker.join(self._command_timeout_s)
+        if not outcome:
+            log.error("command %r still running after %.1f s", name, self._command_timeout_s)
+            raise CommandError(
+                f"no answer within {self._command_timeout_s:g} s (still running on the device)"
+            )
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]

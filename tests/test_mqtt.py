@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -359,6 +360,40 @@ def test_commands_good_bad_and_unsupported(
     finally:
         link.stop()
     assert len(calls) == 3
+
+
+def test_a_hung_handler_times_out_and_does_not_block_other_commands(
+    mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    started: list[str] = []
+
+    def stuck(_args: dict[str, Any]) -> dict[str, Any]:
+        started.append("snapshot")
+        release.wait(30)  # a camera driver that never answers
+        return {"late": True}
+
+    config = parsed(agent_config(mosquitto, tmp_path))
+    handlers = {"snapshot": stuck, "reload": lambda _args: {"reloaded": True}}
+    link = MqttLink(config, lambda: {"cameras": CAMERAS}, handlers, command_timeout_s=0.5)
+    link.start()
+    try:
+        assert recorder.wait_for(lambda m: any(t == f"{BASE}/availability" for t, _, _ in m))
+        time.sleep(0.2)  # the link subscribes to its commands right after connecting
+        hung = _command(recorder, "snapshot", b'{"camera": "cam1", "request_id": "r-hung"}')
+        assert hung["ok"] is False and hung["request_id"] == "r-hung"
+        assert hung["error"] == "snapshot: no answer within 0.5 s (still running on the device)"
+        again = _command(recorder, "snapshot", b'{"camera": "cam1"}')
+        assert again["error"] == "snapshot: the previous snapshot is still running"
+        assert _command(recorder, "reload", b"")["result"] == {"reloaded": True}
+        release.set()
+        time.sleep(0.1)
+        assert _command(recorder, "snapshot", b"{}")["result"] == {"late": True}
+    finally:
+        release.set()
+        link.stop()
+    assert started == ["snapshot", "snapshot"]
+    assert link.stats().command_errors == 2
 
 
 def test_mqtt_311_option(mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path) -> None:
