@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -44,6 +43,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.holds import HoldService
 from edge_agent.ratelimit import BucketMap
 from edge_agent.signing import RequestVerifier, SignatureError
+from edge_agent.storage.ringbuffer import Hold, SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,15 @@ _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class SegmentSource(Protocol):
     """What the server needs of the ring buffer (`edge_agent.storage.ringbuffer.RingBuffer`)."""
 
-    def segments(self, camera: str, start_ts: float, end_ts: float) -> list[Any]: ...
+    def segments(self, camera: str, start_ts: float, end_ts: float) -> list[SegmentRecord]: ...
 
     def add_hold(
         self, camera: str, start_ts: float, end_ts: float, requisition: str, expires_at: float
-    ) -> Any: ...
+    ) -> Hold: ...
 
-    def release_hold(self, hold_id: Any) -> bool: ...
+    def release_hold(self, hold_id: int) -> bool: ...
 
-    def holds(self, camera: str | None = None) -> list[Any]: ...
+    def holds(self, camera: str | None = None) -> list[Hold]: ...
 
     def stats(self) -> Mapping[str, Mapping[str, Any]]: ...
 
@@ -294,25 +294,23 @@ class ClipServer:
             self._streams[exchange.client] -= 1
 
     def _plan(self, query: ClipQuery) -> BundlePlan:
-        records = self.ring.segments(query.camera, query.start_ts, query.end_ts)
         segments = []
-        for record in sorted(records, key=lambda r: r.sequence):
-            path = Path(record.path)
+        for record in self.ring.segments(query.camera, query.start_ts, query.end_ts):
             try:
-                size = path.stat().st_size
+                size = record.path.stat().st_size
             except OSError:
                 continue  # deleted by retention since the query: reported as a gap
             segments.append(
                 BundleSegment(
                     file=member_name(record.sequence),
-                    sequence=int(record.sequence),
-                    start_ts=float(record.start_ts),
-                    end_ts=float(record.end_ts),
+                    sequence=record.sequence,
+                    start_ts=record.start_ts,
+                    end_ts=record.end_ts,
                     size=size,
-                    sha256=str(record.sha256),
-                    prev_sha256=str(record.prev_sha256),
-                    state=str(getattr(record.state, "value", record.state)),
-                    path=path,
+                    sha256=record.sha256,
+                    prev_sha256=record.prev_sha256,
+                    state=record.state,
+                    path=record.path,
                 )
             )
         oldest, newest = self._camera_extent(query.camera)
@@ -435,7 +433,7 @@ def _query_fields(query: ClipQuery) -> dict[str, Any]:
     return fields
 
 
-def _row(record: Any) -> dict[str, Any]:
+def _row(record: SegmentRecord) -> dict[str, Any]:
     return {
         "sequence": record.sequence,
         "start_ts": record.start_ts,
@@ -443,7 +441,7 @@ def _row(record: Any) -> dict[str, Any]:
         "size": record.size,
         "sha256": record.sha256,
         "prev_sha256": record.prev_sha256,
-        "state": str(getattr(record.state, "value", record.state)),
+        "state": record.state,
     }
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, is_dataclass
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.audit import AuditLog
 from edge_agent.clip_params import ParamError, check_camera, check_range, check_requisition, parse_time
@@ -25,6 +25,9 @@ from edge_agent.signing import (
     RequestVerifier,
     SignatureError,
 )
+
+if TYPE_CHECKING:
+    from edge_agent.clip_server import SegmentSource
 
 MAX_HOLD_SECONDS = 31 * 86400.0
 DEFAULT_HOLD_DAYS = 365.0
@@ -43,7 +46,7 @@ class HoldService:
 
     def __init__(
         self,
-        ring: Any,
+        ring: SegmentSource,
         audit: AuditLog,
         cameras: Collection[str],
         clock: Callable[[], float] = time.time,
@@ -79,7 +82,7 @@ class HoldService:
             hold = self.ring.add_hold(camera, start_ts, end_ts, requisition, expires_at)
         except ValueError as error:
             raise ParamError("bad-hold", str(error)) from None
-        record = _as_dict(hold)
+        record = asdict(hold)
         self.audit.append(
             action="hold",
             outcome="accepted",
@@ -89,7 +92,7 @@ class HoldService:
             end_ts=end_ts,
             requisition=requisition,
             expires_at=expires_at,
-            hold_id=str(record.get("id", "")),
+            hold_id=str(hold.id),
         )
         return record
 
@@ -97,15 +100,14 @@ class HoldService:
         """Release a hold by id; ParamError (404) when there is no such hold."""
         if not _HOLD_ID_RE.match(hold_id):
             raise ParamError("bad-hold-id", f"hold id: {hold_id!r} is not a hold id")
-        key: Any = int(hold_id) if hold_id.isdigit() else hold_id
-        if not self.ring.release_hold(key):
+        if not hold_id.isdigit() or not self.ring.release_hold(int(hold_id)):
             raise ParamError("unknown-hold", f"hold id: no hold {hold_id!r}", 404)
         self.audit.append(action="release", outcome="accepted", client=actor, hold_id=hold_id)
         return {"id": hold_id, "released": True}
 
     def list(self) -> list[dict[str, Any]]:
         """Every active hold."""
-        return [_as_dict(h) for h in self.ring.holds()]
+        return [asdict(h) for h in self.ring.holds()]
 
     def handle_command(
         self, name: str, payload: Mapping[str, Any], verifier: RequestVerifier
@@ -143,16 +145,3 @@ def signed_command(name: str, fields: Mapping[str, Any], signer: RequestSigner) 
     query = sorted((k, str(v)) for k, v in fields.items())
     headers = signer.headers("MQTT", f"/cmd/{name}", query)
     return {**fields, **{k: headers[h] for k, h in _SIGNATURE_FIELDS.items()}}
-
-
-def _as_dict(hold: Any) -> dict[str, Any]:
-    if is_dataclass(hold) and not isinstance(hold, type):
-        data = asdict(hold)
-    elif isinstance(hold, Mapping):
-        data = dict(hold)
-    else:
-        data = dict(vars(hold))
-    return {
-        k: (str(v) if not isinstance(v, int | float | str | bool | type(None)) else v)
-        for k, v in data.items()
-    }
