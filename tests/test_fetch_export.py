@@ -143,3 +143,23 @@ def test_reverify_detects_edits_to_clip_evidence_and_bundle(tmp_path: Path, site
     assert any("000000000001.seg" in p for p in bundle_problems)
     other = Ed25519PrivateKey.generate().public_key()
     assert "not one given" in verify_export(export, [other])[1][0]
+
+
+def test_segment_removed_from_the_device_is_a_missing_gap(tmp_path: Path, site) -> None:
+    root, keys, site_ring = site
+    # Someone with the SD card deletes one segment file; the device's start-up recovery then drops
+    # its index row. The clip must say that footage is missing, where, and not hide it in the MP4.
+    shutil.copytree(root / "ring", tmp_path / "ring")
+    removed = site_ring.segments("cam1")[4]
+    (tmp_path / "ring" / removed.path.relative_to(root / "ring")).unlink()
+    ring = RingBuffer(tmp_path / "ring", site_ring.storage, device_public_key=keys["device"].public_key())
+    assert any("gone from disk" in line for line in ring.recovery)
+    try:
+        outcome = _fetch(tmp_path, site, _request(T0 + 2, T0 + 16), ring=ring)
+    finally:
+        ring.close()
+    evidence = outcome.evidence
+    assert evidence["gaps"] == [{"start_ts": removed.start_ts, "end_ts": removed.end_ts, "reason": "missing"}]
+    assert [s["sequence"] for s in evidence["segments"]] == [2, 3, 4, 6, 7, 8]
+    assert evidence["clip"]["frames"] == 140 - 20
+    assert len(evidence["covered"]) == 2
