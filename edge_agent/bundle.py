@@ -137,17 +137,23 @@ def find_gaps(
     end_ts: float,
     oldest_kept_ts: float | None,
     newest_end_ts: float | None,
+    sequence_before: int | None = None,
+    sequence_after: int | None = None,
 ) -> list[Gap]:
     """Stretches of [start_ts, end_ts) that no segment covers, each with the likeliest reason.
 
     `oldest_kept_ts` / `newest_end_ts` are the camera's oldest retained segment start and newest
     segment end (None when it has none): before the first is `retention`, after the last is
-    `not-yet-recorded`; between segments a skipped sequence number is `missing`, else `not-recorded`.
+    `not-yet-recorded`. A skipped sequence number is `missing`, else `not-recorded`; at the edges of
+    the range the skip is seen against `sequence_before` / `sequence_after`, the sequences of the
+    nearest segments just outside the range (None when unknown).
     """
     gaps: list[Gap] = []
 
-    def edge_reason(at: float) -> str:
-        if oldest_kept_ts is None or newest_end_ts is None:
+    def reason(at: float, previous: int | None, following: int | None, inside: bool) -> str:
+        if previous is not None and following is not None and following != previous + 1:
+            return "missing"
+        if inside or oldest_kept_ts is None or newest_end_ts is None:
             return "not-recorded"
         if at < oldest_kept_ts:
             return "retention"
@@ -156,20 +162,18 @@ def find_gaps(
         return "not-recorded"
 
     cursor = start_ts
-    previous: BundleSegment | None = None
+    previous = sequence_before
+    inside = False  # a segment of the range lies before the cursor
     for segment in sorted(segments, key=lambda s: s.sequence):
         if segment.start_ts > cursor + GAP_TOLERANCE_S:
-            if previous is None:
-                reason = edge_reason(cursor)
-            elif segment.sequence != previous.sequence + 1:
-                reason = "missing"
-            else:
-                reason = "not-recorded"
-            gaps.append(Gap(cursor, min(segment.start_ts, end_ts), reason))
+            gaps.append(
+                Gap(cursor, min(segment.start_ts, end_ts), reason(cursor, previous, segment.sequence, inside))
+            )
         cursor = max(cursor, segment.end_ts)
-        previous = segment
+        previous = segment.sequence
+        inside = True
     if cursor < end_ts - GAP_TOLERANCE_S:
-        gaps.append(Gap(cursor, end_ts, edge_reason(cursor)))
+        gaps.append(Gap(cursor, end_ts, reason(cursor, previous, sequence_after, False)))
     return gaps
 
 

@@ -294,8 +294,16 @@ class ClipServer:
             self._streams[exchange.client] -= 1
 
     def _plan(self, query: ClipQuery) -> BundlePlan:
+        # One segment length or two on each side: the neighbours tell a segment removed at an edge of
+        # the range (a skipped sequence) from a stretch the camera did not record.
+        margin = 2 * self.config.storage.segment_seconds
+        around = self.ring.segments(query.camera, query.start_ts - margin, query.end_ts + margin)
+        before = [r.sequence for r in around if r.end_ts <= query.start_ts]
+        after = [r.sequence for r in around if r.start_ts >= query.end_ts]
         segments = []
-        for record in self.ring.segments(query.camera, query.start_ts, query.end_ts):
+        for record in around:
+            if record.end_ts <= query.start_ts or record.start_ts >= query.end_ts:
+                continue
             try:
                 size = record.path.stat().st_size
             except OSError:
@@ -322,7 +330,15 @@ class ClipServer:
             start_ts=query.start_ts,
             end_ts=query.end_ts,
             segments=segments,
-            gaps=find_gaps(segments, query.start_ts, query.end_ts, oldest, newest),
+            gaps=find_gaps(
+                segments,
+                query.start_ts,
+                query.end_ts,
+                oldest,
+                newest,
+                sequence_before=max(before, default=None),
+                sequence_after=min(after, default=None),
+            ),
             device_public_key=self.device_key.public_key(),
         )
         return plan_bundle(manifest, sign_manifest(manifest, self.device_key), segments)

@@ -163,3 +163,21 @@ def test_segment_removed_from_the_device_is_a_missing_gap(tmp_path: Path, site) 
     assert [s["sequence"] for s in evidence["segments"]] == [2, 3, 4, 6, 7, 8]
     assert evidence["clip"]["frames"] == 140 - 20
     assert len(evidence["covered"]) == 2
+
+
+def test_segments_removed_at_both_edges_of_the_range_are_missing_not_unrecorded(tmp_path: Path, site) -> None:
+    root, keys, site_ring = site
+    shutil.copytree(root / "ring", tmp_path / "ring")
+    rows = site_ring.segments("cam1")
+    first, last = rows[1], rows[7]  # sequences 2 and 8: the first and last of [T0+2, T0+16)
+    for removed in (first, last):
+        (tmp_path / "ring" / removed.path.relative_to(root / "ring")).unlink()
+    ring = RingBuffer(tmp_path / "ring", site_ring.storage, device_public_key=keys["device"].public_key())
+    try:
+        outcome = _fetch(tmp_path, site, _request(T0 + 2, T0 + 16), ring=ring)
+    finally:
+        ring.close()
+    assert outcome.evidence["gaps"] == [
+        {"start_ts": T0 + 2, "end_ts": first.end_ts, "reason": "missing"},
+        {"start_ts": last.start_ts, "end_ts": T0 + 16, "reason": "missing"},
+    ]
