@@ -74,6 +74,7 @@ class LinkStats:
     connections: int
     outbox_pending: int
     outbox_dropped: int
+    outbox_corrupt_files: int
     rejected: int
     commands: int
     command_errors: int
@@ -244,6 +245,7 @@ class MqttLink:
             connections=self._connections,
             outbox_pending=outbox.pending,
             outbox_dropped=outbox.dropped,
+            outbox_corrupt_files=outbox.corrupt_files,
             rejected=self._rejected,
             commands=self._command_count,
             command_errors=self._command_errors,
@@ -274,7 +276,11 @@ class MqttLink:
         ).to_status()
         extra["retention"] = {"oldest_ts": None, "days": self.config.storage.retention_days}
         extra["clip_url"] = self._clip_url or advertised_clip_url(self.config, self._local_ip)
-        extra["outbox"] = {"pending": stats.outbox_pending, "dropped": stats.outbox_dropped}
+        extra["outbox"] = {
+            "pending": stats.outbox_pending,
+            "dropped": stats.outbox_dropped,
+            "corrupt_files": stats.outbox_corrupt_files,
+        }
         extra["mqtt"] = {
             "connections": stats.connections,
             "rejected": stats.rejected,

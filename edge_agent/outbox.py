@@ -5,12 +5,16 @@ PUBACK, so events produced while the broker is unreachable, or sent but not yet 
 agent dies, are delivered after the restart, in the order they were produced. A redelivered message may
 reach the broker twice; the collector deduplicates. The outbox is capped: beyond `max_messages` the
 oldest messages are dropped, and the drops are counted persistently (they are reported in status).
+A file that is not a readable SQLite database at start (a power cut on a worn SD card) is moved aside,
+kept for inspection, and counted: the device starts with an empty outbox rather than not at all.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,10 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+_CORRUPT = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class OutboxStats:
     pending: int
     dropped: int
     oldest_created_at: float | None
+    corrupt_files: int = 0
 
 
 class Outbox:
@@ -59,12 +68,41 @@ class Outbox:
         self.max_messages = max_messages
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.executescript(_SCHEMA)
-        # Kept in memory: COUNT(*) on every put would scan a full outbox.
-        self._pending = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        try:
+            self._db, self._pending = self._open(durable)
+        except sqlite3.DatabaseError as error:
+            if error.sqlite_errorname not in _CORRUPT:
+                raise  # disk full, permission denied...: not the file's fault, keep it
+            self._move_aside(error)
+            self._db, self._pending = self._open(durable)
+            self._add_counter("corrupt_files", 1)
+
+    def _open(self, durable: bool) -> tuple[sqlite3.Connection, int]:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            db.executescript(_SCHEMA)
+            # Kept in memory: COUNT(*) on every put would scan a full outbox.
+            return db, int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        except sqlite3.Error:
+            db.close()
+            raise
+
+    def _move_aside(self, error: sqlite3.DatabaseError) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            part = self.path.with_name(self.path.name + suffix)
+            if part.exists():
+                part.rename(aside.with_name(aside.name + suffix))
+        log.error("outbox %s is unreadable (%s): moved to %s, starting empty", self.path, error, aside)
+
+    def _add_counter(self, name: str, value: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, value),
+        )
 
     def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, now: float = 0.0) -> int:
         """Store a message (committed on return) and return its id; drops the oldest beyond the cap."""
@@ -81,11 +119,7 @@ class Outbox:
                     "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
                     (excess,),
                 )
-                self._db.execute(
-                    "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (excess,),
-                )
+                self._add_counter("dropped", excess)
             return int(cursor.lastrowid or 0)
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxMessage]:
@@ -111,12 +145,12 @@ class Outbox:
         return row is not None
 
     def stats(self) -> OutboxStats:
-        """Pending count, total drops since the outbox was created, age of the oldest message."""
+        """Pending count, drops since the outbox was created, age of the oldest message, files set aside."""
         with self._lock:
             pending = self._pending
-            dropped = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             oldest = self._db.execute("SELECT MIN(created_at) FROM messages").fetchone()[0]
-        return OutboxStats(pending, int(dropped[0]) if dropped else 0, oldest)
+        return OutboxStats(pending, counters.get("dropped", 0), oldest, counters.get("corrupt_files", 0))
 
     def close(self) -> None:
         """Close the database."""

@@ -134,6 +134,17 @@ def test_status_merges_the_agents_retention(mosquitto: LocalBroker, tmp_path: Pa
     assert status["retention"] == {"oldest_ts": "2024-05-01T12:00:00.500Z", "days": 15.0}
     assert status["ts"] == "2024-05-01T12:01:40.000Z"
     assert empty["retention"] == {"oldest_ts": None, "days": 15.0}
+    assert status["outbox"] == {"pending": 0, "dropped": 0, "corrupt_files": 0}
+
+
+def test_corrupt_outbox_set_aside_and_reported(mosquitto: LocalBroker, tmp_path: Path) -> None:
+    (tmp_path / "outbox.sqlite").write_bytes(b"\x00garbage" * 500)
+    link = MqttLink(parsed(agent_config(mosquitto, tmp_path)), lambda: {"cameras": CAMERAS})
+    try:
+        assert link.build_status()["outbox"]["corrupt_files"] == 1
+    finally:
+        link.outbox.close()
+    assert len(list(tmp_path.glob("outbox.sqlite.corrupt-*"))) == 1
 
 
 def test_status_provider_failure_is_reported_not_fatal(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,26 @@ def test_survives_reopen_with_counts(tmp_path: Path) -> None:
 def test_cap_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_messages must be at least 1"):
         Outbox(tmp_path / "o.sqlite", max_messages=0)
+
+
+def test_unreadable_file_is_moved_aside_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "o.sqlite"
+    path.write_bytes(b"power cut on a worn SD card" * 200)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox"):
+        outbox = Outbox(path, max_messages=10)
+    [aside] = tmp_path.glob("o.sqlite.corrupt-*")
+    assert aside.read_bytes().startswith(b"power cut")  # kept for inspection
+    assert f"outbox {path} is unreadable (file is not a database): moved to {aside}" in caplog.text
+    outbox.put("t", b"after")
+    assert [m.payload for m in outbox.pending()] == [b"after"]
+    assert outbox.stats().corrupt_files == 1
+    outbox.close()
+    assert Outbox(path, max_messages=10).stats().corrupt_files == 1  # persists: status keeps showing it
+
+
+def test_other_open_errors_are_raised_not_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    path.mkdir()  # cannot be opened, but not a corrupt file: nothing to move aside
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        Outbox(path, max_messages=10)
+    assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
