@@ -84,7 +84,10 @@ class StatsProviders:
 
 
 class _Refusal(Exception):
-    """A refused request: HTTP status, reason code for audit and metrics, message for the client."""
+    """A refused request: HTTP status, reason code for audit and metrics, message for the client.
+
+    The same shape as `SignatureError` and `ParamError`, which are refused alike.
+    """
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
@@ -208,12 +211,8 @@ class ClipServer:
                 body = await request.read()
                 exchange.client = self._authenticate(request, body)
                 return await handler(request, exchange)
-            except _Refusal as refusal:
+            except (_Refusal, SignatureError, ParamError) as refusal:
                 return self._refuse(request, exchange, refusal)
-            except SignatureError as error:
-                return self._refuse(request, exchange, _Refusal(error.status, error.reason, str(error)))
-            except ParamError as error:
-                return self._refuse(request, exchange, _Refusal(error.status, error.reason, str(error)))
 
         return guarded
 
@@ -222,7 +221,9 @@ class ClipServer:
             request.method, request.path, list(request.query.items()), request.headers, body
         )
 
-    def _refuse(self, request: web.Request, exchange: _Exchange, refusal: _Refusal) -> web.Response:
+    def _refuse(
+        self, request: web.Request, exchange: _Exchange, refusal: _Refusal | SignatureError | ParamError
+    ) -> web.Response:
         self._requests.labels(exchange.action, "refused", refusal.reason).inc()
         self.audit.append(
             action=exchange.action,
@@ -262,8 +263,8 @@ class ClipServer:
             exchange = _Exchange("metrics", request.remote or "-")
             try:
                 exchange.client = self._authenticate(request, await request.read())
-            except SignatureError as error:
-                return self._refuse(request, exchange, _Refusal(error.status, error.reason, str(error)))
+            except SignatureError as refusal:
+                return self._refuse(request, exchange, refusal)
         data = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
         return web.Response(body=data, headers={"Content-Type": "text/plain; version=0.0.4"})
 
