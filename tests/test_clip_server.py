@@ -287,3 +287,29 @@ def test_mqtt_hold_and_release_commands_must_be_signed(tmp_path: Path, keys) -> 
 
 def audit_lines_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_open_streams_per_client_are_capped_and_freed_when_a_fetch_is_cut(tmp_path: Path, keys) -> None:
+    # Paced at 100 kB/s after a 1 MiB burst, a 60 s bundle (~1.6 MB) stays open for seconds.
+    config = device_config(
+        tmp_path, max_clip_seconds=60, max_streams_per_client=1, rate_limit_bytes_s=100_000
+    )
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 30)
+    query = [("camera", "cam1"), ("start", str(T0)), ("end", str(T0 + 60)), ("requisition", "PV-3")]
+    with running_server(config, ring, keys["device"], keys["collector"]) as server:
+        ep = endpoint(server, keys["collector"])
+        connection, first = ep.request("GET", "/v1/clips", query)
+        assert first.status == 200 and len(first.read(1000)) == 1000
+        status, _, body = _get(ep, "/v1/clips", query)
+        assert (status, json.loads(body)["error"]) == (429, "too-many-streams")
+        connection.close()  # the collector gives up mid-stream: its slot must come back
+        deadline = time.monotonic() + 10
+        while not any(e.get("outcome") == "interrupted" for e in audit_lines(config)):
+            assert time.monotonic() < deadline, "the cut stream was never audited"
+            time.sleep(0.05)
+        connection, again = ep.request("GET", "/v1/clips", query)
+        assert again.status == 200
+        connection.close()
+    ring.close()
+    refused = [e for e in audit_lines(config) if e["outcome"] == "refused"]
+    assert [(e["status"], e["reason"]) for e in refused] == [(429, "too-many-streams")]
