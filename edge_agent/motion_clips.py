@@ -2,7 +2,10 @@
 
 Each clip is deterministic (seeded) and yields `(image, truth)` pairs: a BGR frame and a uint8 mask,
 255 where a real object (a walker) is. Clips without a walker must raise no motion at all. Used by the
-motion tests and by scripts/eval_motion.py's `--stress` table.
+motion tests and by scripts/eval_motion.py's `--stress` table; in the package so that both can import it.
+
+Unlike the demo's scene (edge_agent.sources.synthetic) these clips carry hard edges (for shake), fresh
+Gaussian noise and JPEG compression on every frame, and one adversity each.
 """
 
 from __future__ import annotations
@@ -51,8 +54,10 @@ def _finish(image: np.ndarray, spec: ClipSpec, rng: np.random.Generator) -> np.n
     noise = rng.normal(0.0, spec.noise_sigma, image.shape[:2])[..., None]
     noisy = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     ok, data = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, spec.jpeg_quality])
-    assert ok
-    return cv2.imdecode(data, cv2.IMREAD_COLOR)
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
+    if decoded is None:
+        raise RuntimeError("OpenCV could not JPEG-encode and decode a clip frame")
+    return decoded
 
 
 def _walker(image: np.ndarray, index: int, spec: ClipSpec) -> np.ndarray:
@@ -120,7 +125,7 @@ def shake(spec: ClipSpec) -> Clip:
 
     def render(index: int, rng: np.random.Generator) -> np.ndarray:
         dx, dy = rng.uniform(-amplitude, amplitude), rng.uniform(-amplitude / 2, amplitude / 2)
-        matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+        matrix = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
         return cv2.warpAffine(base, matrix, (width, height), borderMode=cv2.BORDER_REFLECT)
 
     return _frames(render, spec)
@@ -131,8 +136,8 @@ def swaying_trees(spec: ClipSpec) -> Clip:
     rng0 = np.random.default_rng(spec.seed + 7)
     base = background(spec)
     width, height = spec.size
-    leaves = rng0.integers(0, 2, (height // 3, width // 3)).astype(np.float32)
-    leaves = cv2.resize(leaves, (width, height), interpolation=cv2.INTER_LINEAR)
+    cells = rng0.integers(0, 2, (height // 3, width // 3)).astype(np.float32)
+    leaves = cv2.resize(cells, (width, height), interpolation=cv2.INTER_LINEAR)
     foliage = np.dstack([40 + 80 * leaves, 70 + 120 * leaves, 30 + 60 * leaves]).astype(np.uint8)
     crown = np.zeros((height, width), np.uint8)
     cv2.ellipse(crown, (width // 4, height // 3), (width // 5, height // 3), 0, 0, 360, 255, -1)

@@ -10,9 +10,9 @@ import pytest
 from edge_agent.config import MotionConfig, PrivacyMaskConfig, ZoneConfig
 from edge_agent.frames import MaskedFrame
 from edge_agent.motion import EventTracker, MotionDetector, MotionEvent, MotionResult
+from edge_agent.motion_clips import CLIPS, ClipSpec
 from edge_agent.privacy import PrivacyMasker
 from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
-from tests.motion_clips import CLIPS, ClipSpec
 
 Box = tuple[float, float, float, float]
 
