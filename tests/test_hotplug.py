@@ -142,11 +142,23 @@ class QueueMonitor:
             return None
 
 
+def tracker_for(*entries: tuple[str, str]) -> tuple[HotplugTracker, Supervisor]:
+    """A tracker over cameras named `(camera_id, usb_id)`, and the supervisor recording its calls."""
+    supervisor = Supervisor()
+    return HotplugTracker(cameras(*entries), supervisor), supervisor
+
+
+def plug(tracker: HotplugTracker, *nodes: tuple[str, dict[str, str]]) -> None:
+    """`add` events for capture nodes `(device node, camera)`, handed to the tracker directly."""
+    for node, cam in nodes:
+        tracker.handle("add", udev_device("add", node, cam).properties)
+
+
 @pytest.fixture
 def rig() -> Iterator[tuple[QueueMonitor, Supervisor, list[Any], Any]]:
     """A watcher over a config naming `front` by serial and `side` by vendor:product@port."""
-    monitor, supervisor, present = QueueMonitor(), Supervisor(), []
-    tracker = HotplugTracker(cameras(("front", "A1B2C3D4"), ("side", "1b3f:2247@1-1.3")), supervisor)
+    monitor, present = QueueMonitor(), []
+    tracker, supervisor = tracker_for(("front", "A1B2C3D4"), ("side", "1b3f:2247@1-1.3"))
     watcher = UdevWatcher(tracker, monitor=monitor, list_devices=lambda: present, poll_timeout_s=0.05)
 
     def start() -> None:
@@ -205,10 +217,8 @@ def test_enumeration_at_start_attaches_present_cameras(rig: Any) -> None:
 
 
 def test_identical_models_told_apart_by_port() -> None:
-    supervisor = Supervisor()
-    tracker = HotplugTracker(cameras(("left", "1b3f:2247@1-1.3"), ("right", "1B3F:2247@1-1.4")), supervisor)
-    tracker.handle("add", udev_device("add", "/dev/video0", TWIN_CAM).properties)
-    tracker.handle("add", udev_device("add", "/dev/video2", NOSERIAL_CAM).properties)
+    tracker, supervisor = tracker_for(("left", "1b3f:2247@1-1.3"), ("right", "1B3F:2247@1-1.4"))
+    plug(tracker, ("/dev/video0", TWIN_CAM), ("/dev/video2", NOSERIAL_CAM))
     assert supervisor.calls == [
         ("attach", "right", "/dev/video0"),
         ("attach", "left", "/dev/video2"),
@@ -217,18 +227,14 @@ def test_identical_models_told_apart_by_port() -> None:
 
 
 def test_second_capture_node_of_same_camera_is_not_used() -> None:
-    supervisor = Supervisor()
-    tracker = HotplugTracker(cameras(("front", "A1B2C3D4")), supervisor)
-    tracker.handle("add", udev_device("add", "/dev/video0", SERIAL_CAM).properties)
-    tracker.handle("add", udev_device("add", "/dev/video2", SERIAL_CAM).properties)
+    tracker, supervisor = tracker_for(("front", "A1B2C3D4"))
+    plug(tracker, ("/dev/video0", SERIAL_CAM), ("/dev/video2", SERIAL_CAM))
     assert supervisor.calls == [("attach", "front", "/dev/video0")]
 
 
 def test_lost_remove_event_then_another_camera_on_the_node() -> None:
-    supervisor = Supervisor()
-    tracker = HotplugTracker(cameras(("front", "A1B2C3D4"), ("side", "1b3f:2247@1-1.3")), supervisor)
-    tracker.handle("add", udev_device("add", "/dev/video0", SERIAL_CAM).properties)
-    tracker.handle("add", udev_device("add", "/dev/video0", NOSERIAL_CAM).properties)
+    tracker, supervisor = tracker_for(("front", "A1B2C3D4"), ("side", "1b3f:2247@1-1.3"))
+    plug(tracker, ("/dev/video0", SERIAL_CAM), ("/dev/video0", NOSERIAL_CAM))
     assert supervisor.calls == [
         ("attach", "front", "/dev/video0"),
         ("detach", "front"),
@@ -237,10 +243,8 @@ def test_lost_remove_event_then_another_camera_on_the_node() -> None:
 
 
 def test_reload_names_an_unconfigured_camera() -> None:
-    supervisor = Supervisor()
-    tracker = HotplugTracker(cameras(("front", "A1B2C3D4")), supervisor)
-    tracker.handle("add", udev_device("add", "/dev/video0", SERIAL_CAM).properties)
-    tracker.handle("add", udev_device("add", "/dev/video2", NOSERIAL_CAM).properties)
+    tracker, supervisor = tracker_for(("front", "A1B2C3D4"))
+    plug(tracker, ("/dev/video0", SERIAL_CAM), ("/dev/video2", NOSERIAL_CAM))
     assert supervisor.calls[1] == ("unconfigured", "1b3f:2247@1-1.3", "/dev/video2")
     tracker.reconfigure(cameras(("front", "A1B2C3D4"), ("side", "1b3f:2247@1-1.3")))
     # `front` keeps running untouched; the newly named camera leaves `unconfigured` and starts.
@@ -253,8 +257,7 @@ def test_reload_names_an_unconfigured_camera() -> None:
 
 
 def test_non_usb_and_non_video_nodes_are_ignored() -> None:
-    supervisor = Supervisor()
-    tracker = HotplugTracker(cameras(("front", "A1B2C3D4")), supervisor)
+    tracker, supervisor = tracker_for(("front", "A1B2C3D4"))
     isp = dict(udev_device("add", "/dev/video13", SERIAL_CAM).properties)
     isp["DEVPATH"] = "/devices/platform/soc/fe00b840.mailbox/bcm2835-isp/video4linux/video13"
     tracker.handle("add", isp)
@@ -300,8 +303,7 @@ def test_identity_helpers() -> None:
 
 def test_real_netlink_monitor_starts_and_stops() -> None:
     """The default path: pyudev's netlink monitor and /sys enumeration (no cameras here)."""
-    supervisor = Supervisor()
-    tracker = HotplugTracker(cameras(("front", "A1B2C3D4")), supervisor)
+    tracker, supervisor = tracker_for(("front", "A1B2C3D4"))
     try:
         watcher = UdevWatcher(tracker, poll_timeout_s=0.05)
     except OSError as error:
