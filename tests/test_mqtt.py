@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -303,6 +304,52 @@ def test_outbox_cap_drops_oldest_and_status_reports_it(
         link.stop()
     assert motion_ids == [f"capped-{i:02d}" for i in range(5, 15)]
     assert status["outbox"]["dropped"] == 5
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A real 512 KiB tmpfs that the test can fill (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _fill(directory: Path) -> None:
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_full_disk_refuses_new_events_and_stop_still_goes_offline(
+    mosquitto: LocalBroker, recorder: Recorder, full_disk: Path
+) -> None:
+    link = _link(mosquitto, full_disk)
+    try:
+        link.publish_event(Event("before-full"))
+        assert link.wait_delivered(5)
+        mosquitto.stop()  # queue events the disk must keep
+        link.publish_event(Event("queued"))
+        _fill(full_disk)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            link.publish_event(Event("no-room"))  # the camera worker counts and logs a failed sink
+        assert link.stats().outbox_pending == 1  # what was stored before is still there
+        mosquitto.start()
+    finally:
+        link.stop(drain_timeout_s=0.5)
+    late = Recorder(mosquitto.port, f"{BASE}/availability")
+    try:
+        assert late.wait_for(lambda m: len(m) == 1, timeout=5)
+        assert late.messages[0][1] == b'"offline"'
+    finally:
+        late.close()
 
 
 def _command(recorder: Recorder, name: str, payload: bytes, properties: Properties | None = None) -> dict:
