@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_agent.frames import Frame, MaskedFrame
-from edge_agent.storage.encoder import decode_packets
+from edge_agent.storage.encoder import VideoEncoder, decode_packets
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
 from edge_agent.storage.sealing import open_segment, verify_chain, verify_segment
@@ -121,6 +121,26 @@ def test_masked_region_is_constant_after_decryption(tmp_path: Path, codec: str) 
     assert np.ptp(hidden, axis=0).max() <= 3  # and it never changes while the street moves
     visible = np.stack([img[outside] for img in decoded]).astype(int)
     assert np.ptp(visible, axis=0).max() > 50  # the unmasked part does change: the check can fail
+
+
+@pytest.mark.parametrize("codec", ["h264", "mjpeg"])
+def test_encoder_takes_row_padded_images_as_cameras_hand_them_over(tmp_path: Path, codec: str) -> None:
+    # picamera2 and V4L2 buffers have rows wider than the picture: the encoder reads them in place.
+    cam = camera()
+    images = [masked.image for _, masked in synthetic_frames(cam, 6, T0)]
+    width, height = cam.resolution
+    padded = []
+    for image in images:
+        buffer = np.zeros((height, width + 32, 3), np.uint8)
+        buffer[:, :width] = image
+        padded.append(buffer[:, :width])
+    assert not padded[0].flags.c_contiguous
+    encoder = VideoEncoder(storage(tmp_path, codec=codec), (width, height), cam.fps, T0)
+    packets = [p for i, img in enumerate(padded) for p in encoder.encode(img, T0 + i / cam.fps)]
+    decoded = list(decode_packets(encoder.stream, packets + encoder.flush()))
+    assert len(decoded) == len(images)
+    errors = [np.abs(d.astype(int) - img.astype(int)).mean() for d, img in zip(decoded, images, strict=True)]
+    assert max(errors) < 6  # the picture, not the padding nor a skewed copy of it
 
 
 def test_no_plaintext_on_disk_after_recording_real_footage(tmp_path: Path, datasets: Path) -> None:

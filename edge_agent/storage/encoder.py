@@ -15,6 +15,7 @@ from fractions import Fraction
 from typing import cast
 
 import av
+import cv2
 import numpy as np
 from av.video.codeccontext import VideoCodecContext
 
@@ -100,7 +101,7 @@ class VideoEncoder:
         # A clock stepped backwards must not make pts go backwards: encoders and muxers refuse that.
         pts = max(self._last_pts + 1, round((captured_at - self.stream.pts_epoch) * 1000))
         self._last_pts = pts
-        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame = self._frame(image)
         frame.pts = pts
         frame.time_base = TIME_BASE
         if force_keyframe:
@@ -109,6 +110,18 @@ class VideoEncoder:
             return self._packets(self._context.encode(frame))
         except av.FFmpegError as error:
             raise EncoderError(f"encoder {self.stream.encoder!r}: {error}") from None
+
+    def _frame(self, image: np.ndarray) -> av.VideoFrame:
+        """The image as an encoder input, without copying the caller's pixels.
+
+        For yuv420p, OpenCV's SIMD BGR->I420 (the same BT.601 limited-range matrix as swscale) takes about
+        1 ms at 1080p where swscale's BGR path takes 6, a third of the whole H.264 encode. yuvj420p (MJPEG,
+        full range) has no OpenCV equivalent: swscale converts it from the wrapped BGR buffer.
+        """
+        if self.stream.pix_fmt == "yuv420p":
+            i420: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+            return av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
+        return av.VideoFrame.from_numpy_buffer(image, format="bgr24")
 
     def flush(self) -> list[EncodedPacket]:
         """Drain the packets still inside the encoder; the encoder is finished afterwards."""
