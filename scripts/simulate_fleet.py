@@ -29,21 +29,8 @@ import paho.mqtt.client as mqtt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_agent.collector.ingest import parse_broker_url
+from edge_agent.motion import MotionEvent
 from edge_agent.mqtt_wire import Topics, encode, motion_payload, parse_iso, status_payload
-
-
-@dataclass
-class SimEvent:
-    """Structurally a MotionEvent."""
-
-    event_id: str
-    camera_id: str
-    phase: str
-    ts: float
-    start_ts: float
-    score: float
-    boxes: list[tuple[float, float, float, float]]
-    zones: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,7 +57,7 @@ class _Device:
     topics: Topics
     client: mqtt.Client
     cameras: list[str]
-    open_events: dict[str, SimEvent] = field(default_factory=dict)
+    open_events: dict[str, MotionEvent] = field(default_factory=dict)
 
 
 class Fleet:
@@ -167,18 +154,20 @@ class Fleet:
             )
         )
 
-    def _next_motion(self, dev: _Device, now: float) -> SimEvent:
+    def _next_motion(self, dev: _Device, now: float) -> MotionEvent:
         camera = self.rng.choice(dev.cameras)
         box = (self.rng.random() * 0.8, self.rng.random() * 0.8, 0.1, 0.15)
         current = dev.open_events.get(camera)
         if current is None:
-            event = SimEvent(uuid.uuid4().hex, camera, "start", now, now, 0.3, [box])
+            event = MotionEvent(uuid.uuid4().hex, camera, "start", now, now, 0.3, [box], [])
             dev.open_events[camera] = event
             return event
         phase = "end" if self.rng.random() < 0.25 else "update"
         if phase == "end":
             del dev.open_events[camera]
-        return SimEvent(current.event_id, camera, phase, now, current.start_ts, self.rng.random(), [box])
+        return MotionEvent(
+            current.event_id, camera, phase, now, current.start_ts, self.rng.random(), [box], []
+        )
 
     def run(self, seconds: float, status_interval_s: float, motion_rate: float) -> FleetReport:
         """Publish for `seconds`: statuses on their schedule, motion at `motion_rate` per second overall."""
