@@ -93,6 +93,27 @@ def test_motion_mode_with_two_events_makes_two_segments(tmp_path: Path) -> None:
         assert event_end + 0.4 <= end <= event_end + 0.7  # post-roll
 
 
+def test_a_resolution_change_seals_the_segment_and_starts_a_new_stream(tmp_path: Path) -> None:
+    keys = make_keys()
+    small, large = camera(size=(160, 120)), camera(size=(320, 240))
+    st = storage(tmp_path, segment_seconds=10.0)
+    ring = RingBuffer(tmp_path, st)
+    recorder = Recorder(small, st, ring, keys.device, keys.csu.public_key())
+    frames = [m for _, m in synthetic_frames(small, 15, T0)]
+    frames += [m for _, m in synthetic_frames(large, 15, T0 + 1.5)]
+    for masked in frames:
+        recorder.on_frame(masked, False)
+    recorder.close()
+    assert recorder.stats().errors == 0 and recorder.stats().packets == 30
+    rows = ring.segments("cam1")
+    assert verify_chain([verify_segment(r.path, keys.device.public_key()) for r in rows]) == []
+    opened = _opened(ring, keys)
+    assert [(o.stream.width, o.stream.height) for o in opened] == [(160, 120), (320, 240)]
+    assert [len(o.packets) for o in opened] == [15, 15]
+    for segment, size in zip(opened, [(120, 160, 3), (240, 320, 3)], strict=True):
+        assert {img.shape for img in decode_packets(segment.stream, segment.packets)} == {size}
+
+
 def test_off_mode_writes_nothing(tmp_path: Path) -> None:
     keys = make_keys()
     cam = camera("off")

@@ -157,11 +157,9 @@ class Recorder:
             self._wanted_until = t + self.camera.motion.post_roll_seconds
 
     def _encode(self, frame: MaskedFrame) -> list[EncodedPacket]:
-        packets: list[EncodedPacket] = []
         if self._encoder is not None and self._encoder.size != frame.size:
             log.info("%s: resolution changed to %dx%d, new encoder", self.camera.id, *frame.size)
-            packets_old = self._encoder.flush()
-            for packet in packets_old:
+            for packet in self._encoder.flush():
                 self._on_packet(packet)
             self._close_segment()
             self._encoder = None
@@ -175,8 +173,7 @@ class Recorder:
         )
         if force:
             self._want_keyframe = False
-        packets.extend(self._encoder.encode(frame.image, frame.captured_at, force_keyframe=force))
-        return packets
+        return self._encoder.encode(frame.image, frame.captured_at, force_keyframe=force)
 
     # ---- packets -----------------------------------------------------------------------------------
 
