@@ -337,15 +337,13 @@ def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
         answered.set()
 
     client.on_connect = on_connect
-    if mqtt_cfg.tls is not None:
-        tls_files = {"CA": mqtt_cfg.tls.ca_file, "certificate": mqtt_cfg.tls.cert_file}
-        tls_files["key"] = mqtt_cfg.tls.key_file
-        for label, path in tls_files.items():
+    tls = mqtt_cfg.tls
+    if tls is not None:
+        for label, path in (("CA", tls.ca_file), ("certificate", tls.cert_file), ("key", tls.key_file)):
             if path is not None and not path.is_file():
                 return CheckResult(name, Status.FAIL, f"TLS {label} file {path} is missing")
     try:
-        if mqtt_cfg.tls is not None:
-            tls = mqtt_cfg.tls
+        if tls is not None:
             client.tls_set(
                 ca_certs=str(tls.ca_file) if tls.ca_file else None,
                 certfile=str(tls.cert_file) if tls.cert_file else None,

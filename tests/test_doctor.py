@@ -18,6 +18,7 @@ from edge_agent.doctor import (
     EXIT_FAILED,
     EXIT_OK,
     Status,
+    check_broker,
     check_clock,
     estimate_bytes_per_hour,
 )
@@ -160,6 +161,13 @@ def test_link_failures_alone_do_not_block_recording(
     assert "events wait in the outbox" in checks["broker reachable"]
     assert "(blocks recording)" not in checks["broker reachable"]
     assert code == EXIT_FAILED
+
+
+def test_missing_broker_tls_file_is_named(tmp_path: Path, site: dict[str, Any]) -> None:
+    site["mqtt"]["tls"] = {"ca_file": str(tmp_path / "csu-ca.crt")}
+    result = check_broker(parse_config(site), timeout_s=5)
+    assert result.status is Status.FAIL and not result.blocks_recording
+    assert result.detail == f"TLS CA file {tmp_path / 'csu-ca.crt'} is missing"
 
 
 def test_invalid_config_is_reported_by_field(tmp_path: Path, capsys: Any) -> None:
