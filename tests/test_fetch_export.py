@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge_agent.audit import AuditLog, verify_log
 from edge_agent.collector.download import DeviceEndpoint
-from edge_agent.collector.evidence import ClipRejected, verify_export
+from edge_agent.collector.evidence import ClipRejected, process_bundle, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.signing import RequestSigner
 from edge_agent.storage.ringbuffer import RingBuffer
@@ -181,3 +181,16 @@ def test_segments_removed_at_both_edges_of_the_range_are_missing_not_unrecorded(
         {"start_ts": T0 + 2, "end_ts": first.end_ts, "reason": "missing"},
         {"start_ts": last.start_ts, "end_ts": T0 + 16, "reason": "missing"},
     ]
+
+
+def test_bundle_with_an_unlisted_member_leaves_no_mp4(tmp_path: Path, site) -> None:
+    _, keys, _ = site
+    outcome = _fetch(tmp_path, site, _request(T0, T0 + 6))
+    bundle = outcome.export_dir / "bundle.tar"
+    with tarfile.open(bundle, "a") as archive:
+        archive.add(outcome.export_dir / "evidence.json", arcname="segments/000000000099.seg")
+    clip = tmp_path / "again.mp4"
+    with pytest.raises(ClipRejected) as rejected:
+        process_bundle(bundle, keys["device"].public_key(), keys["csu"], clip)
+    assert "000000000099.seg: not listed in the manifest" in str(rejected.value)
+    assert not clip.exists()  # the segments remuxed before the intruder are not left behind

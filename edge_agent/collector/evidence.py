@@ -151,29 +151,35 @@ def process_bundle(
         requested = manifest["requested"]
         writer = Mp4Writer(clip_path, float(requested["start_ts"]), float(requested["end_ts"]))
     infos: list[SegmentInfo] = []
+    rejection: ClipRejected | None = None
     try:
-        for row, data in reader.segments():
-            segment, info = check_segment(row, data, device_key)
-            check.segments.append(segment)
-            if info is None or data is None:
-                continue
-            if info.camera != manifest["camera"]:
-                segment.status, segment.problem = "tampered", f"from camera {info.camera}"
-                continue
-            infos.append(info)
+        try:
+            for row, data in reader.segments():
+                segment, info = check_segment(row, data, device_key)
+                check.segments.append(segment)
+                if info is None or data is None:
+                    continue
+                if info.camera != manifest["camera"]:
+                    segment.status, segment.problem = "tampered", f"from camera {info.camera}"
+                    continue
+                infos.append(info)
+                if writer is not None:
+                    for packet in iter_packets(data, csu_key, device_key, allow_partial=True):  # type: ignore[arg-type]
+                        writer.add(info.stream, packet)
+        finally:
             if writer is not None:
-                for packet in iter_packets(data, csu_key, device_key, allow_partial=True):  # type: ignore[arg-type]
-                    writer.add(info.stream, packet)
+                writer.close()
     except (BundleError, SegmentError, Mp4Error) as error:
-        raise ClipRejected(check, str(error)) from None
-    finally:
-        if writer is not None:
-            writer.close()
-    check.chain = [b.message for b in verify_chain(infos) if b.kind != "removed"]
-    if check.chain or (check.failed and not allow_partial):
+        rejection = ClipRejected(check, str(error))
+    else:
+        check.chain = [b.message for b in verify_chain(infos) if b.kind != "removed"]
+        if check.chain or (check.failed and not allow_partial):
+            rejection = ClipRejected(check, "bundle rejected: " + "; ".join(check.problems()))
+    if rejection is not None:
+        # Whatever was remuxed before the failure came from a bundle that cannot be trusted.
         if clip_path is not None:
             clip_path.unlink(missing_ok=True)
-        raise ClipRejected(check, "bundle rejected: " + "; ".join(check.problems()))
+        raise rejection
     return check
 
 
