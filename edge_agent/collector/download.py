@@ -137,8 +137,6 @@ def download_bundle(
         etag = etag_file.read_text().strip() if have else ""
         try:
             outcome = _attempt(endpoint, query, part, etag_file, have, etag, progress)
-        except FetchError:
-            raise
         except (OSError, http.client.HTTPException) as error:
             last_error = error
             log.warning("fetch interrupted (%s); attempt %d/%d", error, attempts, max_attempts)
