@@ -13,12 +13,14 @@ whatever /dev node they appear on.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import sqlite3
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,22 +189,23 @@ class Agent:
     def stop(self) -> None:
         """Stop cameras first (their segments get sealed), then the links, then storage.
 
-        Safe on a partly started agent and when called twice.
+        Safe on a partly started agent and when called twice; a part that fails to stop is logged and
+        the others are still stopped (the ring buffer's index is closed last, whatever happened).
         """
         if self._watcher is not None:
-            self._watcher.stop()
+            _stop_part("hot-plug", self._watcher.stop)
             self._watcher = None
         with self._lock:
             for slot in self._slots.values():
-                self._stop_camera(slot)
+                _stop_part(f"camera {slot.config.id}", functools.partial(self._stop_camera, slot))
         if self.mqtt is not None:
-            self.mqtt.stop()
+            _stop_part("MQTT link", self.mqtt.stop)
             self.mqtt = None
         if self._clip_thread is not None:
-            self._clip_thread.stop()
+            _stop_part("clip server", self._clip_thread.stop)
             self._clip_thread = None
         if self.ring is not None:
-            self.ring.close()
+            _stop_part("ring buffer", self.ring.close)
             self.ring = None
 
     def tick(self) -> None:
@@ -408,7 +411,8 @@ class Agent:
             for name in ("storage", "mqtt", "clip_server", "keys")
             if getattr(new, name) != getattr(self.config, name)
         ]
-        if {c.id for c in new.cameras} != {c.id for c in self.config.cameras} and "clip_server" not in restart_needed:
+        camera_set_changed = {c.id for c in new.cameras} != {c.id for c in self.config.cameras}
+        if camera_set_changed and "clip_server" not in restart_needed:
             restart_needed.append("clip_server")  # it serves the camera ids it started with
         changed = self._apply_cameras(new.cameras)
         self.config = new
@@ -439,6 +443,13 @@ class Agent:
                 if not camera.source.usb_id or node:
                     self._start_camera(slot, node)
         return changed
+
+
+def _stop_part(name: str, stop: Callable[[], None]) -> None:
+    try:
+        stop()
+    except Exception:
+        log.exception("stopping the %s failed; stopping the rest", name)
 
 
 def _camera_entry(camera_id: str, slot: _CameraSlot) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -279,3 +280,23 @@ def test_reload_restarts_an_attached_usb_camera_on_its_node(site: dict[str, Any]
         assert nodes == ["/dev/video4", "/dev/video4"]
     finally:
         agent.stop()
+
+
+def test_a_part_failing_to_stop_does_not_keep_the_others_running(
+    site: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = start_agent(site, tmp_path)
+    assert agent.mqtt is not None and agent.clip_server is not None
+    port = agent.clip_server.port
+
+    def broken_stop() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    link = agent.mqtt
+    monkeypatch.setattr(link, "stop", broken_stop)
+    agent.stop()
+    assert agent.ring is None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port or 0))  # the clip server released its port
+    monkeypatch.undo()
+    link.stop()
