@@ -366,6 +366,13 @@ class MqttConfig(_Model):
     max_inflight: int = Field(
         100, ge=1, le=1000, title="In-flight window", description="Messages sent and not yet acknowledged."
     )
+    command_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        title="Command time limit",
+        description="Seconds a CSU command may run before the reply says it is still running.",
+    )
 
 
 class ClipServerConfig(_Model):

@@ -57,7 +57,6 @@ CommandHandler = Callable[[dict[str, Any]], Mapping[str, Any]]
 """Takes the command's JSON arguments, returns a JSON-able result; raises CommandError to refuse."""
 
 MIN_STATUS_GAP_S = 1.0
-COMMAND_TIMEOUT_S = 30.0
 _OFFLINE = b'"offline"'
 _ONLINE = b'"online"'
 
@@ -118,7 +117,6 @@ class MqttLink:
         handlers: Mapping[str, CommandHandler] | None = None,
         clip_url: str | None = None,
         clock: Callable[[], float] = time.time,
-        command_timeout_s: float = COMMAND_TIMEOUT_S,
     ) -> None:
         """Open the outbox (events can be queued before `start()`); nothing connects yet."""
         self.config = config
@@ -139,7 +137,7 @@ class MqttLink:
         self._status_due = True
         self._last_status = 0.0
         self._commands: queue.Queue[tuple[str, bytes, Properties | None] | None] = queue.Queue()
-        self._command_timeout_s = command_timeout_s
+        self._command_timeout_s = config.mqtt.command_timeout_s
         self._running_handlers: dict[str, threading.Thread] = {}  # command thread only
         self._threads: list[threading.Thread] = []
         self._connections = 0

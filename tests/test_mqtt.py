@@ -431,9 +431,9 @@ def test_a_hung_handler_times_out_and_does_not_block_other_commands(
         release.wait(30)  # a camera driver that never answers
         return {"late": True}
 
-    config = parsed(agent_config(mosquitto, tmp_path))
+    config = parsed(agent_config(mosquitto, tmp_path, command_timeout_s=0.5))
     handlers = {"snapshot": stuck, "reload": lambda _args: {"reloaded": True}}
-    link = MqttLink(config, lambda: {"cameras": CAMERAS}, handlers, command_timeout_s=0.5)
+    link = MqttLink(config, lambda: {"cameras": CAMERAS}, handlers)
     link.start()
     try:
         assert recorder.wait_for(lambda m: any(t == f"{BASE}/availability" for t, _, _ in m))
