@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -9,7 +10,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import yaml
 
+from edge_agent import cli
 from edge_agent.storage.media import EncodedPacket, StreamInfo
 from edge_agent.storage.ringbuffer import DAY, RingBuffer, SegmentRecord
 from edge_agent.storage.sealing import SegmentWriter, verify_chain, verify_segment
@@ -293,3 +296,62 @@ def test_read_only_open_changes_nothing(tmp_path: Path) -> None:
     tmp.write_bytes(b"in flight")
     look = RingBuffer(tmp_path, storage(tmp_path), recover=False)
     assert look.stats()["cam1"]["segments"] == 1 and tmp.exists()
+
+
+def _site_config(path: Path, root: Path) -> Path:
+    config = {
+        "site_id": "ville-01",
+        "device_id": "pi-a",
+        "cameras": [
+            {
+                "id": cam,
+                "source": "synthetic",
+                "masks": [{"name": "w", "points": [[0, 0], [0.3, 0], [0.3, 0.3]]}],
+            }
+            for cam in ("cam1", "cam3")
+        ],
+        "storage": {"path": str(root), "retention_days": 15, "min_free_bytes": 0},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_storage_command_summarises_each_camera_without_touching_the_buffer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = make_keys()
+    root = tmp_path / "ring"
+    ring = _ring(root, keys, Clock(T0))
+    records = [_add(ring, keys, T0 + 10 * i) for i in range(3)] + [_add(ring, keys, T0, camera="cam2")]
+    hold = ring.add_hold("cam1", T0, T0 + 10, "PV 2024/117", T0 + DAY)
+    ring.close()
+    in_flight = root / "cam1" / ".000000000004.seg.tmp"
+    in_flight.write_bytes(b"being written by the running agent")
+    config = _site_config(tmp_path / "site.yaml", root)
+    assert cli.main(["storage", "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    cam1 = sum(r.size for r in records[:3])
+    assert "retention 15 days" in text
+    assert f"cam1: 3 segment(s) (0 partial), {cam1:,} bytes, oldest 2023-11-14T22:13:20Z" in text
+    assert "newest 2023-11-14T22:13:50Z" in text
+    assert f"hold {hold.id}: 2023-11-14T22:13:20Z..2023-11-14T22:13:30Z, requisition PV 2024/117" in text
+    assert "cam2: 1 segment(s)" in text  # on disk though no longer configured
+    assert "cam3: 0 segment(s)" in text  # configured, nothing recorded yet
+    assert cli.main(["storage", "--config", str(config), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cam1"]["segments"] == 3 and out["cam1"]["bytes"] == cam1
+    assert [h["requisition"] for h in out["cam1"]["holds"]] == ["PV 2024/117"]
+    assert out["cam3"] == {**dict.fromkeys(out["cam1"], 0), "oldest_ts": None, "newest_ts": None, "holds": []}
+    assert in_flight.exists()  # read only: no recovery ran
+
+
+def test_storage_command_on_an_empty_place_or_a_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _site_config(tmp_path / "site.yaml", tmp_path / "nothing")
+    assert cli.main(["storage", "--config", str(config)]) == 1
+    assert "no ring buffer here yet" in capsys.readouterr().out
+    assert not (tmp_path / "nothing" / "index.sqlite").exists()
+    config.write_text("site_id: x\n")
+    assert cli.main(["storage", "--config", str(config)]) == 1
+    assert "device_id" in capsys.readouterr().out

@@ -19,6 +19,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=show_storage)
 
 
+# A configured camera with nothing stored yet: the same keys as a `RingBuffer.stats` row.
+_NOTHING_STORED = {"segments": 0, "partial": 0, "bytes": 0, "oldest_ts": None, "newest_ts": None}
+
+
 def _iso(ts: float | int | None) -> str:
     if ts is None:
         return "-"
@@ -46,7 +50,7 @@ def show_storage(args: argparse.Namespace) -> int:
     if args.json:
         out = {
             camera: {
-                **stats.get(camera, {"segments": 0, "bytes": 0}),
+                **stats.get(camera, _NOTHING_STORED),
                 "holds": [h.__dict__ for h in holds if h.camera == camera],
             }
             for camera in cameras
