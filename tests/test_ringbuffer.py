@@ -15,7 +15,8 @@ import yaml
 from edge_agent import cli
 from edge_agent.storage.media import EncodedPacket, StreamInfo
 from edge_agent.storage.ringbuffer import DAY, RingBuffer, SegmentRecord
-from edge_agent.storage.sealing import SegmentWriter, verify_chain, verify_segment
+from edge_agent.storage.sealing import verify_chain, verify_segment
+from tests.clip_support import seal_segment
 from tests.storage_support import Keys, make_keys, storage
 
 T0 = 1_700_000_000.0
@@ -41,22 +42,11 @@ def _add(
 ) -> SegmentRecord:
     """Seal a segment of `seconds` starting at `start` through the ring's real write path."""
     stream = StreamInfo("h264", "libx264", 64, 48, "yuv420p", Fraction(1, 1000), 10.0, start)
-    pending = ring.begin(camera)
-    writer = SegmentWriter(
-        pending.file,
-        camera=camera,
-        device="dev1",
-        sequence=pending.sequence,
-        prev_sha256=pending.prev_sha256,
-        stream=stream,
-        start_ts=start,
-        device_key=keys.device,
-        csu_public_key=keys.csu.public_key(),
-    )
     frames = int(seconds * 10)
-    for i in range(frames):
-        writer.append(EncodedPacket(i * 100, i * 100, 100, i == 0, os.urandom(payload // frames + 1)))
-    return ring.commit(pending, writer.finish())
+    packets = [
+        EncodedPacket(i * 100, i * 100, 100, i == 0, os.urandom(payload // frames + 1)) for i in range(frames)
+    ]
+    return seal_segment(ring, stream, packets, keys.device, keys.csu.public_key(), camera)
 
 
 def _ring(root: Path, keys: Keys, clock: Clock, **fields: object) -> RingBuffer:
