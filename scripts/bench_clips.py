@@ -37,7 +37,7 @@ def _encode_gop_sequence(seconds: float, size: tuple[int, int] = (1280, 720)) ->
     import av
     import numpy as np
 
-    from edge_agent.storage.media import EncodedPacket
+    from edge_agent.formats.media import EncodedPacket
 
     width, height = size
     encoder = av.CodecContext.create("libx264", "w")
@@ -70,16 +70,16 @@ def _encode_gop_sequence(seconds: float, size: tuple[int, int] = (1280, 720)) ->
 
 def prepare(workdir: Path, minutes: float) -> dict[str, Any]:
     """Keys, config and a ring buffer holding `minutes` of sealed footage of camera cam1."""
-    from edge_agent.config import parse_config
-    from edge_agent.keys import (
+    from edge_agent.formats.config import parse_config
+    from edge_agent.formats.keys import (
         generate_csu_keys,
         generate_device_key,
         load_ed25519_private,
         load_x25519_public,
     )
-    from edge_agent.storage.media import EncodedPacket, StreamInfo
+    from edge_agent.formats.media import EncodedPacket, StreamInfo
+    from edge_agent.formats.sealing import SegmentWriter
     from edge_agent.storage.ringbuffer import RingBuffer
-    from edge_agent.storage.sealing import SegmentWriter
 
     device_paths = generate_device_key(workdir / "device")
     csu_paths = generate_csu_keys(workdir / "csu")
@@ -158,10 +158,10 @@ def _peak_rss_mb() -> float:
 
 def device_main(config_path: str) -> None:
     """Serve the ring buffer until stdin closes; print the port, then peak RSS."""
-    from edge_agent.audit import AuditLog
-    from edge_agent.clip_server import ClipServer, ClipServerThread
-    from edge_agent.config import load_config
-    from edge_agent.keys import load_ed25519_private, load_ed25519_public
+    from edge_agent.api.clip_server import ClipServer, ClipServerThread
+    from edge_agent.formats.audit import AuditLog
+    from edge_agent.formats.config import load_config
+    from edge_agent.formats.keys import load_ed25519_private, load_ed25519_public
     from edge_agent.storage.ringbuffer import RingBuffer
 
     _pin(0)
@@ -184,11 +184,11 @@ def device_main(config_path: str) -> None:
 
 def collector_main(url: str, keys_dir: str, device_pub: str, minutes: str, out: str) -> None:
     """Fetch the whole range; print bytes, seconds and peak RSS."""
-    from edge_agent.audit import AuditLog
     from edge_agent.collector.download import DeviceEndpoint
     from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
-    from edge_agent.keys import load_ed25519_private, load_ed25519_public, load_x25519_private
-    from edge_agent.signing import RequestSigner
+    from edge_agent.formats.audit import AuditLog
+    from edge_agent.formats.keys import load_ed25519_private, load_ed25519_public, load_x25519_private
+    from edge_agent.formats.signing import RequestSigner
 
     _pin(1)
     keys_path = Path(keys_dir)

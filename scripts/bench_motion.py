@@ -11,10 +11,10 @@ import statistics
 import time
 from typing import Any
 
-from edge_agent.config import MotionConfig
-from edge_agent.frames import MaskedFrame
-from edge_agent.motion import MotionDetector
-from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.camera.frames import MaskedFrame
+from edge_agent.camera.motion import MotionDetector
+from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.formats.config import MotionConfig
 
 SIZES = {"320x240": (320, 240), "640x360": (640, 360), "1920x1080": (1920, 1080)}
 

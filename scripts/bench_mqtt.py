@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from simulate_fleet import Fleet  # noqa: E402
 
 from edge_agent.collector.store import Store  # noqa: E402
-from edge_agent.localbroker import LocalBroker  # noqa: E402
+from edge_agent.link.localbroker import LocalBroker  # noqa: E402
 
 
 def _serve(broker: LocalBroker, db: Path) -> subprocess.Popen[bytes]:
@@ -41,7 +41,7 @@ def _serve(broker: LocalBroker, db: Path) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "edge_agent.collector.cli",
+            "edge_agent.collector.commands.cli",
             "serve",
             "--broker",
             broker.url,

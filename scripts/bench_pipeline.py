@@ -11,11 +11,11 @@ import statistics
 import time
 from typing import Any
 
-from edge_agent.config import MaskMode, MotionConfig, PrivacyMaskConfig, ZoneConfig
-from edge_agent.frames import Frame
-from edge_agent.motion import MotionDetector
-from edge_agent.privacy import PrivacyMasker
-from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.camera.frames import Frame
+from edge_agent.camera.motion import MotionDetector
+from edge_agent.camera.privacy import PrivacyMasker
+from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.formats.config import MaskMode, MotionConfig, PrivacyMaskConfig, ZoneConfig
 
 WINDOW = [(0.05, 0.05), (0.3, 0.05), (0.3, 0.35), (0.05, 0.35)]
 GARDEN = [(0.7, 0.6), (0.95, 0.6), (0.95, 0.95), (0.7, 0.95)]

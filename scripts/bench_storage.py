@@ -32,15 +32,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from edge_agent.config import CameraConfig, StorageConfig
-from edge_agent.frames import MaskedFrame
-from edge_agent.privacy import PrivacyMasker
-from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.camera.frames import MaskedFrame
+from edge_agent.camera.privacy import PrivacyMasker
+from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.formats.config import CameraConfig, StorageConfig
+from edge_agent.formats.media import EncodedPacket
+from edge_agent.formats.sealing import SegmentWriter
 from edge_agent.storage.encoder import VideoEncoder
-from edge_agent.storage.media import EncodedPacket
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
-from edge_agent.storage.sealing import SegmentWriter
 
 WINDOW = [(0.05, 0.05), (0.3, 0.05), (0.3, 0.35), (0.05, 0.35)]
 T0 = 1_700_000_000.0

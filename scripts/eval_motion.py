@@ -12,7 +12,7 @@ and F1. Two detectors run on the same frames:
 Usage:
   eval_motion.py                          # the table for every dev sequence, ours vs mog2
   eval_motion.py --replay-dir DIR --sequence CAVIAR2   # score an existing motion-replay output
-  eval_motion.py --stress                 # synthetic stress clips (edge_agent/motion_clips.py): false alarms
+  eval_motion.py --stress                 # synthetic stress clips (camera/motion_clips.py): false alarms
   eval_motion.py --json out.json          # also write the figures as JSON
 
 Stress clips: the share of frames raising motion on clips with nothing moving (noise, lighting steps, a
@@ -35,10 +35,10 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from edge_agent.config import MotionConfig  # noqa: E402
-from edge_agent.motion_clips import CLIPS, ClipSpec  # noqa: E402
-from edge_agent.privacy import PrivacyMasker  # noqa: E402
-from edge_agent.replay import Replayer, ReplaySettings, full_size_mask  # noqa: E402
+from edge_agent.camera.motion_clips import CLIPS, ClipSpec  # noqa: E402
+from edge_agent.camera.privacy import PrivacyMasker  # noqa: E402
+from edge_agent.commands.motion_replay import Replayer, ReplaySettings, full_size_mask  # noqa: E402
+from edge_agent.formats.config import MotionConfig  # noqa: E402
 
 DATASET = PROJECT.parent / "shared" / "datasets" / "sbi2015"
 SEQUENCES = ("CAVIAR2", "IBMtest2", "HallAndMonitor")

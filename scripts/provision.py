@@ -41,9 +41,10 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from edge_agent.config import AgentConfig, ConfigError, parse_config
-from edge_agent.hotplug import configured_usb_ids, normalize_usb_id
-from edge_agent.keys import (
+from edge_agent.camera.privacy import MasksRequired, masker_for_camera
+from edge_agent.device.hotplug import configured_usb_ids, normalize_usb_id
+from edge_agent.formats.config import AgentConfig, ConfigError, parse_config
+from edge_agent.formats.keys import (
     KeyFileError,
     PublicKey,
     generate_device_key,
@@ -52,7 +53,6 @@ from edge_agent.keys import (
     load_x25519_public,
     public_key_id,
 )
-from edge_agent.privacy import MasksRequired, masker_for_camera
 
 ETC = Path("/etc/edge-agent")
 KEYS = Path("/var/lib/edge-agent/keys")

@@ -28,9 +28,9 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge_agent.camera.motion import MotionEvent
 from edge_agent.collector.ingest import parse_broker_url
-from edge_agent.motion import MotionEvent
-from edge_agent.mqtt_wire import Topics, encode, motion_payload, parse_iso, status_payload
+from edge_agent.formats.mqtt_wire import Topics, encode, motion_payload, parse_iso, status_payload
 
 
 @dataclass

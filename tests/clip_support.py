@@ -13,14 +13,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from edge_agent.audit import AuditLog
-from edge_agent.clip_server import ClipServer, ClipServerThread, StatsProviders
+from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
 from edge_agent.collector.download import DeviceEndpoint
-from edge_agent.config import AgentConfig, StorageConfig, parse_config
-from edge_agent.signing import RequestSigner
-from edge_agent.storage.media import EncodedPacket, StreamInfo
+from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.config import AgentConfig, StorageConfig, parse_config
+from edge_agent.formats.media import EncodedPacket, StreamInfo
+from edge_agent.formats.sealing import SegmentWriter
+from edge_agent.formats.signing import RequestSigner
 from edge_agent.storage.ringbuffer import RingBuffer, SegmentRecord
-from edge_agent.storage.sealing import SegmentWriter
 
 
 def device_config(tmp_path: Path, cameras: tuple[str, ...] = ("cam1",), **clip: Any) -> AgentConfig:

@@ -24,7 +24,7 @@ def datasets() -> Path:
 @pytest.fixture
 def mosquitto():
     """A running `LocalBroker` (real /usr/sbin/mosquitto), stopped and removed after the test."""
-    from edge_agent.localbroker import MOSQUITTO, LocalBroker
+    from edge_agent.link.localbroker import MOSQUITTO, LocalBroker
 
     if not MOSQUITTO.exists():
         pytest.skip(f"{MOSQUITTO} missing: install the mosquitto Debian package (scripts/bootstrap.sh)")
@@ -35,7 +35,7 @@ def mosquitto():
 @pytest.fixture
 def mosquitto_factory():
     """Build brokers with extra config lines: `mosquitto_factory(["acl_file /x"])`, started, cleaned up."""
-    from edge_agent.localbroker import MOSQUITTO, LocalBroker
+    from edge_agent.link.localbroker import MOSQUITTO, LocalBroker
 
     if not MOSQUITTO.exists():
         pytest.skip(f"{MOSQUITTO} missing: install the mosquitto Debian package (scripts/bootstrap.sh)")

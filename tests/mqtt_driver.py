@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.config import load_config
-from edge_agent.mqtt import MqttLink
+from edge_agent.formats.config import load_config
+from edge_agent.link.mqtt import MqttLink
 
 
 @dataclass

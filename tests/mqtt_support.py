@@ -15,8 +15,8 @@ import yaml
 
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
 from edge_agent.collector.store import Store
-from edge_agent.config import AgentConfig, parse_config
-from edge_agent.localbroker import LocalBroker
+from edge_agent.formats.config import AgentConfig, parse_config
+from edge_agent.link.localbroker import LocalBroker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,11 +16,16 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_agent.config import CameraConfig, StorageConfig
-from edge_agent.frames import Frame, MaskedFrame
-from edge_agent.keys import generate_csu_keys, generate_device_key, load_ed25519_private, load_x25519_private
-from edge_agent.privacy import PrivacyMasker
-from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.camera.frames import Frame, MaskedFrame
+from edge_agent.camera.privacy import PrivacyMasker
+from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.formats.config import CameraConfig, StorageConfig
+from edge_agent.formats.keys import (
+    generate_csu_keys,
+    generate_device_key,
+    load_ed25519_private,
+    load_x25519_private,
+)
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
 

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_agent.agent import Agent, AgentError
-from edge_agent.config import parse_config
-from edge_agent.demo import demo_config
-from edge_agent.hotplug import CameraIdentity
-from edge_agent.keys import generate_csu_keys, generate_device_key
-from edge_agent.localbroker import LocalBroker
-from edge_agent.storage.sealing import verify_segment
+from edge_agent.commands.demo import demo_config
+from edge_agent.device.agent import Agent, AgentError
+from edge_agent.device.hotplug import CameraIdentity
+from edge_agent.formats.config import parse_config
+from edge_agent.formats.keys import generate_csu_keys, generate_device_key
+from edge_agent.formats.sealing import verify_segment
+from edge_agent.link.localbroker import LocalBroker
 from tests.mqtt_support import Recorder as Subscriber
 
 TOPIC = "csu/v1/demo-site/demo-pi"
@@ -144,7 +144,7 @@ def test_hotplug_supervision(site: dict[str, Any], tmp_path: Path) -> None:
     site["mqtt"]["enabled"] = False
 
     def factory(camera: Any, clock: Any) -> Any:
-        from edge_agent.sources.synthetic import SyntheticSource
+        from edge_agent.camera.sources.synthetic import SyntheticSource
 
         assert camera.source.uri in ("", "/dev/video4")
         return SyntheticSource.from_camera(
@@ -193,7 +193,7 @@ def test_run_command_notifies_systemd_reloads_on_sighup_and_stops_on_sigterm(
     log = tmp_path / "agent.log"
     with log.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config), "--no-hotplug"],
+            [sys.executable, "-m", "edge_agent.commands.cli", "run", "--config", str(config), "--no-hotplug"],
             env=env,
             stderr=stderr,
         )
@@ -218,7 +218,7 @@ def test_run_command_rejects_bad_config(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("site_id: x\ncameras: [{id: a, source: synthetic, fps: 0}]\n")
     result = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "edge_agent.commands.cli", "run", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -263,7 +263,7 @@ def test_reload_restarts_an_attached_usb_camera_on_its_node(site: dict[str, Any]
     nodes: list[str] = []
 
     def factory(camera: Any, clock: Any) -> Any:
-        from edge_agent.sources.synthetic import SyntheticSource
+        from edge_agent.camera.sources.synthetic import SyntheticSource
 
         nodes.append(camera.source.uri)
         return SyntheticSource.from_camera(camera, clock)

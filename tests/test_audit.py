@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_agent.audit import AuditLog, head_path, verify_log
-from edge_agent.cli import main
+from edge_agent.commands.cli import main
+from edge_agent.formats.audit import AuditLog, head_path, verify_log
 
 
 def _log(tmp_path: Path, entries: int = 5) -> Path:
@@ -39,7 +39,7 @@ def test_edited_line_is_detected(tmp_path: Path) -> None:
 
 
 def test_recomputed_hash_still_breaks_the_chain(tmp_path: Path) -> None:
-    from edge_agent.audit import entry_hash
+    from edge_agent.formats.audit import entry_hash
 
     path = _log(tmp_path)
     lines = path.read_bytes().splitlines(keepends=True)

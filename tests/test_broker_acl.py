@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edge_agent.localbroker import LocalBroker, free_port
+from edge_agent.link.localbroker import LocalBroker, free_port
 
 FIRMWARE = Path(__file__).resolve().parent.parent / "firmware_cfg" / "mosquitto"
 NO_SUBSCRIBERS = 16  # MQTT 5 PUBACK: accepted, nobody subscribed

@@ -11,19 +11,19 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.audit import AuditLog, verify_log
-from edge_agent.clip_server import ClipServer, ClipServerThread
-from edge_agent.collector.cli import main as collector_main
-from edge_agent.config import parse_config
-from edge_agent.frames import Frame
-from edge_agent.keys import (
+from edge_agent.api.clip_server import ClipServer, ClipServerThread
+from edge_agent.camera.frames import Frame
+from edge_agent.camera.privacy import PrivacyMasker
+from edge_agent.collector.commands.cli import main as collector_main
+from edge_agent.formats.audit import AuditLog, verify_log
+from edge_agent.formats.config import parse_config
+from edge_agent.formats.keys import (
     generate_csu_keys,
     generate_device_key,
     load_ed25519_private,
     load_ed25519_public,
     load_x25519_public,
 )
-from edge_agent.privacy import PrivacyMasker
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
 

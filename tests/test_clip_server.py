@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME
-from edge_agent.clip_server import CameraStats, ClipServer, StatsProviders
+from edge_agent.api.clip_server import CameraStats, ClipServer, StatsProviders
 from edge_agent.collector.download import DeviceEndpoint, FetchError
-from edge_agent.signing import RequestSigner
+from edge_agent.formats.bundle import MANIFEST_NAME, SIGNATURE_NAME
+from edge_agent.formats.signing import RequestSigner
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import audit_lines, device_config, endpoint, random_ring, running_server
 
@@ -249,9 +249,9 @@ def test_request_rate_limit_per_client(tmp_path: Path, keys) -> None:
 
 
 def test_mqtt_hold_and_release_commands_must_be_signed(tmp_path: Path, keys) -> None:
-    from edge_agent.audit import AuditLog
-    from edge_agent.holds import HoldService, signed_command
-    from edge_agent.signing import RequestVerifier
+    from edge_agent.api.holds import HoldService, signed_command
+    from edge_agent.formats.audit import AuditLog
+    from edge_agent.formats.signing import RequestVerifier
 
     ring = random_ring(tmp_path / "ring", keys["device"], T0, 1)
     audit = AuditLog(tmp_path / "audit.jsonl")

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edge_agent.collector.download import DeviceEndpoint
-from edge_agent.signing import RequestSigner
+from edge_agent.formats.signing import RequestSigner
 from tests.clip_support import device_config, random_ring, running_server
 
 

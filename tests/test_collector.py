@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.collector.cli import main as collector_main
+from edge_agent.collector.commands.cli import main as collector_main
+from edge_agent.collector.commands.registry_cmd import parse_since
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
-from edge_agent.collector.registry_cmd import parse_since
 from edge_agent.collector.store import Store, device_clip_url
-from edge_agent.localbroker import LocalBroker
-from edge_agent.mqtt_wire import encode, iso_ms, status_payload
+from edge_agent.formats.mqtt_wire import encode, iso_ms, status_payload
+from edge_agent.link.localbroker import LocalBroker
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder
 
 ROOT = "csu/v1"
@@ -219,7 +219,7 @@ def test_serve_command_follows_a_real_broker(mosquitto: LocalBroker, tmp_path: P
         [
             sys.executable,
             "-m",
-            "edge_agent.collector.cli",
+            "edge_agent.collector.commands.cli",
             "serve",
             "--broker",
             mosquitto.url,

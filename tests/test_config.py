@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent.cli import main as cli_main
-from edge_agent.config import ConfigError, SourceKind, apply_env_overrides, load_config, parse_config
+from edge_agent.commands.cli import main as cli_main
+from edge_agent.formats.config import ConfigError, SourceKind, apply_env_overrides, load_config, parse_config
 
 SQUARE = [[0.1, 0.1], [0.3, 0.1], [0.3, 0.3], [0.1, 0.3]]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.localbroker import MOSQUITTO
+from edge_agent.link.localbroker import MOSQUITTO
 
 
 def test_demo_records_publishes_and_fetches_a_verified_clip(tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_demo_records_publishes_and_fetches_a_verified_clip(tmp_path: Path) -> N
         pytest.skip(f"{MOSQUITTO} missing: install the mosquitto Debian package (scripts/bootstrap.sh)")
     site = tmp_path / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "demo", "--duration", "12", "--dir", str(site)],
+        [sys.executable, "-m", "edge_agent.commands.cli", "demo", "--duration", "12", "--dir", str(site)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -35,7 +35,7 @@ def test_demo_refuses_to_wipe_a_foreign_folder(tmp_path: Path) -> None:
     precious.mkdir()
     (precious / "report.txt").write_text("keep me")
     result = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "demo", "--duration", "1", "--dir", str(precious)],
+        [sys.executable, "-m", "edge_agent.commands.cli", "demo", "--duration", "1", "--dir", str(precious)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_agent.config import load_config
+from edge_agent.formats.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware_cfg"

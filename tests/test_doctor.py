@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent.cli import main
-from edge_agent.config import parse_config
-from edge_agent.doctor import (
+from edge_agent.commands.cli import main
+from edge_agent.commands.doctor import (
     EXIT_BLOCKED,
     EXIT_FAILED,
     EXIT_OK,
@@ -22,8 +21,9 @@ from edge_agent.doctor import (
     check_clock,
     estimate_bytes_per_hour,
 )
-from edge_agent.keys import generate_csu_keys, generate_device_key
-from edge_agent.localbroker import LocalBroker, free_port
+from edge_agent.formats.config import parse_config
+from edge_agent.formats.keys import generate_csu_keys, generate_device_key
+from edge_agent.link.localbroker import LocalBroker, free_port
 
 MASK = {"name": "window", "points": [[0.0, 0.0], [0.3, 0.0], [0.3, 0.4], [0.0, 0.4]]}
 
@@ -179,7 +179,7 @@ def test_invalid_config_is_reported_by_field(tmp_path: Path, capsys: Any) -> Non
 
 
 def test_storage_too_small_for_retention_warns(tmp_path: Path) -> None:
-    from edge_agent.doctor import check_storage
+    from edge_agent.commands.doctor import check_storage
 
     config = parse_config(
         {

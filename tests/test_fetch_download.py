@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.collector.download import DeviceEndpoint, FetchError, download_bundle
 from edge_agent.collector.progress import ProgressBar
-from edge_agent.signing import RequestSigner
+from edge_agent.formats.signing import RequestSigner
 from tests.clip_support import CuttingProxy, audit_lines, device_config, random_ring, running_server
 from tests.test_clip_server import CLIP, T0
 

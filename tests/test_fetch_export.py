@@ -13,11 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_agent.audit import AuditLog, verify_log
 from edge_agent.collector.download import DeviceEndpoint
 from edge_agent.collector.evidence import ClipRejected, process_bundle, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
-from edge_agent.signing import RequestSigner
+from edge_agent.formats.audit import AuditLog, verify_log
+from edge_agent.formats.signing import RequestSigner
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import CuttingProxy, device_config, encode_segments, running_server
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import CameraConfig, parse_config
-from edge_agent.hotplug import (
+from edge_agent.device.hotplug import (
     CameraIdentity,
     HotplugTracker,
     UdevWatcher,
@@ -26,6 +25,7 @@ from edge_agent.hotplug import (
     identity_of,
     usb_port_of,
 )
+from edge_agent.formats.config import CameraConfig, parse_config
 
 pyudev = pytest.importorskip("pyudev")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import cli
-from edge_agent.collector import cli as collector_cli
-from edge_agent.keys import (
+from edge_agent.collector.commands import cli as collector_cli
+from edge_agent.commands import cli
+from edge_agent.formats.keys import (
     KeyFileError,
     generate_csu_keys,
     generate_device_key,

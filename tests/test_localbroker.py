@@ -9,7 +9,7 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.localbroker import BrokerError, LocalBroker, _accepts
+from edge_agent.link.localbroker import BrokerError, LocalBroker, _accepts
 
 
 def _roundtrip(port: int, **auth: str) -> int:

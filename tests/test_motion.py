@@ -7,12 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from edge_agent.config import MotionConfig, PrivacyMaskConfig, ZoneConfig
-from edge_agent.frames import MaskedFrame
-from edge_agent.motion import EventTracker, MotionDetector, MotionEvent, MotionResult
-from edge_agent.motion_clips import CLIPS, ClipSpec
-from edge_agent.privacy import PrivacyMasker
-from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.camera.frames import MaskedFrame
+from edge_agent.camera.motion import EventTracker, MotionDetector, MotionEvent, MotionResult
+from edge_agent.camera.motion_clips import CLIPS, ClipSpec
+from edge_agent.camera.privacy import PrivacyMasker
+from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.formats.config import MotionConfig, PrivacyMaskConfig, ZoneConfig
 
 Box = tuple[float, float, float, float]
 

@@ -20,9 +20,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.localbroker import LocalBroker
-from edge_agent.mqtt import CommandError, MqttLink
-from edge_agent.mqtt_wire import parse_iso
+from edge_agent.formats.mqtt_wire import parse_iso
+from edge_agent.link.localbroker import LocalBroker
+from edge_agent.link.mqtt import CommandError, MqttLink
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder, agent_config, parsed, write_config
 
 BASE = "csu/v1/ville-01/pi-07"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.health import cpu_temperature, disk_usage, sample
+from edge_agent.link.health import cpu_temperature, disk_usage, sample
 
 
 def _zone(root: Path, index: int, kind: str, millideg: str) -> None:

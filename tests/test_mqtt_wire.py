@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from edge_agent.config import parse_config
-from edge_agent.mqtt import advertised_clip_url
-from edge_agent.mqtt_wire import (
+from edge_agent.formats.config import parse_config
+from edge_agent.formats.mqtt_wire import (
     PayloadError,
     TopicInfo,
     Topics,
@@ -25,6 +24,7 @@ from edge_agent.mqtt_wire import (
     parse_topic,
     status_payload,
 )
+from edge_agent.link.mqtt import advertised_clip_url
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox
+from edge_agent.link.outbox import Outbox
 
 
 def test_messages_come_back_in_order_until_acknowledged(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_cap_must_be_positive(tmp_path: Path) -> None:
 def test_unreadable_file_is_moved_aside_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "o.sqlite"
     path.write_bytes(b"power cut on a worn SD card" * 200)
-    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.link.outbox"):
         outbox = Outbox(path, max_messages=10)
     [aside] = tmp_path.glob("o.sqlite.corrupt-*")
     assert aside.read_bytes().startswith(b"power cut")  # kept for inspection

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.config import CameraConfig, MaskMode, PrivacyMaskConfig, ZoneConfig
-from edge_agent.frames import Frame
-from edge_agent.privacy import MasksRequired, PrivacyMasker, draw_outlines, masker_for_camera
+from edge_agent.camera.frames import Frame
+from edge_agent.camera.privacy import MasksRequired, PrivacyMasker, draw_outlines, masker_for_camera
+from edge_agent.formats.config import CameraConfig, MaskMode, PrivacyMaskConfig, ZoneConfig
 
 WINDOW = [(0.1, 0.1), (0.4, 0.12), (0.35, 0.5), (0.12, 0.45)]
 GARDEN = [(0.6, 0.6), (0.95, 0.55), (0.9, 0.95)]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent.config import apply_env_overrides, load_config, parse_config
-from edge_agent.keys import generate_csu_keys, generate_device_key, load_ed25519_private
+from edge_agent.formats.config import apply_env_overrides, load_config, parse_config
+from edge_agent.formats.keys import generate_csu_keys, generate_device_key, load_ed25519_private
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "firmware_cfg" / "site.example.yaml"
@@ -62,7 +62,7 @@ def test_target_holds_a_config_check_config_accepts(
 
     site = root / "etc/edge-agent/site.yaml"
     done = subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", "check-config", str(site)],
+        [sys.executable, "-m", "edge_agent.commands.cli", "check-config", str(site)],
         capture_output=True, text=True, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.frames import Frame, MaskedFrame
+from edge_agent.camera.frames import Frame, MaskedFrame
+from edge_agent.formats.sealing import open_segment, verify_chain, verify_segment
 from edge_agent.storage.encoder import VideoEncoder, decode_packets
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
-from edge_agent.storage.sealing import open_segment, verify_chain, verify_segment
 from tests.storage_support import (
     MASK_COLOR,
     camera,

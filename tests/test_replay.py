@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_agent.cli import main
-from edge_agent.config import MotionConfig
-from edge_agent.frames import Frame
-from edge_agent.motion import MotionResult
-from edge_agent.privacy import PrivacyMasker
-from edge_agent.replay import ReplaySettings, annotate
+from edge_agent.camera.frames import Frame
+from edge_agent.camera.motion import MotionResult
+from edge_agent.camera.privacy import PrivacyMasker
+from edge_agent.commands.cli import main
+from edge_agent.commands.motion_replay import ReplaySettings, annotate
+from edge_agent.formats.config import MotionConfig
 
 SIZE = (200, 150)
 FRAMES = 30

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_agent import cli
-from edge_agent.storage.media import EncodedPacket, StreamInfo
+from edge_agent.commands import cli
+from edge_agent.formats.media import EncodedPacket, StreamInfo
+from edge_agent.formats.sealing import verify_chain, verify_segment
 from edge_agent.storage.ringbuffer import DAY, RingBuffer, SegmentRecord
-from edge_agent.storage.sealing import verify_chain, verify_segment
 from tests.clip_support import seal_segment
 from tests.storage_support import Keys, make_keys, storage
 

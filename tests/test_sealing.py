@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_agent.storage.media import EncodedPacket, StreamInfo
-from edge_agent.storage.sealing import (
+from edge_agent.formats.media import EncodedPacket, StreamInfo
+from edge_agent.formats.sealing import (
     SegmentDecryptError,
     SegmentError,
     SegmentFormatError,

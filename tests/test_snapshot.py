@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_agent.cli import main as cli_main
+from edge_agent.commands.cli import main as cli_main
 
 WINDOW = [[0.1, 0.1], [0.5, 0.1], [0.5, 0.5], [0.1, 0.5]]
 

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.config import CameraConfig
-from edge_agent.sources import SourceError, open_source
-from edge_agent.sources.opencv import OpenCVSource
-from edge_agent.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.camera.sources import SourceError, open_source
+from edge_agent.camera.sources.opencv import OpenCVSource
+from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
+from edge_agent.formats.config import CameraConfig
 
 WINDOW = [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4], [0.1, 0.4]]
 
@@ -183,7 +183,7 @@ def test_picamera_masks_before_the_encoder_sees_a_frame(fake_picamera2: type[_Fa
 
 
 def test_picamera_without_masks_never_starts(fake_picamera2: type[_FakePicamera2]) -> None:
-    from edge_agent.privacy import MasksRequired
+    from edge_agent.camera.privacy import MasksRequired
 
     with pytest.raises(MasksRequired):
         open_source(CameraConfig(id="pi", source="picamera"))

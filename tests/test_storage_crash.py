@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from edge_agent.formats.sealing import verify_chain, verify_segment
 from edge_agent.storage.ringbuffer import RingBuffer
-from edge_agent.storage.sealing import verify_chain, verify_segment
 from tests.storage_support import PROJECT_ROOT, make_writer_keys, storage
 
 

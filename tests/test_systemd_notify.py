@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.systemd_notify import SystemdNotifier
+from edge_agent.device.systemd_notify import SystemdNotifier
 
 
 @pytest.fixture

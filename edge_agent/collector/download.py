@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 from edge_agent.collector.progress import ProgressBar
-from edge_agent.signing import RequestSigner
+from edge_agent.formats.signing import RequestSigner
 
 log = logging.getLogger(__name__)
 

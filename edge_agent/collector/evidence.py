@@ -28,11 +28,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_agent.audit import iso_utc
-from edge_agent.bundle import BundleError, BundleReader
 from edge_agent.collector.mp4 import Mp4Error, Mp4Writer
-from edge_agent.signing import key_id
-from edge_agent.storage.sealing import SegmentError, SegmentInfo, iter_packets, verify_chain, verify_segment
+from edge_agent.formats.audit import iso_utc
+from edge_agent.formats.bundle import BundleError, BundleReader
+from edge_agent.formats.sealing import SegmentError, SegmentInfo, iter_packets, verify_chain, verify_segment
+from edge_agent.formats.signing import key_id
 
 EVIDENCE_FORMAT = "csu-clip-evidence"
 BUNDLE_FILE = "bundle.tar"

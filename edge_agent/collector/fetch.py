@@ -15,7 +15,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_agent.audit import AuditLog, iso_utc
 from edge_agent.collector.download import DeviceEndpoint, FetchError, download_bundle
 from edge_agent.collector.evidence import (
     BUNDLE_FILE,
@@ -26,6 +25,7 @@ from edge_agent.collector.evidence import (
     write_evidence,
 )
 from edge_agent.collector.progress import ProgressBar
+from edge_agent.formats.audit import AuditLog, iso_utc
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.collector.store import Store
-from edge_agent.mqtt_wire import (
+from edge_agent.formats.mqtt_wire import (
     PayloadError,
     collector_filters,
     parse_availability,

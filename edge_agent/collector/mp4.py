@@ -16,7 +16,7 @@ from typing import Any
 
 import av
 
-from edge_agent.storage.media import EncodedPacket, StreamInfo
+from edge_agent.formats.media import EncodedPacket, StreamInfo
 
 # Raw elementary-stream demuxers that can describe a stream from its first keyframe.
 _RAW_FORMATS = {"h264": "h264", "hevc": "hevc", "mjpeg": "mjpeg"}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.mqtt_wire import MotionMessage, StatusMessage
+from edge_agent.formats.mqtt_wire import MotionMessage, StatusMessage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_agent.audit import verify_log
-from edge_agent.config import ConfigError, load_config
+from edge_agent.formats.audit import verify_log
+from edge_agent.formats.config import ConfigError, load_config
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

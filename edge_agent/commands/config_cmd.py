@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_agent.config import ConfigError, load_config, summarize
+from edge_agent.formats.config import ConfigError, load_config, summarize
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

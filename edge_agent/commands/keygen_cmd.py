@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_agent.keys import KeyFileError, generate_device_key, load_ed25519_public, public_key_id
+from edge_agent.formats.keys import KeyFileError, generate_device_key, load_ed25519_public, public_key_id
 
 DEFAULT_DIR = Path("/var/lib/edge-agent/keys")
 

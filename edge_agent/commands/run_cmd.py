@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from edge_agent.agent import Agent, AgentError
-from edge_agent.config import ConfigError, load_config
-from edge_agent.mqtt import CommandError
-from edge_agent.systemd_notify import SystemdNotifier
+from edge_agent.device.agent import Agent, AgentError
+from edge_agent.device.systemd_notify import SystemdNotifier
+from edge_agent.formats.config import ConfigError, load_config
+from edge_agent.link.mqtt import CommandError
 
 log = logging.getLogger(__name__)
 TICK_S = 0.5

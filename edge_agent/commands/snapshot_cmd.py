@@ -8,9 +8,9 @@ from pathlib import Path
 
 import cv2
 
-from edge_agent.config import ConfigError, load_config
-from edge_agent.privacy import MasksRequired, draw_outlines, masker_for_camera
-from edge_agent.sources import SourceError, open_source
+from edge_agent.camera.privacy import MasksRequired, draw_outlines, masker_for_camera
+from edge_agent.camera.sources import SourceError, open_source
+from edge_agent.formats.config import ConfigError, load_config
 
 # Devices often deliver dark or half-exposed frames while auto-exposure settles.
 _WARM_UP_FRAMES = 5

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_agent.config import ConfigError, load_config
+from edge_agent.formats.config import ConfigError, load_config
 from edge_agent.storage.ringbuffer import INDEX_NAME, RingBuffer
 
 

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from av.video.codeccontext import VideoCodecContext
 
-from edge_agent.config import StorageConfig
-from edge_agent.storage.media import EncodedPacket, StreamInfo
+from edge_agent.formats.config import StorageConfig
+from edge_agent.formats.media import EncodedPacket, StreamInfo
 
 TIME_BASE = Fraction(1, 1000)
 DEFAULT_ENCODERS = {"h264": "libx264", "mjpeg": "mjpeg"}

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from edge_agent.config import CameraConfig, RecordingMode, StorageConfig
-from edge_agent.frames import MaskedFrame
+from edge_agent.camera.frames import MaskedFrame
+from edge_agent.formats.config import CameraConfig, RecordingMode, StorageConfig
+from edge_agent.formats.media import EncodedPacket, StreamInfo
+from edge_agent.formats.sealing import SegmentWriter
 from edge_agent.storage.encoder import EncoderError, VideoEncoder
-from edge_agent.storage.media import EncodedPacket, StreamInfo
 from edge_agent.storage.ringbuffer import PendingSegment, RingBuffer
-from edge_agent.storage.sealing import SegmentWriter
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_agent.config import StorageConfig
-from edge_agent.storage.sealing import SealedSegment, SegmentError, SegmentInfo, verify_segment
+from edge_agent.formats.config import StorageConfig
+from edge_agent.formats.sealing import SealedSegment, SegmentError, SegmentInfo, verify_segment
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ export EDGE_KEYS__COLLECTOR_PUBLIC_KEYS="[$list]"
 python -c '
 import sys
 from pathlib import Path
-from edge_agent.keys import generate_device_key, load_ed25519_public, public_key_id
+from edge_agent.formats.keys import generate_device_key, load_ed25519_public, public_key_id
 keys = Path(sys.argv[1])
 if not (keys / "device_ed25519.pem").exists():
     generate_device_key(keys)

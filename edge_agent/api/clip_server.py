@@ -1,0 +1,563 @@
+"""The device's clip API (shared/DESIGN.md section 4) on aiohttp.
+
+Every request but `/healthz` (and `/metrics` when `metrics_public`) must carry a collector signature
+(`edge_agent.formats.signing`); every request, accepted or refused, leaves a line in the audit log.
+Clip bundles (`edge_agent.formats.bundle`) are streamed in 1 MiB chunks read off the event loop, paced
+per client, and honour `Range`/`If-Range` so an interrupted fetch resumes.
+
+Run it inside an asyncio loop (`await server.start()`), or from threaded code with `ClipServerThread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edge_agent.api.holds import HoldService
+from edge_agent.api.params import ClipQuery, ParamError, parse_clip_query
+from edge_agent.api.ratelimit import BucketMap
+from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.bundle import (
+    BundlePlan,
+    BundleSegment,
+    build_manifest,
+    find_gaps,
+    member_name,
+    plan_bundle,
+    read_part,
+    sign_manifest,
+)
+from edge_agent.formats.config import AgentConfig
+from edge_agent.formats.signing import RequestVerifier, SignatureError
+from edge_agent.storage.ringbuffer import Hold, SegmentRecord
+
+log = logging.getLogger(__name__)
+
+LISTING_MAX_SECONDS = 31 * 86400.0
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class SegmentSource(Protocol):
+    """What the server needs of the ring buffer (`edge_agent.storage.ringbuffer.RingBuffer`)."""
+
+    def segments(self, camera: str, start_ts: float, end_ts: float) -> list[SegmentRecord]: ...
+
+    def add_hold(
+        self, camera: str, start_ts: float, end_ts: float, requisition: str, expires_at: float
+    ) -> Hold: ...
+
+    def release_hold(self, hold_id: int) -> bool: ...
+
+    def holds(self, camera: str | None = None) -> list[Hold]: ...
+
+    def stats(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class CameraStats:
+    """Live figures of a camera's worker, for /metrics."""
+
+    fps: float
+    drops: int
+
+
+@dataclass(frozen=True)
+class StatsProviders:
+    """Optional callables the agent passes so /metrics can show the pipeline and the MQTT outbox."""
+
+    cameras: Callable[[], Mapping[str, CameraStats]] | None = None
+    outbox_depth: Callable[[], int] | None = None
+
+
+class _Refusal(Exception):
+    """A refused request: HTTP status, reason code for audit and metrics, message for the client.
+
+    The same shape as `SignatureError` and `ParamError`, which are refused alike.
+    """
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class _Exchange:
+    """What the audit line of one request records."""
+
+    action: str
+    remote: str
+    client: str = "-"
+    fields: dict[str, Any] | None = None
+
+
+class ClipServer:
+    """The clip API of one device."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        ring: SegmentSource,
+        audit: AuditLog,
+        device_key: Ed25519PrivateKey,
+        collector_keys: Sequence[Ed25519PublicKey],
+        stats: StatsProviders | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.settings = config.clip_server
+        self.ring = ring
+        self.audit = audit
+        self.device_key = device_key
+        self.clock = clock
+        self.verifier = RequestVerifier(collector_keys, self.settings.clock_skew_s, clock)
+        self.holds = HoldService(ring, audit, [c.id for c in config.cameras], clock)
+        self.stats = stats or StatsProviders()
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "clip_api_requests",
+            "Clip API requests by endpoint and outcome",
+            ["endpoint", "outcome", "reason"],
+            registry=self.registry,
+        )
+        self._bytes = Counter("clip_api_bytes_served", "Bundle bytes sent", registry=self.registry)
+        self.registry.register(_DeviceCollector(self))
+        self._byte_buckets = BucketMap(
+            self.settings.rate_limit_bytes_s, max(self.settings.rate_limit_bytes_s, 1 << 20)
+        )
+        per_minute = self.settings.requests_per_minute
+        self._request_buckets = BucketMap(per_minute / 60.0, per_minute)
+        self._streams: dict[str, int] = {}
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def cameras(self) -> list[str]:
+        """Camera ids this device serves."""
+        return [c.id for c in self.config.cameras]
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server (the advertised one when configured)."""
+        if self.settings.advertise_url:
+            return self.settings.advertise_url.rstrip("/")
+        scheme = "https" if self.settings.tls_cert else "http"
+        host = self.settings.bind if self.settings.bind not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"{scheme}://{host}:{self.port or self.settings.port}"
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application (routes and nothing else)."""
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/v1/segments", self._guarded("segments", self._segments))
+        app.router.add_get("/v1/clips", self._guarded("clip", self._clip))
+        app.router.add_get("/v1/holds", self._guarded("holds", self._list_holds))
+        app.router.add_post("/v1/holds", self._guarded("hold", self._add_hold))
+        app.router.add_delete("/v1/holds/{hold_id}", self._guarded("release", self._release))
+        return app
+
+    async def start(self) -> None:
+        """Listen on the configured address (port 0 picks a free one, see `port`)."""
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.settings.bind, self.settings.port, ssl_context=self._ssl_context()
+        )
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        log.info("clip server listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Close the listener and open connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.settings.tls_cert is None or self.settings.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return context
+
+    # -- plumbing: authentication, refusals, audit ------------------------------------------------
+
+    def _guarded(
+        self, action: str, handler: Callable[[web.Request, _Exchange], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            exchange = _Exchange(action, request.remote or "-")
+            try:
+                if not self._request_buckets.get(exchange.remote).try_take():
+                    raise _Refusal(429, "rate-limited", "too many requests; slow down")
+                body = await request.read()
+                exchange.client = self._authenticate(request, body)
+                return await handler(request, exchange)
+            except (_Refusal, SignatureError, ParamError) as refusal:
+                return self._refuse(request, exchange, refusal)
+
+        return guarded
+
+    def _authenticate(self, request: web.Request, body: bytes) -> str:
+        return self.verifier.verify(
+            request.method, request.path, list(request.query.items()), request.headers, body
+        )
+
+    def _refuse(
+        self, request: web.Request, exchange: _Exchange, refusal: _Refusal | SignatureError | ParamError
+    ) -> web.Response:
+        self._requests.labels(exchange.action, "refused", refusal.reason).inc()
+        self.audit.append(
+            action=exchange.action,
+            outcome="refused",
+            status=refusal.status,
+            reason=refusal.reason,
+            detail=str(refusal),
+            client=exchange.client,
+            remote=exchange.remote,
+            method=request.method,
+            path=request.path[:256],
+            query=request.query_string[:512],
+            **(exchange.fields or {}),
+        )
+        log.info("refused %s %s: %s", request.method, request.path, refusal)
+        return web.json_response({"error": refusal.reason, "message": str(refusal)}, status=refusal.status)
+
+    def _accept(self, exchange: _Exchange, status: int, **fields: Any) -> None:
+        self._requests.labels(exchange.action, "accepted", "").inc()
+        self.audit.append(
+            action=exchange.action,
+            outcome="accepted",
+            status=status,
+            client=exchange.client,
+            remote=exchange.remote,
+            **(exchange.fields or {}),
+            **fields,
+        )
+
+    # -- endpoints --------------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if not self.settings.metrics_public:
+            exchange = _Exchange("metrics", request.remote or "-")
+            try:
+                exchange.client = self._authenticate(request, await request.read())
+            except SignatureError as refusal:
+                return self._refuse(request, exchange, refusal)
+        data = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
+        return web.Response(body=data, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _segments(self, request: web.Request, exchange: _Exchange) -> web.Response:
+        query = parse_clip_query(request.query.items(), self.cameras, LISTING_MAX_SECONDS, False)
+        exchange.fields = _query_fields(query)
+        rows = await asyncio.get_running_loop().run_in_executor(
+            None, self.ring.segments, query.camera, query.start_ts, query.end_ts
+        )
+        self._accept(exchange, 200, rows=len(rows))
+        return web.json_response({"camera": query.camera, "segments": [_row(r) for r in rows]})
+
+    async def _clip(self, request: web.Request, exchange: _Exchange) -> web.StreamResponse:
+        query = parse_clip_query(request.query.items(), self.cameras, self.settings.max_clip_seconds, True)
+        exchange.fields = _query_fields(query)
+        plan = await asyncio.get_running_loop().run_in_executor(None, self._plan, query)
+        exchange.fields["bundle_id"] = plan.bundle_id
+        byte_range = _requested_range(request, plan)
+        if byte_range is None:
+            raise _Refusal(416, "unsatisfiable-range", f"bundle is {plan.size} bytes")
+        streams = self._streams.get(exchange.client, 0)
+        if streams >= self.settings.max_streams_per_client:
+            raise _Refusal(429, "too-many-streams", f"{streams} clip streams already open")
+        self._streams[exchange.client] = streams + 1
+        try:
+            return await self._stream(request, exchange, plan, byte_range)
+        finally:
+            self._streams[exchange.client] -= 1
+
+    def _plan(self, query: ClipQuery) -> BundlePlan:
+        # One segment length or two on each side: the neighbours tell a segment removed at an edge of
+        # the range (a skipped sequence) from a stretch the camera did not record.
+        margin = 2 * self.config.storage.segment_seconds
+        around = self.ring.segments(query.camera, query.start_ts - margin, query.end_ts + margin)
+        before = [r.sequence for r in around if r.end_ts <= query.start_ts]
+        after = [r.sequence for r in around if r.start_ts >= query.end_ts]
+        segments = []
+        for record in around:
+            if record.end_ts <= query.start_ts or record.start_ts >= query.end_ts:
+                continue
+            try:
+                size = record.path.stat().st_size
+            except OSError:
+                continue  # deleted by retention since the query: reported as a gap
+            segments.append(
+                BundleSegment(
+                    file=member_name(record.sequence),
+                    sequence=record.sequence,
+                    start_ts=record.start_ts,
+                    end_ts=record.end_ts,
+                    size=size,
+                    sha256=record.sha256,
+                    prev_sha256=record.prev_sha256,
+                    state=record.state,
+                    path=record.path,
+                )
+            )
+        oldest, newest = self._camera_extent(query.camera)
+        manifest = build_manifest(
+            site=self.config.site_id,
+            device=self.config.device_id,
+            camera=query.camera,
+            requisition=query.requisition,
+            start_ts=query.start_ts,
+            end_ts=query.end_ts,
+            segments=segments,
+            gaps=find_gaps(
+                segments,
+                query.start_ts,
+                query.end_ts,
+                oldest,
+                newest,
+                sequence_before=max(before, default=None),
+                sequence_after=min(after, default=None),
+            ),
+            device_public_key=self.device_key.public_key(),
+        )
+        return plan_bundle(manifest, sign_manifest(manifest, self.device_key), segments)
+
+    def _camera_extent(self, camera: str) -> tuple[float | None, float | None]:
+        """Oldest kept start and newest end of a camera's segments, from the ring's stats."""
+        entry = (self.ring.stats() or {}).get(camera) or {}
+        return entry.get("oldest_ts"), entry.get("newest_ts")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        exchange: _Exchange,
+        plan: BundlePlan,
+        byte_range: tuple[int, int],
+    ) -> web.StreamResponse:
+        start, end = byte_range
+        partial = (start, end) != (0, plan.size)
+        response = web.StreamResponse(status=206 if partial else 200)
+        response.content_length = end - start
+        response.content_type = "application/x-tar"
+        response.headers["ETag"] = f'"{plan.bundle_id}"'
+        response.headers["Accept-Ranges"] = "bytes"
+        response.headers["Content-Disposition"] = f'attachment; filename="{plan.bundle_id}.tar"'
+        if partial:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
+        self._accept(
+            exchange,
+            response.status,
+            event="start",
+            range=[start, end],
+            size=plan.size,
+            segments=len(plan.manifest["segments"]),
+            gaps=len(plan.manifest["gaps"]),
+        )
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        bucket = self._byte_buckets.get(exchange.client)
+        sent = 0
+        outcome = "served"
+        try:
+            for part, offset, length in plan.chunks(start, end):
+                data = (
+                    part.data[offset : offset + length]
+                    if part.path is None
+                    else (await loop.run_in_executor(None, read_part, part, offset, length))
+                )
+                await bucket.take(len(data))
+                await response.write(data)
+                sent += len(data)
+                self._bytes.inc(len(data))
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            outcome = "interrupted"
+            raise
+        except OSError as error:
+            outcome = f"aborted: {error}"
+            raise
+        finally:
+            self.audit.append(
+                action="clip",
+                outcome=outcome,
+                client=exchange.client,
+                remote=exchange.remote,
+                bundle_id=plan.bundle_id,
+                bytes=sent,
+                **{k: v for k, v in (exchange.fields or {}).items() if k != "bundle_id"},
+            )
+        return response
+
+    async def _list_holds(self, request: web.Request, exchange: _Exchange) -> web.Response:
+        if request.query:
+            raise ParamError("unknown-parameter", "GET /v1/holds takes no parameters")
+        holds = await asyncio.get_running_loop().run_in_executor(None, self.holds.list)
+        self._accept(exchange, 200, rows=len(holds))
+        return web.json_response({"holds": holds})
+
+    async def _add_hold(self, request: web.Request, exchange: _Exchange) -> web.Response:
+        if request.query:
+            raise ParamError("unknown-parameter", "POST /v1/holds takes a JSON body, no parameters")
+        try:
+            payload = json.loads(await request.read() or b"null")
+        except ValueError:
+            raise ParamError("malformed-body", "body: not JSON") from None
+        hold = await asyncio.get_running_loop().run_in_executor(
+            None, self.holds.hold, payload, exchange.client
+        )
+        self._requests.labels("hold", "accepted", "").inc()
+        return web.json_response(hold, status=201)
+
+    async def _release(self, request: web.Request, exchange: _Exchange) -> web.Response:
+        hold_id = request.match_info["hold_id"]
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, self.holds.release, hold_id, exchange.client
+        )
+        self._requests.labels("release", "accepted", "").inc()
+        return web.json_response(result)
+
+
+def _query_fields(query: ClipQuery) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "camera": query.camera,
+        "start_ts": query.start_ts,
+        "end_ts": query.end_ts,
+    }
+    if query.requisition:
+        fields["requisition"] = query.requisition
+    return fields
+
+
+def _row(record: SegmentRecord) -> dict[str, Any]:
+    return {
+        "sequence": record.sequence,
+        "start_ts": record.start_ts,
+        "end_ts": record.end_ts,
+        "size": record.size,
+        "sha256": record.sha256,
+        "prev_sha256": record.prev_sha256,
+        "state": record.state,
+    }
+
+
+def _requested_range(request: web.Request, plan: BundlePlan) -> tuple[int, int] | None:
+    """[start, end) to send: the whole bundle unless a valid single Range applies; None for 416."""
+    header = request.headers.get("Range")
+    if not header:
+        return 0, plan.size
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != f'"{plan.bundle_id}"':
+        return 0, plan.size  # the bundle changed since the client's first part: send it all again
+    match = _RANGE_RE.match(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return 0, plan.size  # multiple or odd ranges: RFC 9110 lets a server ignore Range
+    first, last = match.groups()
+    if first == "":
+        start, end = max(0, plan.size - int(last)), plan.size
+    else:
+        start = int(first)
+        end = min(plan.size, int(last) + 1) if last else plan.size
+    if start >= plan.size or start >= end:
+        return None
+    return start, end
+
+
+class _DeviceCollector(Collector):
+    """Scrape-time gauges from the ring buffer and the agent's stats providers."""
+
+    def __init__(self, server: ClipServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        server = self._server
+        now = server.clock()
+        yield from _ring_metrics(server.ring.stats() or {}, now)
+        if server.stats.cameras is not None:
+            fps = GaugeMetricFamily("camera_fps", "Frames per second", labels=["camera"])
+            drops = GaugeMetricFamily("camera_drops", "Frames dropped since start", labels=["camera"])
+            for camera, values in sorted(server.stats.cameras().items()):
+                fps.add_metric([camera], values.fps)
+                drops.add_metric([camera], values.drops)
+            yield fps
+            yield drops
+        if server.stats.outbox_depth is not None:
+            yield GaugeMetricFamily(
+                "mqtt_outbox_depth", "Messages waiting for the broker", value=server.stats.outbox_depth()
+            )
+
+
+def _ring_metrics(per_camera: Mapping[str, Mapping[str, Any]], now: float) -> Iterable[GaugeMetricFamily]:
+    segments = GaugeMetricFamily("ring_segments", "Sealed segments kept", labels=["camera"])
+    size = GaugeMetricFamily("ring_bytes", "Bytes of sealed segments kept", labels=["camera"])
+    age = GaugeMetricFamily(
+        "ring_oldest_segment_age_seconds", "Age of the oldest kept segment", labels=["camera"]
+    )
+    for camera, entry in sorted(per_camera.items()):
+        segments.add_metric([camera], entry.get("segments") or 0)
+        size.add_metric([camera], entry.get("bytes") or 0)
+        oldest = entry.get("oldest_ts")
+        if oldest is not None:
+            age.add_metric([camera], max(0.0, now - oldest))
+    yield segments
+    yield size
+    yield age
+
+
+class ClipServerThread:
+    """Runs a ClipServer in a background thread with its own event loop (for the threaded agent)."""
+
+    def __init__(self, server: ClipServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="clip-server", daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start listening; returns once the port is open (raises what start() raised)."""
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError("clip server did not start")
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self.server.start())
+        except BaseException as error:  # handed to the starting thread
+            self._error = error
+            self._started.set()
+            return
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self.server.stop())
+        self._loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and its thread."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)

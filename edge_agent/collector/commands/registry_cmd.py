@@ -1,0 +1,129 @@
+"""`csu-collector sites` and `csu-collector events`: read the registry the `serve` command keeps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from edge_agent.collector.store import Store
+from edge_agent.formats.mqtt_wire import PayloadError, iso_ms, parse_iso
+
+DEFAULT_DB = Path("collector.sqlite")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """`2024-05-01T12:00:00Z` (ISO 8601) or a duration back from now (`90s`, `15m`, `2h`, `7d`)."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return now - float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        return parse_iso(text.strip())
+    except PayloadError:
+        raise ValueError(f"--since {text!r}: give an ISO 8601 time or a duration like 15m, 2h, 7d") from None
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned text columns."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `sites` and `events`."""
+    sites = subparsers.add_parser("sites", help="sites, devices online, cameras running")
+    sites.add_argument("--db", type=Path, default=DEFAULT_DB, help="registry file written by `serve`")
+    sites.add_argument("--json", action="store_true", help="JSON instead of a table")
+    sites.set_defaults(handler=show_sites)
+    events = subparsers.add_parser("events", help="motion events of a site")
+    events.add_argument("--db", type=Path, default=DEFAULT_DB, help="registry file written by `serve`")
+    events.add_argument("--site", required=True, help="site id")
+    events.add_argument("--since", default="1h", help="ISO 8601 time or duration back (15m, 2h, 7d)")
+    events.add_argument("--device", default=None, help="only this device")
+    events.add_argument("--limit", type=int, default=1000, help="at most this many rows")
+    events.add_argument("--json", action="store_true", help="JSON instead of a table")
+    events.set_defaults(handler=show_events)
+
+
+def _open(db: Path) -> Store | None:
+    try:
+        return Store(db, readonly=True)
+    except FileNotFoundError as error:
+        print(error)
+        return None
+
+
+def show_sites(args: argparse.Namespace) -> int:
+    """Print every site with its device and camera counts."""
+    store = _open(args.db)
+    if store is None:
+        return 1
+    try:
+        sites = store.sites()
+        devices = store.devices()
+    finally:
+        store.close()
+    if args.json:
+        out = [
+            {
+                **asdict(site),
+                "last_seen": iso_ms(site.last_seen),
+                "devices": [
+                    {
+                        "device": d.device,
+                        "online": d.online,
+                        "last_seen": iso_ms(d.last_seen),
+                        "version": d.version,
+                        "clip_url": d.clip_url,
+                        "cameras": (d.status or {}).get("cameras", []),
+                    }
+                    for d in devices
+                    if d.site == site.site
+                ],
+                "device_count": site.devices,
+            }
+            for site in sites
+        ]
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [
+        (s.site, f"{s.online}/{s.devices}", f"{s.cameras_running}/{s.cameras}", iso_ms(s.last_seen))
+        for s in sites
+    ]
+    print(table(("SITE", "ONLINE", "CAMERAS RUNNING", "LAST SEEN (UTC)"), rows))
+    return 0
+
+
+def show_events(args: argparse.Namespace) -> int:
+    """Print a site's motion events since a time."""
+    try:
+        since = parse_since(args.since, time.time())
+    except ValueError as error:
+        print(error)
+        return 2
+    store = _open(args.db)
+    if store is None:
+        return 1
+    try:
+        events = store.events(site=args.site, since=since, device=args.device, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        times = ("ts", "start_ts", "stored_at")
+        out = [{**asdict(e), **{k: iso_ms(getattr(e, k)) for k in times}} for e in events]
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [
+        (iso_ms(e.ts), e.device, e.camera, e.phase, e.event_id, f"{e.score:.2f}", ",".join(e.zones) or "-")
+        for e in events
+    ]
+    print(table(("TIME (UTC)", "DEVICE", "CAMERA", "PHASE", "EVENT", "SCORE", "ZONES"), rows))
+    return 0

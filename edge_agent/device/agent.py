@@ -1,0 +1,493 @@
+"""One device wired together: camera workers, recorder, ring buffer, MQTT link, clip server, hot-plug.
+
+`Agent.start()` brings the parts up in dependency order (keys, ring buffer, audit log, clip server,
+MQTT link, cameras, hot-plug) and `stop()` takes them down in reverse, so that the last status says
+`offline` only after every camera has sealed its segment in flight. `tick()` is the supervision step the
+`run` command (and the demo) calls twice a second: it notices camera state changes and asks the MQTT link
+for a fresh status.
+
+Cameras named by a USB identity (`source.usb_id`) are not opened at start: hot-plug attaches them to
+whatever /dev node they appear on.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import os
+import sqlite3
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from edge_agent.api.clip_server import CameraStats as ClipCameraStats
+from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
+from edge_agent.camera.pipeline import CameraState, CameraWorker, FrameSink
+from edge_agent.camera.sources import Clock, open_source
+from edge_agent.device.hotplug import CameraIdentity, HotplugTracker, UdevWatcher
+from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.config import AgentConfig, CameraConfig, ConfigError, RecordingMode, load_config
+from edge_agent.formats.keys import (
+    KeyFileError,
+    load_ed25519_private,
+    load_ed25519_public,
+    load_x25519_public,
+)
+from edge_agent.link.mqtt import CommandError, MqttLink
+from edge_agent.storage.recorder import Recorder
+from edge_agent.storage.ringbuffer import RingBuffer
+
+log = logging.getLogger(__name__)
+
+
+class AgentError(Exception):
+    """The agent cannot start as configured; the message names the field or file to fix."""
+
+
+@dataclass(frozen=True)
+class DeviceKeys:
+    """Key material from provisioning: the device signs, the CSU key seals, collectors may ask."""
+
+    device: Ed25519PrivateKey
+    csu_sealing: X25519PublicKey
+    collectors: list[Ed25519PublicKey]
+
+
+def load_device_keys(config: AgentConfig) -> DeviceKeys:
+    """Load every key the config names; AgentError naming the `keys.*` field otherwise."""
+    keys = config.keys
+    try:
+        device = load_ed25519_private(keys.device_key)
+    except KeyFileError as error:
+        raise AgentError(f"keys.device_key: {error} (create it with `edge-agent keygen`)") from None
+    try:
+        sealing = load_x25519_public(keys.csu_sealing_public_key)
+    except KeyFileError as error:
+        raise AgentError(f"keys.csu_sealing_public_key: {error}") from None
+    collectors = []
+    for index, path in enumerate(keys.collector_public_keys):
+        try:
+            collectors.append(load_ed25519_public(path))
+        except KeyFileError as error:
+            raise AgentError(f"keys.collector_public_keys[{index}]: {error}") from None
+    return DeviceKeys(device, sealing, collectors)
+
+
+@dataclass
+class _CameraSlot:
+    """A configured camera and, while it runs, its worker and recorder."""
+
+    config: CameraConfig
+    worker: CameraWorker | None = None
+    recorder: Recorder | None = None
+    device_node: str = ""
+
+
+class Agent:
+    """Runs one device until `stop()`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        config_path: Path | None = None,
+        *,
+        clock: Clock = time.time,
+        source_factory: Any = open_source,
+        hotplug: bool = True,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._clock = clock
+        self._source_factory = source_factory
+        self._hotplug_enabled = hotplug
+        self._lock = threading.RLock()
+        self._slots: dict[str, _CameraSlot] = {}
+        self._unconfigured: dict[str, str] = {}
+        self._last_states: dict[str, str] = {}
+        self.keys: DeviceKeys | None = None
+        self.ring: RingBuffer | None = None
+        self.audit: AuditLog | None = None
+        self.clip_server: ClipServer | None = None
+        self._clip_thread: ClipServerThread | None = None
+        self.mqtt: MqttLink | None = None
+        self._hotplug: HotplugTracker | None = None
+        self._watcher: UdevWatcher | None = None
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring every part up; on AgentError whatever had started is stopped again."""
+        try:
+            self._start_parts()
+        except AgentError:
+            self.stop()
+            raise
+
+    def _start_parts(self) -> None:
+        self.keys = load_device_keys(self.config)
+        storage = self.config.storage
+        try:
+            self.ring = RingBuffer(
+                storage.path, storage, self._clock, device_public_key=self.keys.device.public_key()
+            )
+        except (OSError, sqlite3.Error) as error:
+            raise AgentError(
+                f"storage.path: cannot open the ring buffer in {storage.path}: {error}"
+            ) from None
+        self.ring.start()
+        try:
+            self.audit = AuditLog(self.config.clip_server.audit_log, self._clock)
+        except OSError as error:
+            raise AgentError(f"clip_server.audit_log: {error}") from None
+        clip_url = self._start_clip_server(self.keys, self.ring, self.audit)
+        if self.config.mqtt.enabled:
+            try:
+                self.mqtt = MqttLink(
+                    self.config, self.status_parts, self._command_handlers(), clip_url, self._clock
+                )
+            except (OSError, sqlite3.Error) as error:
+                raise AgentError(
+                    f"mqtt.outbox_path: cannot open {self.config.mqtt.outbox_path}: {error}"
+                ) from None
+            self.mqtt.start()
+        with self._lock:
+            for camera in self.config.cameras:
+                slot = _CameraSlot(camera)
+                self._slots[camera.id] = slot
+                if not camera.source.usb_id:
+                    self._start_camera(slot)
+        self._start_hotplug()
+
+    def _start_clip_server(self, keys: DeviceKeys, ring: RingBuffer, audit: AuditLog) -> str | None:
+        """Start the clip API; its URL, or None when disabled."""
+        settings = self.config.clip_server
+        if not settings.enabled:
+            return None
+        self.clip_server = ClipServer(
+            self.config,
+            ring,
+            audit,
+            keys.device,
+            keys.collectors,
+            StatsProviders(cameras=self._clip_camera_stats, outbox_depth=self._outbox_depth),
+            self._clock,
+        )
+        thread = ClipServerThread(self.clip_server)
+        try:
+            thread.start()
+        except (OSError, ssl.SSLError) as error:
+            raise AgentError(
+                f"clip_server: cannot listen on {settings.bind}:{settings.port}: {error}"
+            ) from None
+        self._clip_thread = thread
+        return self.clip_server.url
+
+    def stop(self) -> None:
+        """Stop cameras first (their segments get sealed), then the links, then storage.
+
+        Safe on a partly started agent and when called twice; a part that fails to stop is logged and
+        the others are still stopped (the ring buffer's index is closed last, whatever happened).
+        """
+        if self._watcher is not None:
+            _stop_part("hot-plug", self._watcher.stop)
+            self._watcher = None
+        with self._lock:
+            for slot in self._slots.values():
+                _stop_part(f"camera {slot.config.id}", functools.partial(self._stop_camera, slot))
+        if self.mqtt is not None:
+            _stop_part("MQTT link", self.mqtt.stop)
+            self.mqtt = None
+        if self._clip_thread is not None:
+            _stop_part("clip server", self._clip_thread.stop)
+            self._clip_thread = None
+        if self.ring is not None:
+            _stop_part("ring buffer", self.ring.close)
+            self.ring = None
+
+    def tick(self) -> None:
+        """Supervision step: a camera changed state -> a fresh status soon."""
+        states = {entry["id"]: entry["state"] for entry in self.camera_entries()}
+        if states != self._last_states:
+            self._last_states = states
+            if self.mqtt is not None:
+                self.mqtt.status_changed()
+
+    # ---- cameras ------------------------------------------------------------------------------
+
+    def _start_camera(self, slot: _CameraSlot, device_node: str = "") -> None:
+        camera = slot.config
+        if device_node:
+            camera = camera.model_copy(
+                update={"source": camera.source.model_copy(update={"uri": device_node})}
+            )
+        sinks: list[FrameSink] = []
+        if camera.recording is not RecordingMode.OFF:
+            assert self.ring is not None and self.keys is not None
+            slot.recorder = Recorder(
+                camera,
+                self.config.storage,
+                self.ring,
+                self.keys.device,
+                self.keys.csu_sealing,
+                device_id=self.config.device_id,
+            )
+            sinks.append(slot.recorder)
+        event_sinks = [self.mqtt.publish_event] if self.mqtt is not None else []
+        slot.worker = CameraWorker(camera, sinks, event_sinks, self._source_factory, self._clock)
+        slot.device_node = device_node
+        slot.worker.start()
+
+    def _stop_camera(self, slot: _CameraSlot) -> None:
+        if slot.worker is not None:
+            slot.worker.stop()
+        slot.worker = None
+        slot.recorder = None
+        slot.device_node = ""
+
+    def camera_entries(self) -> list[dict[str, Any]]:
+        """Status entries of every camera: configured ones, then unconfigured USB cameras."""
+        entries = []
+        with self._lock:
+            for camera_id, slot in self._slots.items():
+                entries.append(_camera_entry(camera_id, slot))
+            for identity, node in self._unconfigured.items():
+                entries.append(
+                    {
+                        "id": identity,
+                        "state": "unconfigured",
+                        "device": node,
+                        "fps": 0.0,
+                        "drops": 0,
+                        "masks": 0,
+                    }
+                )
+        return entries
+
+    def status_parts(self) -> dict[str, Any]:
+        """The agent's part of the status document (the MQTT link adds health and counters)."""
+        parts: dict[str, Any] = {"cameras": self.camera_entries()}
+        if self.ring is not None:
+            oldest = [float(s["oldest_ts"] or 0) for s in self.ring.stats().values() if s.get("oldest_ts")]
+            parts["retention"] = {"oldest_ts": min(oldest) if oldest else None}
+        return parts
+
+    def _clip_camera_stats(self) -> dict[str, ClipCameraStats]:
+        with self._lock:
+            running = {cid: s.worker.stats() for cid, s in self._slots.items() if s.worker is not None}
+        return {cid: ClipCameraStats(fps=st.fps, drops=st.drops) for cid, st in running.items()}
+
+    def _outbox_depth(self) -> int:
+        return self.mqtt.stats().outbox_pending if self.mqtt is not None else 0
+
+    # ---- hot-plug (CameraSupervisor, called from the udev thread) -------------------------------
+
+    def _start_hotplug(self) -> None:
+        """Watch udev even when no camera is named by USB identity, so that a camera a technician
+        plugs in unannounced shows up as `unconfigured` at the CSU."""
+        if not self._hotplug_enabled:
+            return
+        self._hotplug = HotplugTracker(self.config.cameras, self)
+        try:
+            self._watcher = UdevWatcher(self._hotplug)
+            self._watcher.start()
+        except (RuntimeError, OSError, ImportError) as error:
+            self._watcher = None
+            if any(c.source.usb_id for c in self.config.cameras):
+                log.error("hot-plug unavailable (%s): USB cameras named by usb_id stay disconnected", error)
+            else:
+                log.info("hot-plug unavailable (%s): unannounced USB cameras will not be reported", error)
+
+    def attach(self, camera_id: str, device_node: str) -> None:
+        """A configured USB camera appeared on `device_node`: (re)start its worker there."""
+        with self._lock:
+            slot = self._slots.get(camera_id)
+            if slot is None:
+                return
+            if slot.worker is not None and slot.device_node == device_node:
+                return
+            self._stop_camera(slot)
+            log.info("camera %s attached on %s", camera_id, device_node)
+            self._start_camera(slot, device_node)
+
+    def detach(self, camera_id: str) -> None:
+        """A configured USB camera vanished: stop it, it shows as `disconnected`."""
+        with self._lock:
+            slot = self._slots.get(camera_id)
+            if slot is not None and slot.worker is not None:
+                log.warning("camera %s disconnected from %s", camera_id, slot.device_node)
+                self._stop_camera(slot)
+
+    def report_unconfigured(self, identity: CameraIdentity, device_node: str) -> None:
+        """A USB camera no config names: shown in status, never opened (privacy fails closed).
+
+        A node that a configured camera opens by path (`source: /dev/video0`) is not a stranger.
+        """
+        with self._lock:
+            if self._node_in_use(device_node):
+                return
+            self._unconfigured[identity.keys[0]] = device_node
+        log.warning(
+            "unconfigured camera %s on %s: not recording until a config with masks names it",
+            identity,
+            device_node,
+        )
+
+    def _node_in_use(self, device_node: str) -> bool:
+        node = os.path.realpath(device_node)
+        for camera in self.config.cameras:
+            uri = camera.source.uri
+            path = f"/dev/video{uri}" if uri.isdigit() else uri
+            if uri and os.path.realpath(path) == node:
+                return True
+        return False
+
+    def forget_unconfigured(self, identity: CameraIdentity) -> None:
+        """The unconfigured camera was unplugged."""
+        with self._lock:
+            self._unconfigured.pop(identity.keys[0], None)
+
+    # ---- commands -----------------------------------------------------------------------------
+
+    def _command_handlers(self) -> dict[str, Any]:
+        handlers: dict[str, Any] = {"snapshot": self.snapshot, "reload": self.reload_command}
+        if self.clip_server is not None:
+            server = self.clip_server
+            handlers["hold"] = lambda payload: server.holds.handle_command("hold", payload, server.verifier)
+            handlers["release"] = lambda payload: server.holds.handle_command(
+                "release", payload, server.verifier
+            )
+        return handlers
+
+    def snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """`snapshot` command: the camera's latest masked frame as a base64 JPEG (never stored here)."""
+        camera_id = payload.get("camera")
+        if not isinstance(camera_id, str):
+            raise CommandError("camera: a camera id is required")
+        with self._lock:
+            slot = self._slots.get(camera_id)
+            frame = slot.worker.latest_frame() if slot is not None and slot.worker is not None else None
+        if slot is None:
+            raise CommandError(f"camera: no camera {camera_id!r} on this device")
+        if frame is None:
+            raise CommandError(
+                f"camera: {camera_id!r} has no frame yet (state {_camera_entry(camera_id, slot)['state']})"
+            )
+        ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if not ok:
+            raise CommandError("snapshot: JPEG encoding failed")
+        width, height = frame.size
+        return {
+            "camera": camera_id,
+            "captured_at": frame.captured_at,
+            "width": width,
+            "height": height,
+            "jpeg_base64": base64.b64encode(jpeg.tobytes()).decode("ascii"),
+        }
+
+    def reload_command(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """`reload` command: see `reload`."""
+        return self.reload()
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file and restart the cameras whose settings changed.
+
+        An invalid file changes nothing (CommandError lists its errors). Sections other than `cameras`
+        (storage, mqtt, clip server, keys) take effect at the next restart; the reply says which changed.
+        """
+        if self.config_path is None:
+            raise CommandError("reload: the agent was started without a config file")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as error:
+            raise CommandError("reload refused, config unchanged: " + "; ".join(error.errors)) from None
+        if (new.site_id, new.device_id) != (self.config.site_id, self.config.device_id):
+            raise CommandError("reload refused: site_id and device_id cannot change while running")
+        restart_needed = [
+            name
+            for name in ("storage", "mqtt", "clip_server", "keys")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        camera_set_changed = {c.id for c in new.cameras} != {c.id for c in self.config.cameras}
+        if camera_set_changed and "clip_server" not in restart_needed:
+            restart_needed.append("clip_server")  # it serves the camera ids it started with
+        changed = self._apply_cameras(new.cameras)
+        self.config = new
+        if self._hotplug is not None:
+            self._hotplug.reconfigure(new.cameras)
+        self.tick()
+        return {"reloaded": True, "cameras_restarted": changed, "needs_restart": restart_needed}
+
+    def _apply_cameras(self, cameras: list[CameraConfig]) -> list[str]:
+        changed = []
+        with self._lock:
+            wanted = {c.id: c for c in cameras}
+            for camera_id in list(self._slots):
+                if camera_id not in wanted:
+                    self._stop_camera(self._slots.pop(camera_id))
+                    changed.append(camera_id)
+            for camera_id, camera in wanted.items():
+                slot = self._slots.get(camera_id)
+                if slot is not None and slot.config == camera:
+                    continue
+                # A USB camera that is plugged in stays on its node: hot-plug only reports changes of node.
+                node = slot.device_node if slot is not None and slot.worker is not None else ""
+                if slot is not None:
+                    self._stop_camera(slot)
+                slot = _CameraSlot(camera)
+                self._slots[camera_id] = slot
+                changed.append(camera_id)
+                if not camera.source.usb_id or node:
+                    self._start_camera(slot, node)
+        return changed
+
+
+def _stop_part(name: str, stop: Callable[[], None]) -> None:
+    try:
+        stop()
+    except Exception:
+        log.exception("stopping the %s failed; stopping the rest", name)
+
+
+def _camera_entry(camera_id: str, slot: _CameraSlot) -> dict[str, Any]:
+    camera = slot.config
+    entry: dict[str, Any] = {
+        "id": camera_id,
+        "masks": len(camera.masks),
+        "recording": str(camera.recording),
+    }
+    if slot.worker is None:
+        state = CameraState.DISCONNECTED if camera.source.usb_id else CameraState.STOPPED
+        entry.update(state=str(state), fps=0.0, drops=0, resolution=None)
+        return entry
+    stats = slot.worker.stats()
+    entry.update(
+        state=str(stats.state),
+        fps=stats.fps,
+        drops=stats.drops,
+        frames=stats.frames,
+        resolution=list(stats.resolution) if stats.resolution else None,
+        reconnects=stats.reconnects,
+        event_open=stats.event_open,
+    )
+    if stats.last_error:
+        entry["last_error"] = stats.last_error
+    if slot.device_node:
+        entry["device"] = slot.device_node
+    if slot.recorder is not None:
+        recorded = slot.recorder.stats()
+        entry["recorder"] = {
+            "segments": recorded.segments,
+            "bytes": recorded.bytes,
+            "errors": recorded.errors,
+            "frames_dropped_disk": recorded.frames_dropped_disk,
+        }
+    return entry

@@ -1,0 +1,333 @@
+"""The clip bundle: what the device streams for `GET /v1/clips`, and how the collector reads it.
+
+Format `csu-clip-bundle` version 1 is a POSIX ustar archive (inspect it with `tar tvf`), members in
+this order:
+
+1. `manifest.json`: UTF-8 canonical JSON (sorted keys, no spaces) with `format`, `version`, `schema`,
+   `bundle_id`, `site`, `device`, `camera`, `requisition`, `requested` {`start_ts`, `end_ts`} (UTC
+   epoch seconds), `device_key_id`, `segments` (one row per member below: `file`, `sequence`,
+   `start_ts`, `end_ts`, `size`, `sha256`, `prev_sha256`, `state`) and `gaps` ({`start_ts`,
+   `end_ts`, `reason`}: `retention` before the oldest kept segment, `missing` where sequence numbers
+   skip or a file is gone, `not-recorded` where the camera did not record, `not-yet-recorded` after
+   the newest segment).
+2. `manifest.sig`: the device's Ed25519 signature (64 raw bytes) of `manifest.json`'s bytes.
+3. `segments/<sequence, 12 digits>.seg`: each sealed segment file exactly as stored, in sequence
+   order; each carries its own device signature and the SHA-256 of its predecessor (the chain).
+
+The bytes are a pure function of the request and the segment files (fixed member metadata, Ed25519
+signatures are deterministic), so two requests for the same range give identical bundles while the
+index is unchanged: `bundle_id` (also the HTTP ETag) changes when it is not, and a resumed download
+then starts again. A bundle is planned without reading footage, and served in chunks by offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_agent.formats.signing import key_id
+
+FORMAT = "csu-clip-bundle"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+BLOCK = 512
+CHUNK = 1 << 20
+
+
+class BundleError(Exception):
+    """A bundle that cannot be trusted or read; the message names the member at fault."""
+
+
+@dataclass(frozen=True)
+class BundleSegment:
+    """One segment row of a manifest (and where the device reads it from, never sent)."""
+
+    file: str
+    sequence: int
+    start_ts: float
+    end_ts: float
+    size: int
+    sha256: str
+    prev_sha256: str
+    state: str
+    path: Path | None = field(default=None, compare=False)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest row (without the local path)."""
+        row = asdict(self)
+        row.pop("path")
+        return row
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stretch of the requested range with no segment, and why."""
+
+    start_ts: float
+    end_ts: float
+    reason: str
+
+
+def member_name(sequence: int) -> str:
+    """The archive name of a segment."""
+    return f"segments/{sequence:012d}.seg"
+
+
+def bundle_id(
+    camera: str, start_ts: float, end_ts: float, requisition: str, segments: Sequence[BundleSegment]
+) -> str:
+    """A stable id of what a bundle holds: changes whenever the segment list or a hash does."""
+    digest = hashlib.sha256(json.dumps([camera, start_ts, end_ts, requisition]).encode())
+    for segment in segments:
+        digest.update(f"\n{segment.sequence}:{segment.sha256}:{segment.size}".encode())
+    return digest.hexdigest()[:32]
+
+
+def canonical_json(data: dict[str, Any]) -> bytes:
+    """The exact manifest bytes."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def build_manifest(
+    *,
+    site: str,
+    device: str,
+    camera: str,
+    requisition: str,
+    start_ts: float,
+    end_ts: float,
+    segments: Sequence[BundleSegment],
+    gaps: Sequence[Gap],
+    device_public_key: Ed25519PublicKey,
+) -> dict[str, Any]:
+    """The manifest document of a bundle."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "schema": 1,
+        "bundle_id": bundle_id(camera, start_ts, end_ts, requisition, segments),
+        "site": site,
+        "device": device,
+        "camera": camera,
+        "requisition": requisition,
+        "requested": {"start_ts": start_ts, "end_ts": end_ts},
+        "device_key_id": key_id(device_public_key),
+        "segments": [s.to_manifest() for s in segments],
+        "gaps": [asdict(g) for g in gaps],
+    }
+
+
+# Tolerance between a segment's end and the next one's start (frame timing jitter).
+GAP_TOLERANCE_S = 0.5
+
+
+def find_gaps(
+    segments: Sequence[BundleSegment],
+    start_ts: float,
+    end_ts: float,
+    oldest_kept_ts: float | None,
+    newest_end_ts: float | None,
+    sequence_before: int | None = None,
+    sequence_after: int | None = None,
+) -> list[Gap]:
+    """Stretches of [start_ts, end_ts) that no segment covers, each with the likeliest reason.
+
+    `oldest_kept_ts` / `newest_end_ts` are the camera's oldest retained segment start and newest
+    segment end (None when it has none): before the first is `retention`, after the last is
+    `not-yet-recorded`. A skipped sequence number is `missing`, else `not-recorded`; at the edges of
+    the range the skip is seen against `sequence_before` / `sequence_after`, the sequences of the
+    nearest segments just outside the range (None when unknown).
+    """
+    gaps: list[Gap] = []
+
+    def reason(at: float, previous: int | None, following: int | None, inside: bool) -> str:
+        if previous is not None and following is not None and following != previous + 1:
+            return "missing"
+        if inside or oldest_kept_ts is None or newest_end_ts is None:
+            return "not-recorded"
+        if at < oldest_kept_ts:
+            return "retention"
+        if at >= newest_end_ts - GAP_TOLERANCE_S:
+            return "not-yet-recorded"
+        return "not-recorded"
+
+    cursor = start_ts
+    previous = sequence_before
+    inside = False  # a segment of the range lies before the cursor
+    for segment in sorted(segments, key=lambda s: s.sequence):
+        if segment.start_ts > cursor + GAP_TOLERANCE_S:
+            gaps.append(
+                Gap(cursor, min(segment.start_ts, end_ts), reason(cursor, previous, segment.sequence, inside))
+            )
+        cursor = max(cursor, segment.end_ts)
+        previous = segment.sequence
+        inside = True
+    if cursor < end_ts - GAP_TOLERANCE_S:
+        gaps.append(Gap(cursor, end_ts, reason(cursor, previous, sequence_after, False)))
+    return gaps
+
+
+def _tar_header(name: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+@dataclass(frozen=True)
+class Part:
+    """A contiguous stretch of the bundle: literal bytes, or `length` bytes of a file from its start."""
+
+    offset: int
+    length: int
+    data: bytes = b""
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class BundlePlan:
+    """The layout of a bundle: its parts in order and its total size; no footage read yet."""
+
+    bundle_id: str
+    manifest: dict[str, Any]
+    parts: tuple[Part, ...]
+    size: int
+
+    def chunks(self, start: int, end: int, chunk: int = CHUNK) -> Iterator[tuple[Part, int, int]]:
+        """(part, offset in part, length) pieces covering bytes [start, end), at most `chunk` long."""
+        for part in self.parts:
+            lo = max(start, part.offset)
+            hi = min(end, part.offset + part.length)
+            while lo < hi:
+                length = min(chunk, hi - lo)
+                yield part, lo - part.offset, length
+                lo += length
+
+
+def plan_bundle(manifest: dict[str, Any], signature: bytes, segments: Sequence[BundleSegment]) -> BundlePlan:
+    """Lay out manifest, signature and segment files; sizes are the files' sizes on disk now."""
+    parts: list[Part] = []
+    offset = 0
+
+    def add_bytes(data: bytes) -> None:
+        nonlocal offset
+        if data:
+            parts.append(Part(offset, len(data), data=data))
+            offset += len(data)
+
+    manifest_bytes = canonical_json(manifest)
+    add_bytes(_tar_header(MANIFEST_NAME, len(manifest_bytes), 0) + manifest_bytes)
+    add_bytes(b"\0" * _padding(len(manifest_bytes)))
+    add_bytes(_tar_header(SIGNATURE_NAME, len(signature), 0) + signature)
+    add_bytes(b"\0" * _padding(len(signature)))
+    for segment in segments:
+        assert segment.path is not None
+        add_bytes(_tar_header(segment.file, segment.size, int(segment.start_ts)))
+        parts.append(Part(offset, segment.size, path=segment.path))
+        offset += segment.size
+        add_bytes(b"\0" * _padding(segment.size))
+    add_bytes(b"\0" * (2 * BLOCK))
+    return BundlePlan(str(manifest["bundle_id"]), manifest, tuple(parts), offset)
+
+
+def sign_manifest(manifest: dict[str, Any], device_key: Ed25519PrivateKey) -> bytes:
+    """The device's signature of the manifest bytes."""
+    return device_key.sign(canonical_json(manifest))
+
+
+def read_part(part: Part, offset: int, length: int) -> bytes:
+    """`length` bytes of a part from `offset`; OSError when a file shrank or vanished meanwhile."""
+    if part.path is None:
+        return part.data[offset : offset + length]
+    with part.path.open("rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise OSError(f"{part.path.name}: changed while being served ({len(data)} of {length} bytes)")
+    return data
+
+
+@dataclass(frozen=True)
+class BundleReader:
+    """The collector's view of a downloaded bundle: the verified manifest, then segments one by one."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path, device_public_key: Ed25519PublicKey) -> BundleReader:
+        """Read and check the manifest against the device key; BundleError says what is wrong."""
+        with _open_tar(path) as archive:
+            manifest_bytes = _member_bytes(archive, MANIFEST_NAME, 0)
+            signature = _member_bytes(archive, SIGNATURE_NAME, 1)
+        try:
+            device_public_key.verify(signature, manifest_bytes)
+        except InvalidSignature:
+            raise BundleError(
+                f"{MANIFEST_NAME}: device signature does not verify (altered, or another device)"
+            ) from None
+        manifest = json.loads(manifest_bytes)
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise BundleError(f"{MANIFEST_NAME}: not a {FORMAT} v{VERSION} bundle")
+        return cls(Path(path), manifest)
+
+    def segments(self) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+        """Each manifest row with its member's bytes (None when absent), in manifest order."""
+        rows = {row["file"]: row for row in self.manifest["segments"]}
+        seen: set[str] = set()
+        with _open_tar(self.path) as archive:
+            for info in archive:
+                if info.name in (MANIFEST_NAME, SIGNATURE_NAME):
+                    continue
+                row = rows.get(info.name)
+                if row is None or info.name in seen:
+                    raise BundleError(f"{info.name}: not listed in the manifest (bundle altered)")
+                seen.add(info.name)
+                handle = archive.extractfile(info)
+                yield row, handle.read() if handle is not None else None
+        for name, row in rows.items():
+            if name not in seen:
+                yield row, None
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, mode="r:")
+    except (tarfile.TarError, OSError) as error:
+        raise BundleError(f"{Path(path).name}: not a readable bundle ({error})") from None
+
+
+def _member_bytes(archive: tarfile.TarFile, name: str, index: int) -> bytes:
+    try:
+        info = archive.getmembers()[index]
+    except (IndexError, tarfile.TarError) as error:
+        raise BundleError(f"{name}: missing from the bundle ({error})") from None
+    if info.name != name:
+        raise BundleError(f"{name}: expected as member {index + 1}, found {info.name!r}")
+    handle = archive.extractfile(info)
+    if handle is None:
+        raise BundleError(f"{name}: not a regular file")
+    return handle.read()
+
+
+def write_bundle(plan: BundlePlan, out: BinaryIO | io.BytesIO) -> None:
+    """Write a whole planned bundle to a file (tests and tools; the server streams by range)."""
+    for part, offset, length in plan.chunks(0, plan.size):
+        out.write(read_part(part, offset, length))

@@ -1,0 +1,462 @@
+"""The device's MQTT link (paho-mqtt 2): availability, status, motion events through the outbox, commands.
+
+Topics and payloads are those of DESIGN.md section 4 (built in `mqtt_wire`). Guarantees:
+- availability is retained, `online` on every connection and `offline` from the last will (a killed
+  process, a cut fiber) or from a clean `stop()`;
+- status is retained, published on connection, every `status_interval_s`, and soon after
+  `status_changed()` (at most one per second);
+- motion events go through the SQLite outbox: stored before sending, removed on PUBACK, resent after a
+  reconnect or an agent restart, in order (the collector deduplicates a redelivered message);
+- a command is answered on `.../cmd_result`; a malformed or unknown command, a missing, failing or
+  hung handler all become an error reply naming what is wrong, never an exception in the agent.
+
+Threads: paho's network thread only records acknowledgements and queues commands; a sender thread
+moves messages from the outbox to paho and publishes status; a command thread answers commands one at
+a time (a snapshot may take a second, which must not delay events), each handler in a thread of its
+own so that one that hangs is answered as timed out and does not block the commands behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent import __version__
+from edge_agent.formats.config import AgentConfig
+from edge_agent.formats.mqtt_wire import (
+    MotionEventLike,
+    PayloadError,
+    Topics,
+    cmd_result_payload,
+    encode,
+    iso_ms,
+    motion_payload,
+    parse_command,
+    status_payload,
+)
+from edge_agent.link import health
+from edge_agent.link.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+StatusProvider = Callable[[], Mapping[str, Any]]
+"""Returns `{"cameras": [{id, state, fps, drops, resolution, masks}], ...other status parts}`."""
+
+CommandHandler = Callable[[dict[str, Any]], Mapping[str, Any]]
+"""Takes the command's JSON arguments, returns a JSON-able result; raises CommandError to refuse."""
+
+MIN_STATUS_GAP_S = 1.0
+_OFFLINE = b'"offline"'
+_ONLINE = b'"online"'
+
+
+class CommandError(Exception):
+    """A command refused for a reason the CSU should read (bad argument, nothing to hold...)."""
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """Counters reported in status and used by tests."""
+
+    connected: bool
+    connections: int
+    outbox_pending: int
+    outbox_dropped: int
+    outbox_corrupt_files: int
+    rejected: int
+    commands: int
+    command_errors: int
+    last_error: str
+
+
+def advertised_clip_url(config: AgentConfig, local_ip: str = "") -> str:
+    """The clip API URL the CSU should use: the configured one, else derived from bind address and port.
+
+    A wildcard bind (0.0.0.0) is replaced by `local_ip`, the address this device uses to reach the
+    broker, which is the one the CSU network can route to.
+    """
+    clip = config.clip_server
+    if not clip.enabled:
+        return ""
+    if clip.advertise_url:
+        return clip.advertise_url.rstrip("/")
+    host = clip.bind if clip.bind not in ("", "0.0.0.0", "::") else (local_ip or "127.0.0.1")
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if clip.tls_cert is not None else "http"
+    return f"{scheme}://{host}:{clip.port}"
+
+
+def _iso_times(value: Any) -> Any:
+    """Retention timestamps given as epoch floats become ISO strings, as on the rest of the wire."""
+    if isinstance(value, Mapping):
+        return {
+            k: iso_ms(v) if k.endswith("_ts") and isinstance(v, int | float) else v for k, v in value.items()
+        }
+    return value
+
+
+class MqttLink:
+    """One device's connection to the CSU broker."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        status_provider: StatusProvider,
+        handlers: Mapping[str, CommandHandler] | None = None,
+        clip_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Open the outbox (events can be queued before `start()`); nothing connects yet."""
+        self.config = config
+        self.mqtt_config = config.mqtt
+        self.topics = Topics(config.mqtt.topic_root, config.site_id, config.device_id)
+        self._status_provider = status_provider
+        self._handlers = dict(handlers or {})
+        self._clip_url = clip_url
+        self._clock = clock
+        self._started_at = clock()
+        self.outbox = Outbox(config.mqtt.outbox_path, config.mqtt.outbox_max_messages)
+        self.client = self._make_client()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._acks: deque[tuple[int, int]] = deque()
+        self._handed: dict[int, int] = {}  # paho mid -> outbox id, touched by the sender thread only
+        self._cursor = 0  # highest outbox id handed to paho
+        self._status_due = True
+        self._last_status = 0.0
+        self._commands: queue.Queue[tuple[str, bytes, Properties | None] | None] = queue.Queue()
+        self._command_timeout_s = config.mqtt.command_timeout_s
+        self._running_handlers: dict[str, threading.Thread] = {}  # command thread only
+        self._threads: list[threading.Thread] = []
+        self._connections = 0
+        self._rejected = 0
+        self._command_count = 0
+        self._command_errors = 0
+        self._last_error = ""
+        self._local_ip = ""
+        self._final_stats: LinkStats | None = None
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.mqtt_config
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"edge-{self.config.site_id}-{self.config.device_id}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        # A bug in one of our callbacks must not kill paho's network thread (and with it the link).
+        client.suppress_exceptions = True
+        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        client.will_set(self.topics.availability, _OFFLINE, qos=1, retain=True)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password or None)
+        if cfg.tls is not None:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            )
+        client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff) and start the sender and command threads."""
+        cfg = self.mqtt_config
+        if cfg.protocol == "5":
+            self.client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=True)
+        else:
+            self.client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
+        self.client.loop_start()
+        for target, name in ((self._send_loop, "mqtt-sender"), (self._command_loop, "mqtt-commands")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, drain_timeout_s: float = 2.0) -> None:
+        """Publish `offline`, wait a little for in-flight acknowledgements, disconnect, close the outbox.
+
+        Messages not acknowledged by then stay in the outbox for the next start.
+        """
+        self._stopping.set()
+        self._wake.set()
+        self._commands.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        if self.client.is_connected():
+            deadline = time.monotonic() + drain_timeout_s
+            while self._handed and time.monotonic() < deadline:
+                time.sleep(0.02)
+                self._apply_acks()
+            info = self.client.publish(self.topics.availability, _OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=drain_timeout_s)
+            except (RuntimeError, ValueError) as error:
+                log.warning("offline message not confirmed before disconnecting: %s", error)
+        # Stop the network thread first: disconnecting under it makes paho log a spurious
+        # "not connected" error; without the thread, disconnect() sends DISCONNECT itself.
+        self.client.loop_stop()
+        self.client.disconnect()
+        self._final_stats = self.stats()
+        self.outbox.close()
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def publish_event(self, event: MotionEventLike) -> int:
+        """Queue a motion event phase (committed to disk on return); returns its outbox id."""
+        payload = encode(motion_payload(event))
+        message_id = self.outbox.put(self.topics.motion(event.camera_id), payload, qos=1, now=self._clock())
+        self._wake.set()
+        return message_id
+
+    def status_changed(self) -> None:
+        """A camera changed state: publish status soon (coalesced, at most one per second)."""
+        self._status_due = True
+        self._wake.set()
+
+    def stats(self) -> LinkStats:
+        """Connection and outbox counters (the last ones once stopped)."""
+        if self._final_stats is not None:
+            return self._final_stats
+        outbox = self.outbox.stats()
+        return LinkStats(
+            connected=self.client.is_connected(),
+            connections=self._connections,
+            outbox_pending=outbox.pending,
+            outbox_dropped=outbox.dropped,
+            outbox_corrupt_files=outbox.corrupt_files,
+            rejected=self._rejected,
+            commands=self._command_count,
+            command_errors=self._command_errors,
+            last_error=self._last_error,
+        )
+
+    def wait_delivered(self, timeout_s: float) -> bool:
+        """Block until the outbox is empty (every event acknowledged); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.outbox.stats().pending == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def build_status(self) -> dict[str, Any]:
+        """The status document now: health, outbox and link counters, then the provider's parts."""
+        now = self._clock()
+        try:
+            parts = dict(self._status_provider())
+        except Exception as error:  # the provider is the agent's code: report, do not die
+            log.exception("status provider failed")
+            parts = {"status_error": f"{type(error).__name__}: {error}"}
+        cameras = parts.pop("cameras", [])
+        stats = self.stats()
+        extra: dict[str, Any] = health.sample(
+            self.config.storage.path, self.config.storage.max_bytes
+        ).to_status()
+        extra["retention"] = {"oldest_ts": None, "days": self.config.storage.retention_days}
+        extra["clip_url"] = self._clip_url or advertised_clip_url(self.config, self._local_ip)
+        extra["outbox"] = {
+            "pending": stats.outbox_pending,
+            "dropped": stats.outbox_dropped,
+            "corrupt_files": stats.outbox_corrupt_files,
+        }
+        extra["mqtt"] = {
+            "connections": stats.connections,
+            "rejected": stats.rejected,
+            "commands": stats.commands,
+            "command_errors": stats.command_errors,
+        }
+        for key, value in parts.items():
+            if isinstance(value, Mapping) and isinstance(extra.get(key), dict):
+                extra[key] = {**extra[key], **_iso_times(value)}
+            else:
+                extra[key] = value
+        return status_payload(
+            site=self.config.site_id,
+            device=self.config.device_id,
+            ts=now,
+            version=__version__,
+            uptime_s=now - self._started_at,
+            cameras=cameras,
+            extra=extra,
+        )
+
+    # --- paho callbacks (network thread: record and wake, nothing slow) ---------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._last_error = f"broker refused the connection: {reason}"
+            log.error("%s (%s:%s)", self._last_error, self.mqtt_config.host, self.mqtt_config.port)
+            return
+        self._connections += 1
+        self._last_error = ""
+        sock = client.socket()
+        try:
+            self._local_ip = str(sock.getsockname()[0]) if isinstance(sock, socket.socket) else ""
+        except OSError:
+            self._local_ip = ""
+        log.info("connected to %s:%s", self.mqtt_config.host, self.mqtt_config.port)
+        client.publish(self.topics.availability, _ONLINE, qos=1, retain=True)
+        client.subscribe(self.topics.commands, qos=1)
+        self._status_due = True
+        self._wake.set()
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if not self._stopping.is_set():
+            # A refused CONNECT is followed by a disconnect: keep the refusal, it says why.
+            self._last_error = self._last_error or f"disconnected: {reason}"
+            log.warning("broker connection lost (%s); events wait in the outbox", reason)
+
+    def _on_publish(
+        self, _client: mqtt.Client, _userdata: Any, mid: int, reason: ReasonCode, _props: Any
+    ) -> None:
+        self._acks.append((mid, reason.value))
+        self._wake.set()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        name = message.topic.rsplit("/", 1)[-1]
+        self._commands.put((name, bytes(message.payload), getattr(message, "properties", None)))
+
+    # --- sender thread --------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            try:
+                self._apply_acks()
+                if self.client.is_connected():
+                    self._pump()
+                    self._maybe_publish_status()
+            except Exception:  # keep the link alive; the next wake retries
+                log.exception("MQTT sender step failed")
+                time.sleep(0.5)
+
+    def _apply_acks(self) -> None:
+        while self._acks:
+            mid, reason = self._acks.popleft()
+            message_id = self._handed.pop(mid, None)
+            if message_id is None:
+                continue  # status, availability or a command reply: not from the outbox
+            if reason >= 0x80:
+                # The broker refused it (ACL, quota): resending would block every later event.
+                self._rejected += 1
+                log.error("broker refused outbox message %d (reason 0x%02x); dropped", message_id, reason)
+            self.outbox.ack(message_id)
+
+    def _pump(self) -> None:
+        room = self.mqtt_config.max_inflight - len(self._handed)
+        if room <= 0:
+            return
+        for message in self.outbox.pending(after_id=self._cursor, limit=room):
+            info = self.client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.warning("paho refused outbox message %d: %s", message.id, mqtt.error_string(info.rc))
+                return
+            # Even with NO_CONN paho keeps the message and sends it, in order, after reconnecting.
+            self._handed[info.mid] = message.id
+            self._cursor = message.id
+
+    def _maybe_publish_status(self) -> None:
+        now = time.monotonic()
+        interval_due = now - self._last_status >= self.mqtt_config.status_interval_s
+        if not (interval_due or (self._status_due and now - self._last_status >= MIN_STATUS_GAP_S)):
+            return
+        self._status_due = False
+        self._last_status = now
+        self.client.publish(self.topics.status, encode(self.build_status()), qos=1, retain=True)
+
+    # --- command thread -------------------------------------------------------------------------
+
+    def _command_loop(self) -> None:
+        while True:
+            item = self._commands.get()
+            if item is None:
+                return
+            name, raw, props = item
+            try:
+                self._answer(name, raw, props)
+            except Exception:
+                log.exception("could not answer command %r", name)
+
+    def _answer(self, name: str, raw: bytes, props: Properties | None) -> None:
+        self._command_count += 1
+        request_id: Any = None
+        result: Mapping[str, Any] = {}
+        error = ""
+        try:
+            args = parse_command(name, raw)
+            request_id = args.get("request_id")
+            handler = self._handlers.get(name)
+            if handler is None:
+                raise CommandError(f"command {name!r} is not supported on this device")
+            result = self._run_handler(name, handler, args)
+        except (PayloadError, CommandError) as refused:
+            error = f"{name}: {refused}"
+        except Exception as failure:  # a handler bug: answer and keep going
+            log.exception("command %r failed", name)
+            error = f"{name} failed: {type(failure).__name__}: {failure}"
+        if error:
+            self._command_errors += 1
+            log.warning("command refused: %s", error)
+        payload = cmd_result_payload(name, self._clock(), request_id, result, error)
+        reply_props = None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        if correlation is not None and self.mqtt_config.protocol == "5":
+            reply_props = Properties(PacketTypes.PUBLISH)
+            reply_props.CorrelationData = correlation
+        self.client.publish(self.topics.cmd_result, encode(payload), qos=1, properties=reply_props)
+
+    def _run_handler(self, name: str, handler: CommandHandler, args: dict[str, Any]) -> Mapping[str, Any]:
+        """Run a handler in its own thread; CommandError when it is still running after the time limit.
+
+        A Python thread cannot be killed: a hung handler is left running, and the same command is
+        refused until it returns, so that hung calls do not pile up.
+        """
+        previous = self._running_handlers.get(name)
+        if previous is not None and previous.is_alive():
+            raise CommandError(f"the previous {name} is still running")
+        outcome: list[Mapping[str, Any] | BaseException] = []
+
+        def call() -> None:
+            try:
+                outcome.append(handler(args))
+            except BaseException as error:  # handed to the command thread, which answers with it
+                outcome.append(error)
+
+        worker = threading.Thread(target=call, name=f"mqtt-cmd-{name}", daemon=True)
+        self._running_handlers[name] = worker
+        worker.start()
+        worker.join(self._command_timeout_s)
+        if not outcome:
+            log.error("command %r still running after %.1f s", name, self._command_timeout_s)
+            raise CommandError(
+                f"no answer within {self._command_timeout_s:g} s (still running on the device)"
+            )
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
