@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_agent.camera.motion import MotionEvent
 from edge_agent.collector.ingest import parse_broker_url
-from edge_agent.formats.mqtt_wire import Topics, encode, motion_payload, parse_iso, status_payload
+from edge_agent.formats.mqtt_wire import Topics, encode, motion_payload, status_payload
+from edge_agent.formats.times import parse_iso
 
 
 @dataclass

@@ -20,7 +20,8 @@ from edge_agent.collector.commands.cli import main as collector_main
 from edge_agent.collector.commands.registry_cmd import parse_since
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
 from edge_agent.collector.store import Store, device_clip_url
-from edge_agent.formats.mqtt_wire import encode, iso_ms, status_payload
+from edge_agent.formats.mqtt_wire import encode, status_payload
+from edge_agent.formats.times import iso_ms
 from edge_agent.link.localbroker import LocalBroker
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder
 

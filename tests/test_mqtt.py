@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.formats.mqtt_wire import parse_iso
+from edge_agent.formats.times import parse_iso
 from edge_agent.link.localbroker import LocalBroker
 from edge_agent.link.mqtt import CommandError, MqttLink
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder, agent_config, parsed, write_config

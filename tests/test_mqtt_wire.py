@@ -14,11 +14,9 @@ from edge_agent.formats.mqtt_wire import (
     Topics,
     cmd_result_payload,
     encode,
-    iso_ms,
     motion_payload,
     parse_availability,
     parse_command,
-    parse_iso,
     parse_motion,
     parse_status,
     parse_topic,
@@ -37,15 +35,6 @@ class Ev:
     score: float = 0.123456
     boxes: list[tuple[float, float, float, float]] = field(default_factory=lambda: [(0.1, 0.2, 0.3, 0.4)])
     zones: list[str] = field(default_factory=list)
-
-
-def test_times_are_utc_iso_with_milliseconds() -> None:
-    assert iso_ms(0.0) == "1970-01-01T00:00:00.000Z"
-    assert iso_ms(1714564800.9999) == "2024-05-01T12:00:00.999Z"
-    assert parse_iso("2024-05-01T14:00:00.500+02:00") == 1714564800.5
-    assert parse_iso("2024-05-01T12:00:00") == 1714564800.0
-    with pytest.raises(PayloadError, match="not an ISO 8601 time"):
-        parse_iso("yesterday")
 
 
 def test_topics_and_their_parsing() -> None:

@@ -12,9 +12,10 @@ import pytest
 from edge_agent.camera.frames import Frame, MaskedFrame
 from edge_agent.camera.motion import MotionEvent
 from edge_agent.camera.pipeline import Backoff, CameraState, CameraWorker
-from edge_agent.camera.sources import Clock, FrameSource, SourceError
+from edge_agent.camera.sources import FrameSource, SourceError
 from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
 from edge_agent.formats.config import CameraConfig
+from edge_agent.formats.times import Clock
 
 WINDOW = [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]
 FAST = Backoff(initial_s=0.01, factor=2.0, maximum_s=0.05)

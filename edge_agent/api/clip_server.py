@@ -43,6 +43,7 @@ from edge_agent.formats.bundle import (
 )
 from edge_agent.formats.config import AgentConfig
 from edge_agent.formats.signing import RequestVerifier, SignatureError
+from edge_agent.formats.times import Clock
 from edge_agent.storage.ringbuffer import Hold, SegmentRecord
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class ClipServer:
         device_key: Ed25519PrivateKey,
         collector_keys: Sequence[Ed25519PublicKey],
         stats: StatsProviders | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.config = config
         self.settings = config.clip_server

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from edge_agent.formats.signing import (
     RequestVerifier,
     SignatureError,
 )
+from edge_agent.formats.times import Clock
 
 if TYPE_CHECKING:
     from edge_agent.api.clip_server import SegmentSource
@@ -49,7 +50,7 @@ class HoldService:
         ring: SegmentSource,
         audit: AuditLog,
         cameras: Collection[str],
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.ring = ring
         self.audit = audit

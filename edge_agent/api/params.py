@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+
+from edge_agent.formats import times
+from edge_agent.formats.times import TimeFormatError
 
 _CAMERA_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # A requisition reference as courts and police write them ("PV 2024/118-B"): letters, digits, space,
@@ -37,19 +39,11 @@ class ClipQuery:
 
 
 def parse_time(name: str, raw: str) -> float:
-    """UTC epoch seconds from ISO 8601 with a zone (`Z` or offset) or from epoch seconds."""
-    text = raw.strip()
-    if re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,6})?", text):
-        return float(text)
+    """A time parameter (see `formats.times.parse_time`); a bad one is a `malformed-time` refusal."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ParamError(
-            "malformed-time", f"{name}: {raw!r} is not ISO 8601 (2024-05-01T12:00:00Z) or epoch"
-        ) from None
-    if moment.tzinfo is None:
-        raise ParamError("malformed-time", f"{name}: {raw!r} has no time zone (add Z for UTC)")
-    return moment.astimezone(UTC).timestamp()
+        return times.parse_time(name, raw)
+    except TimeFormatError as error:
+        raise ParamError("malformed-time", str(error)) from None
 
 
 def single_values(

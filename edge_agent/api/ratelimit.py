@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from edge_agent.formats.times import Clock
 
 
 @dataclass
@@ -19,7 +20,7 @@ class TokenBucket:
 
     rate: float
     burst: float
-    clock: Callable[[], float] = time.monotonic
+    clock: Clock = time.monotonic
     tokens: float = -1.0
     updated: float = 0.0
 

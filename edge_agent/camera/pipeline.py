@@ -22,8 +22,9 @@ from typing import Protocol
 from edge_agent.camera.frames import MaskedFrame
 from edge_agent.camera.motion import EventTracker, MotionDetector, MotionEvent
 from edge_agent.camera.privacy import MasksRequired, PrivacyMasker, masker_for_camera
-from edge_agent.camera.sources import Clock, FrameSource, SourceError, open_source
+from edge_agent.camera.sources import FrameSource, SourceError, open_source
 from edge_agent.formats.config import CameraConfig
+from edge_agent.formats.times import Clock
 
 log = logging.getLogger(__name__)
 

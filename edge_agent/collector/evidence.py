@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge_agent.collector.mp4 import Mp4Error, Mp4Writer
-from edge_agent.formats.audit import iso_utc
 from edge_agent.formats.bundle import BundleError, BundleReader
+from edge_agent.formats.keys import public_key_id
 from edge_agent.formats.sealing import SegmentError, SegmentInfo, iter_packets, verify_chain, verify_segment
-from edge_agent.formats.signing import key_id
+from edge_agent.formats.times import iso_ms
 
 EVIDENCE_FORMAT = "csu-clip-evidence"
 BUNDLE_FILE = "bundle.tar"
@@ -251,12 +251,12 @@ def build_evidence(
         "device": manifest["device"],
         "camera": manifest["camera"],
         "requisition": manifest["requisition"],
-        "requested": {"start": iso_utc(start), "end": iso_utc(end), "start_ts": start, "end_ts": end},
+        "requested": {"start": iso_ms(start), "end": iso_ms(end), "start_ts": start, "end_ts": end},
         "covered": _covered(check.segments, start, end),
         "gaps": check.gaps(),
         "segments": [asdict(s) for s in check.segments],
         "verification": {"result": check.result, "problems": check.problems()},
-        "device_key": {"id": key_id(device_key), "ed25519_hex": raw_device.hex()},
+        "device_key": {"id": public_key_id(device_key), "ed25519_hex": raw_device.hex()},
         "bundle": {
             "file": BUNDLE_FILE,
             "bundle_id": manifest["bundle_id"],
@@ -268,9 +268,9 @@ def build_evidence(
             if clip.exists()
             else None
         ),
-        "fetched_at": iso_utc(fetched_at),
+        "fetched_at": iso_ms(fetched_at),
         "source": source_url,
-        "collector_key_id": key_id(collector_key.public_key()),
+        "collector_key_id": public_key_id(collector_key.public_key()),
     }
 
 
@@ -292,7 +292,7 @@ def verify_export(
         evidence = json.loads(data)
     except (OSError, ValueError) as error:
         return None, [f"{export_dir}: not a readable export ({error})"]
-    keys = {key_id(k): k for k in collector_public_keys}
+    keys = {public_key_id(k): k for k in collector_public_keys}
     signer = keys.get(str(evidence.get("collector_key_id")))
     problems: list[str] = []
     if signer is None:

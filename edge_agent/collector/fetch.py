@@ -7,7 +7,6 @@ manifest) and `mp4` (remux); this module strings them together for `csu-collecto
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ from edge_agent.collector.evidence import (
     write_evidence,
 )
 from edge_agent.collector.progress import ProgressBar
-from edge_agent.formats.audit import AuditLog, iso_utc
+from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.times import Clock, iso_ms
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ class ClipRequest:
         """The clip API query."""
         return [
             ("camera", self.camera),
-            ("start", iso_utc(self.start_ts)),
-            ("end", iso_utc(self.end_ts)),
+            ("start", iso_ms(self.start_ts)),
+            ("end", iso_ms(self.end_ts)),
             ("requisition", self.requisition),
         ]
 
@@ -76,7 +76,7 @@ def fetch_clip(
     audit: AuditLog,
     progress: ProgressBar | None = None,
     allow_partial: bool = False,
-    clock: Callable[[], float] = time.time,
+    clock: Clock = time.time,
 ) -> FetchOutcome:
     """Download the bundle into `export_dir`, verify and export it; ClipRejected or FetchError on failure.
 

@@ -19,7 +19,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from edge_agent.formats.mqtt_wire import (
     parse_status,
     parse_topic,
 )
+from edge_agent.formats.times import Clock
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Ingestor:
         self,
         store: Store,
         topic_root: str = "csu/v1",
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         """Handle messages under `topic_root` into `store`."""
         self.store = store

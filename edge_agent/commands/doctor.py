@@ -39,6 +39,7 @@ from edge_agent.formats.config import (
     StorageConfig,
     load_config,
 )
+from edge_agent.formats.times import Clock
 
 Size = tuple[int, int]
 
@@ -285,7 +286,7 @@ def clock_state() -> tuple[bool | None, str]:
 
 
 def check_clock(
-    now: Callable[[], float] = time.time,
+    now: Clock = time.time,
     state: Callable[[], tuple[bool | None, str]] = clock_state,
 ) -> CheckResult:
     """The clock is plausible and synchronized: segment times and event times are evidence."""

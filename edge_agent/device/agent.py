@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from edge_agent.api.clip_server import CameraStats as ClipCameraStats
 from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
 from edge_agent.camera.pipeline import CameraState, CameraWorker, FrameSink
-from edge_agent.camera.sources import Clock, open_source
+from edge_agent.camera.sources import open_source
 from edge_agent.device.hotplug import CameraIdentity, HotplugTracker, UdevWatcher
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.config import AgentConfig, CameraConfig, ConfigError, RecordingMode, load_config
@@ -42,6 +42,7 @@ from edge_agent.formats.keys import (
     load_ed25519_public,
     load_x25519_public,
 )
+from edge_agent.formats.times import Clock
 from edge_agent.link.mqtt import CommandError, MqttLink
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer

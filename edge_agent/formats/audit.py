@@ -17,20 +17,15 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge_agent.formats.times import Clock, iso_ms
+
 GENESIS = "0" * 64
 _RESERVED = ("seq", "ts", "prev", "hash")
-
-
-def iso_utc(epoch: float) -> str:
-    """UTC ISO 8601 with milliseconds and a `Z`."""
-    moment = datetime.fromtimestamp(epoch, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _canonical(entry: dict[str, Any]) -> bytes:
@@ -54,7 +49,7 @@ class AuditHead:
 class AuditLog:
     """Appends hash-chained entries to a JSON-lines file; safe to share between threads."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Clock = time.time) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
@@ -74,7 +69,7 @@ class AuditLog:
         with self._lock:
             entry: dict[str, Any] = {
                 "seq": self._head.seq + 1,
-                "ts": iso_utc(self._clock()),
+                "ts": iso_ms(self._clock()),
                 "prev": self._head.hash,
                 **fields,
             }

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_agent.formats.signing import key_id
+from edge_agent.formats.keys import public_key_id
 
 FORMAT = "csu-clip-bundle"
 VERSION = 1
@@ -121,7 +121,7 @@ def build_manifest(
         "camera": camera,
         "requisition": requisition,
         "requested": {"start_ts": start_ts, "end_ts": end_ts},
-        "device_key_id": key_id(device_public_key),
+        "device_key_id": public_key_id(device_public_key),
         "segments": [s.to_manifest() for s in segments],
         "gaps": [asdict(g) for g in gaps],
     }

@@ -54,7 +54,7 @@ class CsuKeyPaths:
 
 
 def public_key_id(key: PublicKey) -> str:
-    """16 hex digits of the SHA-256 of the raw public key (same id as `edge_agent.formats.signing.key_id`)."""
+    """16 hex digits of the SHA-256 of the raw public key (the one key id of the project)."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 

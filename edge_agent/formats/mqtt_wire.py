@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_agent.formats.times import iso_ms, parse_iso
 
 SCHEMA = 1
 COMMANDS = ("snapshot", "hold", "release", "reload")
@@ -24,25 +25,6 @@ Box = tuple[float, float, float, float]
 
 class PayloadError(ValueError):
     """A payload or topic that does not follow the contract; the message names what is wrong."""
-
-
-# --- time ---------------------------------------------------------------------------------------
-
-
-def iso_ms(ts: float) -> str:
-    """UTC epoch seconds -> `YYYY-MM-DDTHH:MM:SS.mmmZ`."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> float:
-    """ISO 8601 (with `Z` or an offset) -> UTC epoch seconds; a naive time is taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise PayloadError(f"{text!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 # --- topics -------------------------------------------------------------------------------------

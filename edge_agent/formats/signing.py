@@ -26,13 +26,15 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_agent.formats.keys import public_key_id
+from edge_agent.formats.times import Clock
 
 SCHEME = "CSU-ED25519-V1"
 HEADER_KEY = "X-CSU-Key"
@@ -46,8 +48,6 @@ _KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-Clock = Callable[[], float]
-
 
 class SignatureError(Exception):
     """A request that fails authentication; `reason` is a short code, `status` the HTTP status."""
@@ -56,12 +56,6 @@ class SignatureError(Exception):
         super().__init__(message)
         self.reason = reason
         self.status = status
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """The short id of a public key: 16 hex digits of the SHA-256 of its raw bytes."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
@@ -94,7 +88,7 @@ class RequestSigner:
     @property
     def key_id(self) -> str:
         """Id of the matching public key, as the device knows it."""
-        return key_id(self.private_key.public_key())
+        return public_key_id(self.private_key.public_key())
 
     def headers(
         self,
@@ -164,7 +158,7 @@ class RequestVerifier:
         clock: Clock = time.time,
         nonces: NonceCache | None = None,
     ) -> None:
-        self._keys = {key_id(k): k for k in public_keys}
+        self._keys = {public_key_id(k): k for k in public_keys}
         self._skew = skew_s
         self._clock = clock
         self._nonces = nonces or NonceCache()

@@ -41,11 +41,11 @@ from edge_agent.formats.mqtt_wire import (
     Topics,
     cmd_result_payload,
     encode,
-    iso_ms,
     motion_payload,
     parse_command,
     status_payload,
 )
+from edge_agent.formats.times import Clock, iso_ms
 from edge_agent.link import health
 from edge_agent.link.outbox import Outbox
 
@@ -117,7 +117,7 @@ class MqttLink:
         status_provider: StatusProvider,
         handlers: Mapping[str, CommandHandler] | None = None,
         clip_url: str | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         """Open the outbox (events can be queued before `start()`); nothing connects yet."""
         self.config = config

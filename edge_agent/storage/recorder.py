@@ -21,7 +21,6 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,12 +30,12 @@ from edge_agent.camera.frames import MaskedFrame
 from edge_agent.formats.config import CameraConfig, RecordingMode, StorageConfig
 from edge_agent.formats.media import EncodedPacket, StreamInfo
 from edge_agent.formats.sealing import SegmentWriter
+from edge_agent.formats.times import Clock
 from edge_agent.storage.encoder import EncoderError, VideoEncoder
 from edge_agent.storage.ringbuffer import PendingSegment, RingBuffer
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 ERROR_LOG_INTERVAL_S = 30.0
 
 

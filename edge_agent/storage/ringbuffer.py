@@ -37,10 +37,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.formats.config import StorageConfig
 from edge_agent.formats.sealing import SealedSegment, SegmentError, SegmentInfo, verify_segment
+from edge_agent.formats.times import Clock
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 DiskFree = Callable[[Path], int]
 
 INDEX_NAME = "index.sqlite"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from edge_agent.camera.sources.base import Clock, FrameSource, SourceError
+from edge_agent.camera.sources.base import FrameSource, SourceError
 from edge_agent.formats.config import CameraConfig, SourceKind
+from edge_agent.formats.times import Clock
 
-__all__ = ["Clock", "FrameSource", "SourceError", "open_source"]
+__all__ = ["FrameSource", "SourceError", "open_source"]
 
 
 def open_source(camera: CameraConfig, clock: Clock = time.time) -> FrameSource:

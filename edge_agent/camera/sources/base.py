@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from edge_agent.camera.frames import Frame
-
-Clock = Callable[[], float]
 
 
 class SourceError(Exception):

@@ -7,8 +7,9 @@ from pathlib import Path
 import cv2
 
 from edge_agent.camera.frames import Frame
-from edge_agent.camera.sources.base import Clock, SourceError
+from edge_agent.camera.sources.base import SourceError
 from edge_agent.formats.config import CameraConfig
+from edge_agent.formats.times import Clock
 
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from edge_agent.camera.frames import Frame
 from edge_agent.camera.privacy import PrivacyMasker, masker_for_camera
-from edge_agent.camera.sources.base import Clock, SourceError
+from edge_agent.camera.sources.base import SourceError
 from edge_agent.formats.config import CameraConfig
+from edge_agent.formats.times import Clock
 
 
 def _import_picamera2() -> Any:

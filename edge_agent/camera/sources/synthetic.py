@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from edge_agent.camera.frames import Frame
-from edge_agent.camera.sources.base import Clock
 from edge_agent.formats.config import CameraConfig
+from edge_agent.formats.times import Clock
 
 Box = tuple[float, float, float, float]
 _NOISE_BANK = 8

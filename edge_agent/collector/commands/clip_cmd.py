@@ -17,7 +17,6 @@ import ssl
 import sys
 from pathlib import Path
 
-from edge_agent.api.params import ParamError, parse_time
 from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.collector.evidence import ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
@@ -34,6 +33,7 @@ from edge_agent.formats.keys import (
     load_x25519_private,
 )
 from edge_agent.formats.signing import RequestSigner
+from edge_agent.formats.times import TimeFormatError, parse_time
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,7 +121,7 @@ def _endpoint(args: argparse.Namespace) -> DeviceEndpoint:
 def _time(name: str, raw: str) -> float:
     try:
         return parse_time(name, raw)
-    except ParamError as error:
+    except TimeFormatError as error:
         raise _UsageError(str(error)) from None
 
 

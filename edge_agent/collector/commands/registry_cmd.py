@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edge_agent.collector.store import Store
-from edge_agent.formats.mqtt_wire import PayloadError, iso_ms, parse_iso
+from edge_agent.formats.times import TimeFormatError, iso_ms, parse_iso
 
 DEFAULT_DB = Path("collector.sqlite")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -25,7 +25,7 @@ def parse_since(text: str, now: float) -> float:
         return now - float(match.group(1)) * _UNIT_S[match.group(2)]
     try:
         return parse_iso(text.strip())
-    except PayloadError:
+    except TimeFormatError:
         raise ValueError(f"--since {text!r}: give an ISO 8601 time or a duration like 15m, 2h, 7d") from None
 
 
