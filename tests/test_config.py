@@ -153,6 +153,40 @@ def test_bad_env_override_names_the_field() -> None:
     assert caught.value.errors[0].startswith("mqtt.port:")
 
 
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"EDGE_CAMERAS__X__FPS": "8"}, "EDGE_CAMERAS__X__FPS: 'x' is not a list index"),
+        ({"EDGE_CAMERAS__2000000__FPS": "8"}, "EDGE_CAMERAS__2000000__FPS: index 2000000 is past the end"),
+        ({"EDGE_CAMERAS__5__FPS": "8"}, "EDGE_CAMERAS__5__FPS: index 5 is past the end of the list (2 item"),
+        ({"EDGE_CONFIG_YAML": "site_id: [unclosed"}, "EDGE_CONFIG_YAML: not valid YAML"),
+        ({"EDGE_CONFIG_YAML": "a: 1\na: 2\n"}, "EDGE_CONFIG_YAML: not valid YAML (key 'a' given twice (lines 1 and"),
+            {"EDGE_CONFIG_YAML": "a: 1\na: 2\n"},
+            "EDGE_CONFIG_YAML: not valid YAML (key 'a' given twice (lines 1 and 2)",
+        ),
+    ],
+)
+def test_bad_environment_variable_is_named_not_a_traceback(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        apply_env_overrides(copy.deepcopy(GOOD), environ)
+    assert caught.value.errors[0].startswith(message)
+
+
+def test_the_next_list_index_adds_an_item() -> None:
+    data = apply_env_overrides(copy.deepcopy(GOOD), {"EDGE_CAMERAS__2__ID": "extra"})
+    assert [c["id"] for c in data["cameras"]] == ["ptz", "pano", "extra"]
+
+
+def test_a_key_given_twice_in_the_file_is_refused_with_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    body = yaml.safe_dump(GOOD).replace("cameras:", "masks: []\ncameras:", 1)
+    path.write_text(body.replace("site_id:", "device_id: other\nsite_id:", 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert "key 'device_id' given twice (lines" in caught.value.errors[0]
+    assert caught.value.errors[0].startswith(f"{path}: not valid YAML")
+
+
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(GOOD))

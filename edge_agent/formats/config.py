@@ -503,6 +503,37 @@ def _format_errors(error: ValidationError) -> list[str]:
     return lines
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last of two `masks:` silently: a technician who pastes a second block would lose the
+    first one's privacy masks without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line})", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """Parse one YAML document; a syntax error or a repeated key is a ConfigError naming `where`."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error)
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{where}: not valid YAML ({problem}{at})"]) from None
+
+
 def _parse_env_value(raw: str) -> Any:
     try:
         return yaml.safe_load(raw)
@@ -510,13 +541,23 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+def _list_index(name: str, key: str, items: list[Any]) -> int:
+    """The list position a variable names: an existing item, or the next one (no holes, no huge lists)."""
+    if not key.isdigit():
+        raise ConfigError([f"{name}: {key!r} is not a list index (0, 1, ...)"])
+    index = int(key)
+    if index > len(items):
+        raise ConfigError([f"{name}: index {index} is past the end of the list ({len(items)} item(s))"])
+    return index
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any, name: str) -> None:
     node: Any = tree
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
         if isinstance(node, list):
-            index = int(key)
-            while len(node) <= index:
+            index = _list_index(name, key, node)
+            if index == len(node):
                 node.append({})
             if last:
                 node[index] = value
@@ -547,7 +588,7 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
     merged = dict(data)
     whole = environ.get(ENV_PREFIX + "CONFIG_YAML")
     if whole:
-        loaded = yaml.safe_load(whole)
+        loaded = _load_yaml(whole, ENV_PREFIX + "CONFIG_YAML")
         if not isinstance(loaded, dict):
             raise ConfigError([f"{ENV_PREFIX}CONFIG_YAML: must be a YAML mapping"])
         merged = _deep_merge(loaded, merged)
@@ -557,7 +598,7 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
         keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
         if not all(keys):
             raise ConfigError([f"{name}: empty level in the variable name"])
-        _set_path(merged, keys, _parse_env_value(environ[name]))
+        _set_path(merged, keys, _parse_env_value(environ[name]), name)
     return merged
 
 
@@ -580,10 +621,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             text = Path(path).read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigError([f"{path}: cannot read ({error.strerror})"]) from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError([f"{path}: not valid YAML ({error})"]) from None
+        data = _load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the config must be a YAML mapping of fields"])
     return parse_config(apply_env_overrides(data, environ))
