@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edge_agent.collector.commands.cli import main as collector_main
 from edge_agent.collector.download import DeviceEndpoint
 from edge_agent.collector.evidence import ClipRejected, process_bundle, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
@@ -143,6 +145,32 @@ def test_reverify_detects_edits_to_clip_evidence_and_bundle(tmp_path: Path, site
     assert any("000000000001.seg" in p for p in bundle_problems)
     other = Ed25519PrivateKey.generate().public_key()
     assert "not one given" in verify_export(export, [other])[1][0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda e: e.pop("device_key"), "device_key: Field required"),
+        (lambda e: e.__setitem__("segments", "all fine"), "segments: Input should be a valid list"),
+        (lambda e: e["clip"].__setitem__("file", "../../etc/passwd"), "clip.file: String should match"),
+        (lambda e: e["device_key"].__setitem__("ed25519_hex", 7), "device_key.ed25519_hex: Input should be"),
+        (lambda e: [e], "evidence.json is not a JSON object"),
+    ],
+)
+def test_an_edited_evidence_file_is_named_not_a_traceback(tmp_path: Path, site, edit, named: str) -> None:
+    outcome = _fetch(tmp_path, site, _request(T0 + 2, T0 + 6))
+    path = outcome.export_dir / "evidence.json"
+    evidence = json.loads(path.read_text())
+    replaced = edit(evidence)
+    path.write_text(json.dumps(replaced if isinstance(replaced, list) else evidence))
+    evidence_back, problems = verify_export(outcome.export_dir, [site[1]["collector"].public_key()])
+    assert evidence_back is None
+    assert len(problems) == 1 and named in problems[0], problems
+    public_pem = tmp_path / "collector.pub"
+    public_pem.write_bytes(
+        site[1]["collector"].public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert collector_main(["verify", str(outcome.export_dir), "--collector-key", str(public_pem)]) == 1
 
 
 def test_segment_removed_from_the_device_is_a_missing_gap(tmp_path: Path, site) -> None:

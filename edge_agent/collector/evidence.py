@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.collector.mp4 import Mp4Error, Mp4Writer
 from edge_agent.formats.bundle import BundleError, BundleReader
@@ -281,44 +282,81 @@ def write_evidence(export_dir: Path, evidence: dict[str, Any], collector_key: Ed
     (export_dir / SIGNATURE_FILE).write_text(base64.b64encode(collector_key.sign(data)).decode() + "\n")
 
 
+class _ExportedFile(BaseModel):
+    file: str = Field(pattern=r"^[A-Za-z0-9._-]+$")  # a name inside the export, never a path out of it
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _DeviceKeyEntry(BaseModel):
+    ed25519_hex: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _SegmentEntry(BaseModel):
+    file: str
+    status: str
+
+
+class _EvidenceFields(BaseModel):
+    """What re-verification reads of `evidence.json`, typed: an edited file is named, not a crash."""
+
+    model_config = ConfigDict(extra="allow")
+
+    collector_key_id: str
+    device_key: _DeviceKeyEntry
+    bundle: _ExportedFile | None = None
+    clip: _ExportedFile | None = None
+    segments: list[_SegmentEntry]
+
+
+def _read_evidence(export_dir: Path) -> tuple[dict[str, Any], _EvidenceFields, bytes, bytes]:
+    """Raw evidence, typed fields, bytes and collector signature; ValueError names what is wrong."""
+    data = (export_dir / EVIDENCE_FILE).read_bytes()
+    signature = base64.b64decode((export_dir / SIGNATURE_FILE).read_text().strip(), validate=True)
+    evidence = json.loads(data)
+    if not isinstance(evidence, dict):
+        raise ValueError(f"{EVIDENCE_FILE} is not a JSON object")
+    try:
+        fields = _EvidenceFields.model_validate(evidence)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{EVIDENCE_FILE}: {where}: {first['msg']}") from None
+    return evidence, fields, data, signature
+
+
 def verify_export(
     export_dir: Path, collector_public_keys: Iterable[Ed25519PublicKey]
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """Re-check an export directory: (evidence, problems); no problems means intact."""
-    evidence_path = export_dir / EVIDENCE_FILE
     try:
-        data = evidence_path.read_bytes()
-        signature = base64.b64decode((export_dir / SIGNATURE_FILE).read_text().strip(), validate=True)
-        evidence = json.loads(data)
+        evidence, fields, data, signature = _read_evidence(export_dir)
     except (OSError, ValueError) as error:
         return None, [f"{export_dir}: not a readable export ({error})"]
     keys = {public_key_id(k): k for k in collector_public_keys}
-    signer = keys.get(str(evidence.get("collector_key_id")))
+    signer = keys.get(fields.collector_key_id)
     problems: list[str] = []
     if signer is None:
-        problems.append(
-            f"{EVIDENCE_FILE}: signed by collector key {evidence.get('collector_key_id')}, not one given"
-        )
+        problems.append(f"{EVIDENCE_FILE}: signed by collector key {fields.collector_key_id}, not one given")
     else:
         try:
             signer.verify(signature, data)
         except InvalidSignature:
             problems.append(f"{EVIDENCE_FILE}: collector signature does not verify (edited)")
-    for entry in (evidence.get("bundle"), evidence.get("clip")):
-        if not entry:
+    for entry in (fields.bundle, fields.clip):
+        if entry is None:
             continue
-        path = export_dir / entry["file"]
+        path = export_dir / entry.file
         if not path.exists():
-            problems.append(f"{entry['file']}: missing")
-        elif file_sha256(path) != entry["sha256"]:
-            problems.append(f"{entry['file']}: sha256 differs from the evidence manifest (altered)")
-    device_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(evidence["device_key"]["ed25519_hex"]))
+            problems.append(f"{entry.file}: missing")
+        elif file_sha256(path) != entry.sha256:
+            problems.append(f"{entry.file}: sha256 differs from the evidence manifest (altered)")
+    device_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(fields.device_key.ed25519_hex))
     try:
         check = process_bundle(export_dir / BUNDLE_FILE, device_key, None, None, allow_partial=True)
     except ClipRejected as error:
         problems.append(f"{BUNDLE_FILE}: {error}")
     else:
-        recorded = {(s["file"], s["status"]) for s in evidence["segments"]}
+        recorded = {(s.file, s.status) for s in fields.segments}
         now = {(s.file, s.status) for s in check.segments}
         if recorded != now:
             problems.append(
