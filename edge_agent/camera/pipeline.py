@@ -1,6 +1,7 @@
 """One camera's worker: source -> privacy mask -> motion -> sinks (recorder, previews).
 
-Two threads per camera. The capture thread reads the source, masks each frame (the only path out of a
+Two threads per camera share the camera's mask -> motion stage (`camera.stage`, the same one
+`motion-replay` runs). The capture thread reads the source, masks each frame (the only path out of a
 source) and puts it on a bounded queue; when the queue is full the oldest frame is dropped and counted, so
 a slow consumer never blocks capture. The processing thread runs motion detection and the event tracker,
 hands events to the event sinks and every frame to the frame sinks. A source that fails or ends is
@@ -20,9 +21,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from edge_agent.camera.frames import MaskedFrame
-from edge_agent.camera.motion import EventTracker, MotionDetector, MotionEvent
-from edge_agent.camera.privacy import MasksRequired, PrivacyMasker, masker_for_camera
+from edge_agent.camera.motion import MotionEvent
+from edge_agent.camera.privacy import MasksRequired
 from edge_agent.camera.sources import FrameSource, SourceError, open_source
+from edge_agent.camera.stage import MotionStage
 from edge_agent.formats.config import CameraConfig
 from edge_agent.formats.times import Clock
 
@@ -134,13 +136,13 @@ class CameraWorker:
         self._event_open = False
         self._latest: MaskedFrame | None = None
         self._meter = RateMeter()
-        self._masker: PrivacyMasker | None = None
+        self._stage: MotionStage | None = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         """Start the capture and processing threads (or report `awaiting_masks` and start nothing)."""
         try:
-            self._masker = masker_for_camera(self.camera)
+            self._stage = MotionStage.for_camera(self.camera)
         except MasksRequired as error:
             log.warning("%s", error)
             self._set_state(CameraState.AWAITING_MASKS, str(error))
@@ -217,7 +219,7 @@ class CameraWorker:
 
     def _pump(self, source: FrameSource) -> bool:
         """Read, mask and queue frames until the source fails or stop; True if any frame came."""
-        assert self._masker is not None
+        assert self._stage is not None
         interval = 1.0 / self.camera.fps
         next_due = time.monotonic()
         delivered = False
@@ -228,7 +230,7 @@ class CameraWorker:
             raw = source.read()
             if raw is None:
                 return delivered
-            masked = self._masker.apply(raw)
+            masked = self._stage.mask(raw)
             delivered = True
             self._enqueue(masked)
         return delivered
@@ -253,27 +255,19 @@ class CameraWorker:
                     pass
 
     def _process_loop(self) -> None:
-        tracker = EventTracker(self.camera.id, self.camera.motion)
-        detector: MotionDetector | None = None
-        last_ts = self._clock()
+        stage = self._stage
+        assert stage is not None
         while not (self._stop.is_set() and self._queue.empty()):
             try:
                 frame = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            last_ts = frame.captured_at
-            if self.camera.motion.enabled:
-                if detector is None or detector.frame_size != frame.size:
-                    assert self._masker is not None
-                    detector = MotionDetector(
-                        self.camera.motion, frame.size, self._masker.mask_for(frame.size)
-                    )
-                self._emit(tracker.update(detector.detect(frame), frame.captured_at))
+            self._emit(stage.observe(frame).events)
             with self._lock:
-                self._event_open = tracker.is_open
+                self._event_open = stage.event_open
             for sink in self._frame_sinks:
-                self._call_sink(sink.on_frame, frame, tracker.is_open)
-        self._emit(tracker.close(last_ts))
+                self._call_sink(sink.on_frame, frame, stage.event_open)
+        self._emit(stage.close())
         for sink in self._frame_sinks:
             self._call_sink(sink.close)
 

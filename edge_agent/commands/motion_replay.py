@@ -1,5 +1,5 @@
 """`edge-agent motion-replay`: the motion tuner. Replays a video file or image sequence through the same
-privacy mask and motion code as a live camera, and writes what the detector decided on each frame.
+mask -> motion stage as a live camera (`camera.stage`), and writes what the detector decided on each frame.
 
 Output (a public contract, kept exact):
 - `DIR/frames.jsonl`: one JSON object per input frame, in order:
@@ -8,7 +8,8 @@ Output (a public contract, kept exact):
 - with `--annotate OUT.mp4`, a video with the foreground, zones, masks, boxes and score drawn on;
 - `DIR/events.jsonl`: the motion events the camera would have published (start/update/end).
 
-Frames are stamped in simulated time (frame i at i / fps seconds) and processed as fast as possible.
+Frames are stamped in simulated time (frame i at i / fps seconds) and processed as fast as possible. The
+detector runs even when the camera's motion detection is disabled: replaying is how it gets tuned.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import cv2
 import numpy as np
 
 from edge_agent.camera.frames import Frame, MaskedFrame
-from edge_agent.camera.motion import EventTracker, MotionDetector, MotionEvent, MotionResult
+from edge_agent.camera.motion import MotionEvent, MotionResult
 from edge_agent.camera.privacy import MasksRequired, PrivacyMasker, draw_outlines, masker_for_camera
+from edge_agent.camera.stage import MotionStage
 from edge_agent.formats.config import CameraConfig, ConfigError, MotionConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -72,31 +74,24 @@ def open_capture(source: str) -> cv2.VideoCapture:
 
 
 class Replayer:
-    """Runs frames through the privacy mask, the detector and the event tracker, as a camera worker does."""
+    """Runs frames through the camera's mask -> motion stage, as the live camera worker does."""
 
     def __init__(self, settings: ReplaySettings) -> None:
         self.settings = settings
-        self._tracker = EventTracker(settings.camera_id, settings.motion)
-        self._detector: MotionDetector | None = None
-        self._last_ts = 0.0
+        motion = settings.motion.model_copy(update={"enabled": True})
+        self._stage = MotionStage(settings.camera_id, settings.masker, motion)
 
     def step(self, index: int, image: np.ndarray) -> ReplayedFrame:
-        """Frame `index` (BGR or grey) at simulated time index / fps."""
-        settings = self.settings
+        """Frame `index` (BGR or grey; masked in place) at simulated time index / fps."""
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        self._last_ts = index / settings.fps
-        masked = settings.masker.apply(Frame(settings.camera_id, index, self._last_ts, image))
-        if self._detector is None or self._detector.frame_size != masked.size:
-            self._detector = MotionDetector(
-                settings.motion, masked.size, settings.masker.mask_for(masked.size)
-            )
-        result = self._detector.detect(masked)
-        return ReplayedFrame(index, masked, result, self._tracker.update(result, self._last_ts))
+        output = self._stage.step(Frame(self.settings.camera_id, index, index / self.settings.fps, image))
+        assert output.result is not None  # detection is switched on for every replay
+        return ReplayedFrame(index, output.frame, output.result, output.events)
 
     def close(self) -> list[MotionEvent]:
         """End an event still open at the last frame."""
-        return self._tracker.close(self._last_ts)
+        return self._stage.close()
 
 
 def read_frames(capture: cv2.VideoCapture, max_frames: int | None = None) -> Iterator[np.ndarray]:
