@@ -124,3 +124,29 @@ def test_nonce_cache_fails_closed_when_full() -> None:
     assert caught.value.status == 503
     cache.add("c", expires_at=30, now=11)
     assert len(cache) == 1
+
+
+def test_a_journal_keeps_nonces_across_restarts(tmp_path) -> None:
+    journal = tmp_path / "state" / "seen-nonces.log"
+    first = NonceCache(journal=journal, now=NOW)
+    first.add("k:used-before-restart", NOW + 61, NOW)
+    first.add("k:soon-stale", NOW + 5, NOW)
+    with journal.open("a") as out:
+        out.write("17000000")  # torn by a crash mid-line: that request was never acted on
+    after_restart = NonceCache(journal=journal, now=NOW + 10)
+    with pytest.raises(SignatureError) as caught:
+        after_restart.add("k:used-before-restart", NOW + 71, NOW + 10)
+    assert caught.value.reason == "replayed-nonce"
+    after_restart.add("k:soon-stale", NOW + 71, NOW + 10)  # expired at load: a fresh request may reuse it
+    assert len(after_restart) == 2
+    assert journal.read_text().splitlines()[0] == f"{NOW + 61:.0f} k:used-before-restart"
+
+
+def test_the_journal_is_compacted_as_nonces_expire(tmp_path) -> None:
+    journal = tmp_path / "seen-nonces.log"
+    cache = NonceCache(journal=journal, now=NOW)
+    for index in range(3_000):
+        cache.add(f"k:nonce-{index:05d}", NOW + index + 2, NOW + index)
+    lines = journal.read_text().splitlines()
+    assert len(lines) < 1_100  # rewritten with the live entries only, not 3,000 lines
+    assert NonceCache(journal=journal, now=NOW + 3_000).__len__() == 1

@@ -42,7 +42,7 @@ from edge_agent.formats.bundle import (
     sign_manifest,
 )
 from edge_agent.formats.config import AgentConfig
-from edge_agent.formats.signing import RequestVerifier, SignatureError
+from edge_agent.formats.signing import NONCE_JOURNAL_NAME, NonceCache, RequestVerifier, SignatureError
 from edge_agent.formats.times import Clock
 from edge_agent.storage.ringbuffer import Hold, SegmentRecord
 
@@ -125,7 +125,8 @@ class ClipServer:
         self.audit = audit
         self.device_key = device_key
         self.clock = clock
-        self.verifier = RequestVerifier(collector_keys, self.settings.clock_skew_s, clock)
+        seen = NonceCache(journal=self.settings.audit_log.with_name(NONCE_JOURNAL_NAME), now=clock())
+        self.verifier = RequestVerifier(collector_keys, self.settings.clock_skew_s, clock, seen)
         self.holds = HoldService(ring, audit, [c.id for c in config.cameras], clock)
         self.stats = stats or StatsProviders()
         self.registry = CollectorRegistry()

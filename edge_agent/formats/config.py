@@ -417,7 +417,8 @@ class ClipServerConfig(_Model):
     audit_log: Path = Field(
         Path("/var/lib/edge-agent/audit.jsonl"),
         title="Audit log",
-        description="Append-only, hash-chained log of every request.",
+        description="Append-only, hash-chained log of every request; the journal of used request nonces"
+        " (seen-nonces.log) is kept in the same folder.",
     )
 
     @model_validator(mode="after")

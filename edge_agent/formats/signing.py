@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 import secrets
 import threading
@@ -28,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature
@@ -111,17 +113,28 @@ class RequestSigner:
         }
 
 
+NONCE_JOURNAL_NAME = "seen-nonces.log"
+"""The device keeps its nonce journal beside its audit log (one state folder to back up or wipe)."""
+
+
 class NonceCache:
     """Nonces seen recently, each kept until its request would be stale anyway.
 
     Bounded: when full of still-fresh nonces it refuses new ones (fail closed) rather than forgetting
-    a nonce that could then be replayed.
+    a nonce that could then be replayed. With a `journal` file, every accepted nonce is appended and
+    fsynced before the request is acted on, and the still-fresh ones are read back at start: a request
+    replayed after an agent restart is refused like any other replay. Only signed, fresh requests reach
+    the journal, so refusals never cost a disk write.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, journal: Path | None = None, now: float = 0.0) -> None:
         self._expiry: OrderedDict[str, float] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
+        self._journal = journal
+        self._journal_lines = 0
+        if journal is not None:
+            self._load(journal, now)
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -137,6 +150,7 @@ class NonceCache:
                     "replay-cache-full", "too many requests in the skew window; retry later", 503
                 )
             self._expiry[nonce] = expires_at
+            self._record(nonce, expires_at)
 
     def _expire(self, now: float) -> None:
         # Insertion order is close to expiry order (timestamps within the skew window); an entry
@@ -146,6 +160,44 @@ class NonceCache:
             if expires > now:
                 break
             del self._expiry[nonce]
+
+    def _load(self, journal: Path, now: float) -> None:
+        try:
+            lines = journal.read_text(encoding="ascii", errors="replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            expires, _, nonce = line.partition(" ")
+            try:
+                expires_at = float(expires)
+            except ValueError:
+                continue  # a line torn by a crash: its request was never acted on
+            if expires_at > now and nonce:
+                self._expiry[nonce] = expires_at
+        self._rewrite(journal)
+
+    def _record(self, nonce: str, expires_at: float) -> None:
+        if self._journal is None:
+            return
+        if self._journal_lines > 2 * len(self._expiry) + 1_000:
+            self._rewrite(self._journal)
+            return
+        with self._journal.open("a", encoding="ascii") as out:
+            out.write(f"{expires_at:.0f} {nonce}\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self._journal_lines += 1
+
+    def _rewrite(self, journal: Path) -> None:
+        """Replace the journal by the live entries only (write, fsync, rename: never a half journal)."""
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        fresh = journal.with_name(journal.name + ".tmp")
+        with fresh.open("w", encoding="ascii") as out:
+            out.writelines(f"{expires:.0f} {nonce}\n" for nonce, expires in self._expiry.items())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(fresh, journal)
+        self._journal_lines = len(self._expiry)
 
 
 class RequestVerifier:
@@ -161,7 +213,7 @@ class RequestVerifier:
         self._keys = {public_key_id(k): k for k in public_keys}
         self._skew = skew_s
         self._clock = clock
-        self._nonces = nonces or NonceCache()
+        self._nonces = NonceCache() if nonces is None else nonces  # an empty cache is falsy
 
     @property
     def key_ids(self) -> list[str]:
