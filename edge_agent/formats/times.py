@@ -16,6 +16,8 @@ Clock = Callable[[], float]
 """Seconds as a float: `time.time` for wall-clock stamps, `time.monotonic` for intervals; a stub in tests."""
 
 _EPOCH_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
+EARLIEST = 946_684_800.0  # 2000-01-01T00:00:00Z: no camera of ours recorded before
+LATEST = 7_258_118_400.0  # 2200-01-01T00:00:00Z: past the life of any device or procedure
 
 
 class TimeFormatError(ValueError):
@@ -42,14 +44,24 @@ def parse_time(name: str, raw: str) -> float:
     """UTC epoch seconds from ISO 8601 with a zone (`Z` or an offset) or from epoch seconds.
 
     `name` is the field or parameter the value came from, so that the error says which one is wrong.
+    Times before 2000 or from 2200 on are refused: they are typing errors, and years 1 or 9999 with an
+    offset overflow the datetime arithmetic.
     """
     text = raw.strip()
     if _EPOCH_RE.fullmatch(text):
-        return float(text)
+        return _plausible(name, raw, float(text))
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise TimeFormatError(f"{name}: {raw!r} is not ISO 8601 (2024-05-01T12:00:00Z) or epoch") from None
     if moment.tzinfo is None:
         raise TimeFormatError(f"{name}: {raw!r} has no time zone (add Z for UTC)")
-    return moment.astimezone(UTC).timestamp()
+    if not 2000 <= moment.year < 2200:
+        raise TimeFormatError(f"{name}: {raw!r} is outside 2000..2199")
+    return _plausible(name, raw, moment.astimezone(UTC).timestamp())
+
+
+def _plausible(name: str, raw: str, ts: float) -> float:
+    if not EARLIEST <= ts < LATEST:
+        raise TimeFormatError(f"{name}: {raw!r} is outside 2000..2199")
+    return ts
