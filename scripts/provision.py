@@ -101,6 +101,12 @@ def build_plan(args: argparse.Namespace) -> Plan:
         mqtt["tls"] = {"ca_file": str(ETC / "broker-ca.crt")}
         if not args.broker_ca.is_file():
             problems.append(f"--broker-ca {args.broker_ca}: no such file")
+    elif isinstance(mqtt.get("tls"), dict) and mqtt["tls"].get("ca_file"):
+        # The card would name a CA file it does not hold: the agent could never reach the broker.
+        problems.append(
+            f"template: mqtt.tls.ca_file names {mqtt['tls']['ca_file']}; pass --broker-ca FILE so that"
+            " the card holds it (or remove mqtt.tls from the template for a plain connection)"
+        )
     keys = {
         "device_key": str(KEYS / "device_ed25519.pem"),
         "csu_sealing_public_key": str(ETC / "csu_x25519.pub"),

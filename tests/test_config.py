@@ -187,15 +187,50 @@ def test_a_key_given_twice_in_the_file_is_refused_with_its_lines(tmp_path: Path)
     assert caught.value.errors[0].startswith(f"{path}: not valid YAML")
 
 
+def _device_root(tmp_path: Path) -> Path:
+    """A device file system holding the key files the default config names."""
+    root = tmp_path / "rootfs"
+    for path in ("var/lib/edge-agent/keys/device_ed25519.pem", "etc/edge-agent/csu_x25519.pub"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text("key\n")
+    return root
+
+
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(GOOD))
-    assert cli_main(["check-config", str(good)]) == 0
+    root = _device_root(tmp_path)
+    assert cli_main(["check-config", str(good), "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ok\n")
     assert "ptz: synthetic" in out
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(with_change("cameras.1.masks.0.points", [[0, 0], [1, 1]])))
-    assert cli_main(["check-config", str(bad)]) == 1
+    assert cli_main(["check-config", str(bad), "--root", str(root)]) == 1
     assert "cameras[1].masks[0].points: at least 3 points" in capsys.readouterr().out
+
+
+def test_check_config_fails_on_a_camera_that_requires_masks_and_has_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(with_change("cameras.1.masks", [])))
+    assert cli_main(["check-config", str(path), "--root", str(_device_root(tmp_path))]) == 1
+    out = capsys.readouterr().out
+    assert "cameras[1].masks: camera 'pano' requires masks (require_masks: true) and has none" in out
+    assert not out.startswith("ok")
+
+
+def test_check_config_names_every_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = copy.deepcopy(GOOD) | {
+        "mqtt": {"host": "broker.csu", "tls": {"ca_file": "/etc/edge-agent/csu-ca.pem"}},
+        "keys": {"collector_public_keys": [str(tmp_path / "collector.pub")]},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert cli_main(["check-config", str(path), "--root", str(_device_root(tmp_path))]) == 1
+    out = capsys.readouterr().out
+    assert "mqtt.tls.ca_file: /etc/edge-agent/csu-ca.pem: no such file" in out
+    assert f"keys.collector_public_keys[0]: {tmp_path / 'collector.pub'}: no such file" in out
+    assert "keys.device_key" not in out  # present under the root

@@ -35,12 +35,15 @@ provision = _load_provision()
 
 @pytest.fixture
 def csu(tmp_path: Path) -> Any:
-    """The CSU's public keys, as the CSU hands them to technicians."""
-    return generate_csu_keys(tmp_path / "csu")
+    """The CSU's public keys and its broker's CA certificate, as the CSU hands them to technicians."""
+    keys = generate_csu_keys(tmp_path / "csu")
+    (tmp_path / "csu" / "broker-ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    return keys
 
 
-def args_for(csu: Any, template: Path, *extra: str) -> list[str]:
-    return [
+def args_for(csu: Any, template: Path, *extra: str, with_ca: bool = True) -> list[str]:
+    ca = ["--broker-ca", str(Path(csu.sealing.public).parent / "broker-ca.crt")] if with_ca else []
+    return [*ca,
         "--template", str(template),
         "--site", "ville-01-pt-042",
         "--device", "pi-a",
@@ -49,6 +52,17 @@ def args_for(csu: Any, template: Path, *extra: str) -> list[str]:
         "--broker-host", "mqtt.csu.example.fr",
         *extra,
     ]  # fmt: skip
+
+
+def test_a_template_naming_a_broker_ca_needs_the_ca_file(
+    tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "rootfs"
+    assert provision.main(args_for(csu, EXAMPLE, "--target", str(root), with_ca=False)) != 0
+    assert "mqtt.tls.ca_file names /etc/edge-agent/broker-ca.crt; pass --broker-ca FILE" in "".join(
+        capsys.readouterr()
+    )
+    assert not root.exists()
 
 
 def test_target_holds_a_config_check_config_accepts(
@@ -62,7 +76,7 @@ def test_target_holds_a_config_check_config_accepts(
 
     site = root / "etc/edge-agent/site.yaml"
     done = subprocess.run(
-        [sys.executable, "-m", "edge_agent.commands.cli", "check-config", str(site)],
+        [sys.executable, "-m", "edge_agent.commands.cli", "check-config", str(site), "--root", str(root)],
         capture_output=True, text=True, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

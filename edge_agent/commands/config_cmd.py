@@ -1,11 +1,24 @@
-"""`edge-agent check-config FILE`: validate a config and explain every problem."""
+"""`edge-agent check-config FILE`: validate a config and explain every problem.
+
+A config can be valid and still unable to run: a camera that requires masks and has none captures
+nothing, and a key or CA file that is missing only shows at start as a failure elsewhere. Both are
+reported here, naming the field, so that a technician finds out before the card is in the pole.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from edge_agent.formats.config import ConfigError, load_config, summarize
+from edge_agent.formats.config import (
+    AgentConfig,
+    ConfigError,
+    cameras_without_masks,
+    load_config,
+    named_files,
+    summarize,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -14,15 +27,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "check-config", help="validate a config file and print a summary or every error"
     )
     parser.add_argument("config", type=Path, help="the YAML config file")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="where the device's file system is mounted (a card being provisioned): files named by the"
+        " config are looked for under it (default /)",
+    )
     parser.set_defaults(handler=check_config)
 
 
+def file_problems(config: AgentConfig, root: Path) -> list[str]:
+    """`field: path: problem` for every file the config names that the agent could not read."""
+    problems = []
+    for field, path in named_files(config):
+        on_disk = root / path.relative_to(path.anchor) if path.is_absolute() else path
+        if not on_disk.is_file():
+            problems.append(f"{field}: {path}: no such file")
+        elif not os.access(on_disk, os.R_OK):
+            problems.append(f"{field}: {path}: not readable")
+    return problems
+
+
 def check_config(args: argparse.Namespace) -> int:
-    """Print `ok` and a summary, or each error as `field.path: message`; exit 1 on errors."""
+    """Print `ok` and a summary, or each problem as `field.path: message`; exit 1 on any problem."""
     try:
         config = load_config(args.config)
     except ConfigError as error:
         print(error.report(args.config))
+        return 1
+    problems = cameras_without_masks(config) + file_problems(config, args.root)
+    if problems:
+        print(f"{args.config}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
         return 1
     print("ok")
     for line in summarize(config):

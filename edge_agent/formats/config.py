@@ -448,6 +448,16 @@ class KeysConfig(_Model):
     )
 
 
+class LocationConfig(_Model):
+    """Where the implantation point stands, for the CSU's plan of the fleet."""
+
+    lat: float = Field(ge=-90, le=90, title="Latitude", description="Degrees north (WGS 84).")
+    lon: float = Field(ge=-180, le=180, title="Longitude", description="Degrees east (WGS 84).")
+    label: str = Field(
+        "", max_length=80, title="Label", description="What the plan shows beside the point (a street)."
+    )
+
+
 class AgentConfig(_Model):
     """The whole device configuration."""
 
@@ -465,6 +475,11 @@ class AgentConfig(_Model):
         title="Clip server",
     )
     keys: KeysConfig = Field(default_factory=KeysConfig, title="Keys")  # type: ignore[arg-type]
+    location: LocationConfig | None = Field(
+        None,
+        title="Location",
+        description="lat, lon and label of the point; published in status for the CSU console's plan.",
+    )
 
     @field_validator("cameras")
     @classmethod
@@ -626,6 +641,38 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the config must be a YAML mapping of fields"])
     return parse_config(apply_env_overrides(data, environ))
+
+
+def named_files(config: AgentConfig) -> list[tuple[str, Path]]:
+    """Every file the config names that the agent must read at start, with its field path."""
+    files: list[tuple[str, Path]] = [
+        ("keys.device_key", config.keys.device_key),
+        ("keys.csu_sealing_public_key", config.keys.csu_sealing_public_key),
+    ]
+    files += [
+        (f"keys.collector_public_keys[{i}]", p) for i, p in enumerate(config.keys.collector_public_keys)
+    ]
+    if config.mqtt.enabled and config.mqtt.tls is not None:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(config.mqtt.tls, name)
+            if path is not None:
+                files.append((f"mqtt.tls.{name}", path))
+    if config.clip_server.enabled:
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(config.clip_server, name)
+            if path is not None:
+                files.append((f"clip_server.{name}", path))
+    return files
+
+
+def cameras_without_masks(config: AgentConfig) -> list[str]:
+    """`cameras[i]: ...` for each camera that requires masks and has none: it will capture nothing."""
+    return [
+        f"cameras[{i}].masks: camera {camera.id!r} requires masks (require_masks: true) and has none,"
+        " so it will capture nothing (privacy fails closed)"
+        for i, camera in enumerate(config.cameras)
+        if camera.require_masks and not camera.masks
+    ]
 
 
 def summarize(config: AgentConfig) -> list[str]:
