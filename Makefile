@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench setup
+.PHONY: demo test lint bench setup fuzz
 
 $(BIN)/edge-agent: pyproject.toml setup.py
 	bash scripts/bootstrap.sh
@@ -25,3 +25,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py --out bench.json
+
+# Every fuzz target (scripts/fuzz/targets.py) for FUZZ_SECONDS each; findings land in fuzz-artifacts/.
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	$(BIN)/pip install --quiet atheris
+	$(BIN)/python scripts/fuzz/run.py --seconds $(FUZZ_SECONDS) --json fuzz.json
