@@ -44,11 +44,8 @@ def served(tmp_path: Path, keys) -> Iterator[tuple[ClipServer, RingBuffer]]:
 
 
 def _get(ep: DeviceEndpoint, path: str, query, headers=None) -> tuple[int, dict, bytes]:
-    connection, response = ep.request("GET", path, query, extra_headers=headers)
-    try:
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
+    with ep.request("GET", path, query, extra_headers=headers) as response:
+        return response.status_code, dict(response.headers), response.content
 
 
 def _last_audit(server: ClipServer) -> dict:
@@ -298,18 +295,17 @@ def test_open_streams_per_client_are_capped_and_freed_when_a_fetch_is_cut(tmp_pa
     query = [("camera", "cam1"), ("start", str(T0)), ("end", str(T0 + 60)), ("requisition", "PV-3")]
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
         ep = endpoint(server, keys["collector"])
-        connection, first = ep.request("GET", "/v1/clips", query)
-        assert first.status == 200 and len(first.read(1000)) == 1000
+        first = ep.request("GET", "/v1/clips", query, stream=True)
+        assert first.status_code == 200 and len(first.raw.read(1000)) == 1000
         status, _, body = _get(ep, "/v1/clips", query)
         assert (status, json.loads(body)["error"]) == (429, "too-many-streams")
-        connection.close()  # the collector gives up mid-stream: its slot must come back
+        first.close()  # the collector gives up mid-stream: its slot must come back
         deadline = time.monotonic() + 10
         while not any(e.get("outcome") == "interrupted" for e in audit_lines(config)):
             assert time.monotonic() < deadline, "the cut stream was never audited"
             time.sleep(0.05)
-        connection, again = ep.request("GET", "/v1/clips", query)
-        assert again.status == 200
-        connection.close()
+        with ep.request("GET", "/v1/clips", query, stream=True) as again:
+            assert again.status_code == 200
     ring.close()
     refused = [e for e in audit_lines(config) if e["outcome"] == "refused"]
     assert [(e["status"], e["reason"]) for e in refused] == [(429, "too-many-streams")]

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import ssl
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from edge_agent.collector.download import DeviceEndpoint
+from edge_agent.collector.commands.cli import main as collector_main
+from edge_agent.collector.download import DeviceEndpoint, download_bundle
+from edge_agent.formats.keys import generate_csu_keys, load_ed25519_private
 from edge_agent.formats.signing import RequestSigner
 from tests.clip_support import device_config, random_ring, running_server
 
@@ -54,11 +56,34 @@ def test_https_serves_signed_requests_and_checks_the_certificate(tmp_path: Path)
     ring = random_ring(tmp_path / "ring", device, 1_700_000_000.0, 2)
     with running_server(config, ring, device, collector) as server:
         assert server.url.startswith("https://")
-        trusted = DeviceEndpoint(
-            server.url, RequestSigner(collector), ssl.create_default_context(cafile=cert)
-        )
         query = [("camera", "cam1"), ("start", "1700000000"), ("end", "1700000004")]
-        assert len(trusted.call_json("GET", "/v1/segments", query)["segments"]) == 2
-        untrusted = DeviceEndpoint(server.url, RequestSigner(collector), ssl.create_default_context())
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with DeviceEndpoint(server.url, RequestSigner(collector), ca_file=cert) as trusted:
+            assert len(trusted.call_json("GET", "/v1/segments", query)["segments"]) == 2
+            bundle = download_bundle(trusted, [*query, ("requisition", "PV-9")], tmp_path / "clip.tar")
+        assert bundle.size == (tmp_path / "clip.tar").stat().st_size > 0
+        with (
+            DeviceEndpoint(server.url, RequestSigner(collector)) as untrusted,
+            pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"),
+        ):
             untrusted.call_json("GET", "/v1/segments", query)
+
+
+def test_cli_checks_the_device_certificate_against_ca_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    config = device_config(tmp_path, tls_cert=str(cert), tls_key=str(key))
+    csu = generate_csu_keys(tmp_path / "csu")
+    device = Ed25519PrivateKey.generate()
+    ring = random_ring(tmp_path / "ring", device, 1_700_000_000.0, 2)
+    with running_server(config, ring, device, load_ed25519_private(csu.signing.private)) as server:
+        common = [
+            "--site", "ville-01", "--device", "pi-01", "--url", server.url,
+            "--keys", str(csu.signing.private.parent), "--audit", str(tmp_path / "collector-audit.jsonl"),
+        ]  # fmt: skip
+        hold = ["--camera", "cam1", "--start", "1700000000", "--end", "1700000004", "--requisition", "PV-9"]
+        assert collector_main(["hold", *common, *hold]) == 2
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+        assert ring.holds() == []
+        assert collector_main(["hold", *common, "--ca-file", str(cert), *hold]) == 0
+        assert [h.requisition for h in ring.holds()] == ["PV-9"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.collector.download import DeviceEndpoint, FetchError, download_bundle
@@ -51,7 +52,8 @@ def test_changed_bundle_restarts_from_zero(tmp_path: Path, keys) -> None:
     part.write_bytes(b"x" * 5000)
     (tmp_path / "clip.tar.part.etag").write_text('"stale-bundle"')
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
-        result = download_bundle(DeviceEndpoint(server.url, RequestSigner(keys["collector"])), CLIP, dest)
+        endpoint = DeviceEndpoint(server.url, RequestSigner(keys["collector"]))
+        result = download_bundle(endpoint, CLIP, dest)
     assert result.restarts == 1
     assert dest.read_bytes()[:5000] != b"x" * 5000
 
@@ -68,3 +70,53 @@ def test_refusal_is_not_retried(tmp_path: Path, keys) -> None:
         )
     assert refused.value.status == 400 and refused.value.reason == "range-too-long"
     assert len([e for e in audit_lines(config) if e["outcome"] == "refused"]) == 1
+
+
+def test_proxy_variables_and_netrc_are_not_used(tmp_path: Path, keys, monkeypatch) -> None:
+    # Devices are reached directly: a proxy from the environment (here a dead one) or a ~/.netrc
+    # login (which would be sent to the device) must change nothing.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login officer password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    config = device_config(tmp_path, max_clip_seconds=60)
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 2)
+    with running_server(config, ring, keys["device"], keys["collector"]) as server:
+        endpoint = DeviceEndpoint(server.url, RequestSigner(keys["collector"]))
+        result = download_bundle(endpoint, CLIP, tmp_path / "clip.tar", sleep=lambda s: None)
+        prepared = endpoint.session.prepare_request(requests.Request("GET", endpoint.url("/v1/clips", CLIP)))
+    assert result.attempts == 1
+    assert "Authorization" not in prepared.headers
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://127.0.0.1:8480", "scheme must be http or https"),
+        ("http://127.0.0.1:port", "needs a host and a valid port"),
+        ("http:///v1", "needs a host and a valid port"),
+    ],
+)
+def test_bad_clip_url_fails_at_once_naming_it(tmp_path: Path, keys, url: str, message: str) -> None:
+    waits: list[float] = []
+    with pytest.raises(FetchError, match=message) as failed:
+        download_bundle(
+            DeviceEndpoint(url, RequestSigner(keys["collector"])),
+            CLIP,
+            tmp_path / "c.tar",
+            sleep=waits.append,
+        )
+    assert repr(url) in str(failed.value)
+    assert waits == []  # not retried
+
+
+def test_unreachable_device_is_retried_then_fails(tmp_path: Path, keys) -> None:
+    waits: list[float] = []
+    endpoint = DeviceEndpoint("http://127.0.0.1:9", RequestSigner(keys["collector"]), timeout_s=2)
+    with pytest.raises(FetchError, match="download failed after 3 attempts"):
+        download_bundle(endpoint, CLIP, tmp_path / "c.tar", max_attempts=3, sleep=waits.append)
+    assert waits == [0.5, 1.0, 2.0]

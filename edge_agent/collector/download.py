@@ -1,4 +1,8 @@
-"""Signed, resumable download of a clip bundle from a device's clip API.
+"""The collector's HTTP client of a device's clip API: signed requests, and the resumable bundle download.
+
+Every request goes through `DeviceEndpoint`, on one `requests.Session` per device (kept-alive
+connections), signed afresh by `RequestSigner` (a new nonce each time, so nothing is ever re-sent as is:
+the session never retries and never follows a redirect on its own).
 
 The bundle goes to `<dest>.part` while it arrives; the ETag of the first response is kept beside it
 (`<dest>.part.etag`). After a cut connection the next attempt is a newly signed request with
@@ -9,15 +13,17 @@ one chunk whatever the bundle size.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import urlencode, urlsplit
+
+import requests
 
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.formats.signing import RequestSigner
@@ -36,6 +42,13 @@ class FetchError(Exception):
         self.reason = reason
 
 
+class _TransferError(OSError):
+    """An answer that went wrong in a way a new attempt may fix (cut short, range not usable).
+
+    An OSError like every network error `requests` raises, so that the download loop retries it.
+    """
+
+
 @dataclass(frozen=True)
 class DownloadResult:
     """A complete bundle on disk."""
@@ -47,29 +60,66 @@ class DownloadResult:
     restarts: int
 
 
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    # Nothing from the environment: no proxy variables (devices are reached directly on the CSU
+    # network), no ~/.netrc credentials sent to a device, no REQUESTS_CA_BUNDLE overriding --ca-file.
+    session.trust_env = False
+    # Bytes as stored: a compressed answer would make byte ranges count something else.
+    session.headers["Accept-Encoding"] = "identity"
+    return session
+
+
+def _verify(ca_file: Path | None) -> str | bool:
+    """What `requests` checks the device's certificate against: the given CA file, else the system's
+    trust store (as `ssl.create_default_context()` does), else the bundle `requests` ships with."""
+    if ca_file is not None:
+        return str(ca_file)
+    return ssl.get_default_verify_paths().cafile or True
+
+
 @dataclass(frozen=True)
 class DeviceEndpoint:
-    """Where and how to reach a device's clip API."""
+    """Where and how to reach a device's clip API; `close()` (or `with`) releases its connections."""
 
     base_url: str
     signer: RequestSigner
-    ssl_context: ssl.SSLContext | None = None
+    ca_file: Path | None = None
     timeout_s: float = 30.0
+    session: requests.Session = field(default_factory=_new_session, compare=False, repr=False)
 
-    def connection(self) -> http.client.HTTPConnection:
-        """A new connection to the device."""
-        parts = urlsplit(self.base_url)
-        if parts.scheme == "https":
-            return http.client.HTTPSConnection(
-                parts.hostname or "", parts.port or 443, timeout=self.timeout_s, context=self.ssl_context
-            )
-        if parts.scheme != "http":
-            raise FetchError(f"clip URL {self.base_url!r}: scheme must be http or https")
-        return http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=self.timeout_s)
+    def __enter__(self) -> DeviceEndpoint:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        self.session.close()
 
     def path(self, path: str) -> str:
         """The full request path under the base URL's own path."""
         return urlsplit(self.base_url).path.rstrip("/") + path
+
+    def url(self, path: str, query: Sequence[tuple[str, str]] = ()) -> str:
+        """The absolute URL of `path` with its query, encoded as signed; FetchError for a bad base URL."""
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https"):
+            raise FetchError(f"clip URL {self.base_url!r}: scheme must be http or https")
+        try:
+            usable = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        except ValueError:  # a port that is not a number, or out of range
+            usable = False
+        if not usable:
+            raise FetchError(f"clip URL {self.base_url!r}: needs a host and a valid port")
+        target = self.path(path) + (f"?{urlencode(query)}" if query else "")
+        return f"{parts.scheme}://{parts.netloc}{target}"
 
     def request(
         self,
@@ -78,29 +128,33 @@ class DeviceEndpoint:
         query: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
         extra_headers: dict[str, str] | None = None,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send one signed request; the caller reads and closes the response."""
-        full_path = self.path(path)
-        headers = self.signer.headers(method, full_path, query, body)
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send one signed request; the caller closes the response (`with`), which matters with `stream`."""
+        url = self.url(path, query)
+        headers = self.signer.headers(method, self.path(path), query, body)
         headers.update(extra_headers or {})
         if body:
             headers["Content-Type"] = "application/json"
-        target = full_path + (f"?{urlencode(query)}" if query else "")
-        connection = self.connection()
-        connection.request(method, target, body=body or None, headers=headers)
-        return connection, connection.getresponse()
+        return self.session.request(
+            method,
+            url,
+            data=body or None,
+            headers=headers,
+            stream=stream,
+            timeout=self.timeout_s,
+            verify=_verify(self.ca_file),
+            allow_redirects=False,
+        )
 
     def call_json(
         self, method: str, path: str, query: Sequence[tuple[str, str]] = (), body: bytes = b""
     ) -> dict:
         """A signed request whose answer is JSON; FetchError with the device's message on refusal."""
-        connection, response = self.request(method, path, query, body)
-        try:
-            data = response.read()
-        finally:
-            connection.close()
-        if response.status >= 400:
-            raise _refusal(response.status, data)
+        with self.request(method, path, query, body) as response:
+            data = response.content
+        if response.status_code >= 400:
+            raise _refusal(response.status_code, data)
         result: dict = json.loads(data)
         return result
 
@@ -137,7 +191,7 @@ def download_bundle(
         etag = etag_file.read_text().strip() if have else ""
         try:
             outcome = _attempt(endpoint, query, part, etag_file, have, etag, progress)
-        except (OSError, http.client.HTTPException) as error:
+        except OSError as error:  # every requests error, a cut transfer, a local write that failed
             last_error = error
             log.warning("fetch interrupted (%s); attempt %d/%d", error, attempts, max_attempts)
             sleep(min(backoff_s * 2 ** (attempts - 1), 10.0))
@@ -163,44 +217,38 @@ def _attempt(
 ) -> tuple[str, int, int]:
     """One request: returns (bundle id, size, 1 if the bundle changed and restarted from 0)."""
     extra = {"Range": f"bytes={have}-", "If-Range": etag} if have else {}
-    connection, response = endpoint.request("GET", "/v1/clips", query, extra_headers=extra)
-    try:
-        if response.status == 416 and have:
+    with endpoint.request("GET", "/v1/clips", query, extra_headers=extra, stream=True) as response:
+        if response.status_code == 416 and have:
             # What we have may already be everything: the device says there is nothing after it.
-            total = int(response.getheader("Content-Range", "*/0").rpartition("/")[2] or 0)
+            total = int(response.headers.get("Content-Range", "*/0").rpartition("/")[2] or 0)
             if total == have:
                 return etag.strip('"'), have, 0
-            raise http.client.HTTPException(f"range refused, bundle is {total} bytes")
-        if response.status >= 400:
-            raise _refusal(response.status, response.read())
-        new_etag = response.getheader("ETag", "")
-        if response.status == 206:
-            offset, total = _content_range(response.getheader("Content-Range", ""))
+            raise _TransferError(f"range refused, bundle is {total} bytes")
+        if response.status_code >= 400:
+            raise _refusal(response.status_code, response.content)
+        new_etag = response.headers.get("ETag", "")
+        if response.status_code == 206:
+            offset, total = _content_range(response.headers.get("Content-Range", ""))
             if offset != have:
                 raise FetchError(f"device resumed at byte {offset}, expected {have}")
             mode, restarted = "ab", 0
         else:
-            total = int(response.getheader("Content-Length", "0"))
+            total = int(response.headers.get("Content-Length", "0"))
             mode, restarted = "wb", int(have > 0)
             etag_file.write_text(new_etag)
             have = 0
         if progress is not None:
             progress.start(total, have)
         with part.open(mode) as out:
-            while True:
-                data = response.read(CHUNK)
-                if not data:
-                    break
+            for data in response.iter_content(CHUNK):
                 out.write(data)
                 if progress is not None:
                     progress.advance(len(data))
             out.flush()
             received = out.tell()
         if received != total:
-            raise http.client.IncompleteRead(b"", total - received)
+            raise _TransferError(f"answer cut short: {total - received} of {total} bytes missing")
         return new_etag.strip('"'), total, restarted
-    finally:
-        connection.close()
 
 
 def _content_range(header: str) -> tuple[int, int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import ssl
 import sys
 from pathlib import Path
 
@@ -86,7 +85,11 @@ def _device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, help="collector store (for the device's clip_url)")
     parser.add_argument("--keys", type=Path, default=_default_keys(), help="CSU key directory")
     parser.add_argument("--device-key", type=Path, help="the device's Ed25519 public key (PEM)")
-    parser.add_argument("--ca-file", type=Path, help="CA bundle to check the device's TLS certificate")
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        help="CA bundle to check the device's TLS certificate (default: the system's trust store)",
+    )
     parser.add_argument(
         "--audit",
         type=Path,
@@ -114,8 +117,7 @@ def _device_url(args: argparse.Namespace) -> str:
 
 def _endpoint(args: argparse.Namespace) -> DeviceEndpoint:
     signing = load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}")
-    context = ssl.create_default_context(cafile=args.ca_file) if args.ca_file else None
-    return DeviceEndpoint(_device_url(args), RequestSigner(signing), context)
+    return DeviceEndpoint(_device_url(args), RequestSigner(signing), args.ca_file)
 
 
 def _time(name: str, raw: str) -> float:
@@ -149,9 +151,10 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
         return 2
     progress = ProgressBar(f"{args.camera}", enabled=False if args.no_progress else None)
     try:
-        outcome = fetch_clip(
-            endpoint, request, keys, args.output, AuditLog(args.audit), progress, args.partial
-        )
+        with endpoint:
+            outcome = fetch_clip(
+                endpoint, request, keys, args.output, AuditLog(args.audit), progress, args.partial
+            )
     except FetchError as error:
         print(f"fetch-clip: {error}", file=sys.stderr)
         return 1
@@ -204,8 +207,8 @@ def hold_command(args: argparse.Namespace) -> int:
         }
         if args.expires:
             body["expires"] = args.expires
-        endpoint = _endpoint(args)
-        result = endpoint.call_json("POST", "/v1/holds", body=json.dumps(body).encode())
+        with _endpoint(args) as endpoint:
+            result = endpoint.call_json("POST", "/v1/holds", body=json.dumps(body).encode())
     except (_UsageError, KeyFileError, FetchError, OSError) as error:
         return _failed("hold", args, error)
     AuditLog(args.audit).append(
@@ -218,7 +221,8 @@ def hold_command(args: argparse.Namespace) -> int:
 def release_command(args: argparse.Namespace) -> int:
     """DELETE a hold by id."""
     try:
-        result = _endpoint(args).call_json("DELETE", f"/v1/holds/{args.hold_id}")
+        with _endpoint(args) as endpoint:
+            result = endpoint.call_json("DELETE", f"/v1/holds/{args.hold_id}")
     except (_UsageError, KeyFileError, FetchError, OSError) as error:
         return _failed("release", args, error)
     AuditLog(args.audit).append(
