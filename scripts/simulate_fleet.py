@@ -6,8 +6,8 @@
 Each device has its own MQTT connection with its last will, publishes a retained status every
 `status-interval` seconds (first ones spread over the interval, as a real fleet booted at different
 times) and the fleet as a whole publishes `motion-rate` motion messages per second: events open on a
-random camera, get updates and end, as the device's tracker would. Payloads are built by the same
-`mqtt_wire` functions as the agent's. The publication time of every motion message is kept so a
+random camera, get updates and end, as the device's tracker would. Payloads are built with the same
+`mqtt_wire` functions and models as the agent's. The publication time of every motion message is kept so a
 benchmark can measure the latency to the collector's store.
 """
 
@@ -30,7 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_agent.camera.motion import MotionEvent
 from edge_agent.collector.ingest import parse_broker_url
-from edge_agent.formats.mqtt_wire import Topics, encode, motion_payload, status_payload
+from edge_agent.formats.mqtt_wire import (
+    SCHEMA,
+    CameraStatus,
+    DiskStatus,
+    OutboxStatus,
+    RetentionStatus,
+    StatusMessage,
+    Topics,
+    encode,
+    motion_payload,
+)
 from edge_agent.formats.times import parse_iso
 
 
@@ -132,28 +142,25 @@ class Fleet:
 
     def _status(self, dev: _Device, now: float) -> bytes:
         cameras = [
-            {"id": c, "state": "running", "fps": 10.0, "drops": 0, "resolution": [1920, 1080], "masks": 2}
+            CameraStatus(id=c, state="running", fps=10.0, drops=0, resolution=(1920, 1080), masks=2)
             for c in dev.cameras
         ]
-        extra = {
-            "cpu_temp_c": round(self.rng.uniform(45, 70), 1),
-            "load": [0.8, 0.7, 0.6],
-            "disk": {"used": 20_000_000_000, "free": 40_000_000_000, "total": 64_000_000_000, "quota": 0},
-            "retention": {"oldest_ts": None, "days": 15},
-            "clip_url": f"https://{dev.device}.{dev.site}.csu.example:8480",
-            "outbox": {"pending": 0, "dropped": 0},
-        }
-        return encode(
-            status_payload(
-                site=dev.site,
-                device=dev.device,
-                ts=now,
-                version="sim",
-                uptime_s=3600,
-                cameras=cameras,
-                extra=extra,
-            )
+        message = StatusMessage(
+            schema=SCHEMA,
+            site=dev.site,
+            device=dev.device,
+            ts=now,
+            version="sim",
+            uptime_s=3600,
+            cameras=cameras,
+            cpu_temp_c=round(self.rng.uniform(45, 70), 1),
+            load=(0.8, 0.7, 0.6),
+            disk=DiskStatus(used=20_000_000_000, free=40_000_000_000, total=64_000_000_000, quota=0),
+            retention=RetentionStatus(oldest_ts=None, days=15),
+            clip_url=f"https://{dev.device}.{dev.site}.csu.example:8480",
+            outbox=OutboxStatus(pending=0, dropped=0),
         )
+        return encode(message.wire())
 
     def _next_motion(self, dev: _Device, now: float) -> MotionEvent:
         camera = self.rng.choice(dev.cameras)

@@ -66,7 +66,7 @@ def running_server(
 
 def endpoint(server: ClipServer, key: Ed25519PrivateKey, **kw: Any) -> DeviceEndpoint:
     """A signed client of `server`."""
-    return DeviceEndpoint(server.url, RequestSigner(key, **kw))
+    return DeviceEndpoint(server.local_url, RequestSigner(key, **kw))
 
 
 def audit_lines(config: AgentConfig) -> list[dict[str, Any]]:

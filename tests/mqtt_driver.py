@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_agent.formats.config import load_config
 from edge_agent.link.mqtt import MqttLink
+from edge_agent.link.status import CameraReport, DeviceReport
 
 
 @dataclass
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config, environ={})
     camera = config.cameras[0].id if config.cameras else "cam1"
-    cameras = [{"id": c.id, "state": "running", "fps": c.fps, "drops": 0, "masks": 1} for c in config.cameras]
-    link = MqttLink(config, lambda: {"cameras": cameras})
+    link = MqttLink(config, lambda: DeviceReport([CameraReport(c) for c in config.cameras]))
     link.start()
     for i in range(args.events):
         now = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import signal
@@ -26,10 +27,12 @@ from edge_agent.device.hotplug import CameraIdentity
 from edge_agent.formats.config import parse_config
 from edge_agent.formats.keys import generate_csu_keys, generate_device_key
 from edge_agent.formats.sealing import verify_segment
-from edge_agent.link.localbroker import LocalBroker
+from edge_agent.link.localbroker import LocalBroker, free_port
+from edge_agent.link.mqtt import route_address
 from tests.mqtt_support import Recorder as Subscriber
 
 TOPIC = "csu/v1/demo-site/demo-pi"
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "firmware_cfg" / "site.example.yaml"
 
 
 @pytest.fixture
@@ -82,7 +85,8 @@ def test_agent_publishes_status_events_and_records(
         )
         cameras = cameras_by_id(last_status(subscriber))
         assert cameras["back"]["state"] == "awaiting_masks", "an unmasked camera must not run"
-        assert last_status(subscriber)["clip_url"].startswith("http://127.0.0.1:")
+        assert agent.clip_server is not None and agent.clip_server.port
+        assert last_status(subscriber)["clip_url"] == f"http://127.0.0.1:{agent.clip_server.port}"
         assert subscriber.wait_for(lambda _m: bool(subscriber.on(f"{TOPIC}/entrance/motion")), timeout=20)
         assert subscriber.on(f"{TOPIC}/availability")[-1] == b'"online"'
         time.sleep(6)  # one 5 s segment sealed
@@ -96,6 +100,49 @@ def test_agent_publishes_status_events_and_records(
     for path in segments:
         info = verify_segment(path, device_public)
         assert info.camera in ("entrance", "square")
+
+
+def test_the_shipped_example_config_advertises_a_clip_url_the_csu_can_reach(
+    tmp_path: Path, mosquitto_factory: Any
+) -> None:
+    """site.example.yaml binds the clip server to 0.0.0.0: the status must name the address this device
+    reaches the broker from, never loopback. The broker listens on this machine's non-loopback address, so
+    that the agent's connection really leaves from one."""
+    address = route_address("198.51.100.1", 9)  # TEST-NET-2: a route lookup only, nothing is sent
+    if not address or ipaddress.ip_address(address).is_loopback:
+        pytest.skip("this machine has no non-loopback address to reach a broker on")
+    port = free_port(address)
+    broker = mosquitto_factory([f"listener {port} {address}"])
+    document = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    assert document["clip_server"]["bind"] == "0.0.0.0" and not document["clip_server"]["advertise_url"]
+    csu = generate_csu_keys(tmp_path / "csu")
+    device = generate_device_key(tmp_path / "device-keys")
+    fixed, nomad = document["cameras"]
+    fixed.update(source="synthetic", resolution=[320, 240], fps=4)  # a light scene instead of the Pi's sensor
+    assert nomad["source"]["usb_id"], "opened by hot-plug only, which this test leaves off"
+    document["storage"]["path"] = str(tmp_path / "segments")
+    document["mqtt"].update(
+        host=address, port=port, tls=None, outbox_path=str(tmp_path / "outbox.sqlite"), status_interval_s=1
+    )
+    document["clip_server"].update(port=0, audit_log=str(tmp_path / "audit.jsonl"))
+    document["keys"] = {
+        "device_key": str(device.private),
+        "csu_sealing_public_key": str(csu.sealing.public),
+        "collector_public_keys": [str(csu.signing.public)],
+    }
+    subscriber = Subscriber(broker.port)  # on the broker's loopback listener
+    agent = Agent(parse_config(document), hotplug=False)
+    agent.start()
+    try:
+        topic = f"csu/v1/{document['site_id']}/{document['device_id']}/status"
+        assert subscriber.wait_for(lambda _m: bool(subscriber.on(topic)), timeout=15)
+        clip_url = subscriber.json_on(topic)[-1]["clip_url"]
+        assert agent.clip_server is not None and agent.clip_server.port
+    finally:
+        agent.stop()
+        subscriber.close()
+    assert clip_url == f"http://{address}:{agent.clip_server.port}"
+    assert not ipaddress.ip_address(address).is_loopback
 
 
 def test_snapshot_and_reload_commands(site: dict[str, Any], tmp_path: Path, mosquitto: LocalBroker) -> None:
@@ -118,7 +165,7 @@ def test_snapshot_and_reload_commands(site: dict[str, Any], tmp_path: Path, mosq
         (tmp_path / "site.yaml").write_text(yaml.safe_dump(broken))
         refused = command(subscriber, "reload", {}, "reload-1")
         assert not refused["ok"] and "cameras[0].fps" in json.dumps(refused)
-        assert agent.camera_entries()[0]["state"] == "running", "a bad reload must change nothing"
+        assert agent.camera_statuses()[0].state == "running", "a bad reload must change nothing"
 
         changed = json.loads(json.dumps(site))
         changed["cameras"][1]["fps"] = 5
@@ -155,19 +202,24 @@ def test_hotplug_supervision(site: dict[str, Any], tmp_path: Path) -> None:
     agent = Agent(parse_config(site), source_factory=factory, hotplug=False)
     agent.start()
     try:
-        states = {e["id"]: e["state"] for e in agent.camera_entries()}
+        states = {e.id: e.state for e in agent.camera_statuses()}
         assert states["square"] == "disconnected"
         agent.attach("square", "/dev/video4")
         time.sleep(0.5)
-        square = next(e for e in agent.camera_entries() if e["id"] == "square")
-        assert square["state"] == "running" and square["device"] == "/dev/video4"
+        square = next(e for e in agent.camera_statuses() if e.id == "square")
+        assert square.state == "running" and square.device == "/dev/video4"
         stranger = CameraIdentity("1234", "5678", "1-1.3", serial="SN42")
         agent.report_unconfigured(stranger, "/dev/video6")
-        assert {"id": "SN42", "state": "unconfigured"}.items() <= agent.camera_entries()[-1].items()
+        stranger_entry = agent.camera_statuses()[-1]
+        assert (stranger_entry.id, stranger_entry.state, stranger_entry.device) == (
+            "SN42",
+            "unconfigured",
+            "/dev/video6",
+        )
         agent.forget_unconfigured(stranger)
-        assert all(e["state"] != "unconfigured" for e in agent.camera_entries())
+        assert all(e.state != "unconfigured" for e in agent.camera_statuses())
         agent.detach("square")
-        states = {e["id"]: e["state"] for e in agent.camera_entries()}
+        states = {e.id: e.state for e in agent.camera_statuses()}
         assert states == {"entrance": "running", "square": "disconnected", "back": "awaiting_masks"}
     finally:
         agent.stop()
@@ -178,7 +230,7 @@ def test_camera_opened_by_path_is_not_reported_unconfigured(site: dict[str, Any]
     agent = Agent(parse_config(site), hotplug=False)
     agent.report_unconfigured(CameraIdentity("046d", "0825", "1-1.2"), "/dev/video0")
     agent.report_unconfigured(CameraIdentity("046d", "0826", "1-1.3"), "/dev/video2")
-    assert [e["id"] for e in agent.camera_entries() if e["state"] == "unconfigured"] == ["046d:0826@1-1.3"]
+    assert [e.id for e in agent.camera_statuses() if e.state == "unconfigured"] == ["046d:0826@1-1.3"]
 
 
 def test_run_command_notifies_systemd_reloads_on_sighup_and_stops_on_sigterm(
@@ -275,8 +327,8 @@ def test_reload_restarts_an_attached_usb_camera_on_its_node(site: dict[str, Any]
         site["cameras"][0]["masks"].append({"points": [[0, 0], [0.1, 0], [0.1, 0.1]]})
         path.write_text(yaml.safe_dump(site))
         assert agent.reload()["cameras_restarted"] == ["square"]
-        entry = agent.camera_entries()[0]
-        assert entry["masks"] == 2 and entry.get("device") == "/dev/video4"
+        entry = agent.camera_statuses()[0]
+        assert entry.masks == 2 and entry.device == "/dev/video4"
         assert nodes == ["/dev/video4", "/dev/video4"]
     finally:
         agent.stop()

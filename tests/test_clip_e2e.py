@@ -116,7 +116,7 @@ def _fetch_args(recorded_site, server: ClipServer, out: Path, start: float, end:
         "--site", "ville-01", "--device", "pi-01", "--camera", "cam1",
         "--start", f"{start:.3f}", "--end", f"{end:.3f}",
         "--requisition", "PV 2024/118-B",
-        "--url", server.url,
+        "--url", server.local_url,
         "--keys", str(csu_keys.signing.private.parent),
         "--device-key", str(device_keys.public),
         "--audit", str(root / "collector-audit.jsonl"),
@@ -184,7 +184,7 @@ def test_range_before_retention_is_reported_as_a_gap(recorded_site, served, tmp_
 def test_hold_and_release_through_the_cli(recorded_site, served, capsys) -> None:
     root, _, ring, _, csu_keys = recorded_site
     common = [
-        "--site", "ville-01", "--device", "pi-01", "--url", served.url,
+        "--site", "ville-01", "--device", "pi-01", "--url", served.local_url,
         "--keys", str(csu_keys.signing.private.parent), "--audit", str(root / "collector-audit.jsonl"),
     ]  # fmt: skip
     assert collector_main(["hold", *common, "--camera", "cam1", "--start", str(T0),

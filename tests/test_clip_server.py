@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.api.clip_server import CameraStats, ClipServer, StatsProviders
+from edge_agent.api.clip_server import ClipServer, StatsProviders
 from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.formats.bundle import MANIFEST_NAME, SIGNATURE_NAME
+from edge_agent.formats.mqtt_wire import CameraStatus
 from edge_agent.formats.signing import RequestSigner
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import audit_lines, device_config, endpoint, random_ring, running_server
@@ -37,7 +38,8 @@ def keys() -> dict[str, Ed25519PrivateKey]:
 def served(tmp_path: Path, keys) -> Iterator[tuple[ClipServer, RingBuffer]]:
     config = device_config(tmp_path, max_clip_seconds=60, requests_per_minute=1000)
     ring = random_ring(tmp_path / "ring", keys["device"], T0)
-    stats = StatsProviders(cameras=lambda: {"cam1": CameraStats(9.8, 3)}, outbox_depth=lambda: 7)
+    cam1 = CameraStatus(id="cam1", state="running", fps=9.8, drops=3)
+    stats = StatsProviders(cameras=lambda: {"cam1": cam1}, outbox_depth=lambda: 7)
     with running_server(config, ring, keys["device"], keys["collector"], stats) as server:
         yield server, ring
     ring.close()
@@ -56,7 +58,7 @@ def test_healthz_needs_no_signature(served) -> None:
     server, _ = served
     import urllib.request
 
-    with urllib.request.urlopen(f"{server.url}/healthz") as response:
+    with urllib.request.urlopen(f"{server.local_url}/healthz") as response:
         assert json.load(response) == {"status": "ok"}
 
 
@@ -142,7 +144,7 @@ def test_authentication_refusals_are_audited(served, keys) -> None:
         assert (line["outcome"], line["status"], line["reason"]) == ("refused", status, reason)
 
     with pytest.raises(urllib.error.HTTPError) as unsigned:
-        urllib.request.urlopen(f"{server.url}/v1/clips?{urlencode(CLIP)}")
+        urllib.request.urlopen(f"{server.local_url}/v1/clips?{urlencode(CLIP)}")
     assert unsigned.value.code == 401
     expect(401, "missing-signature")
 
@@ -231,7 +233,7 @@ def test_metrics_signed_with_pipeline_and_request_counts(served, keys) -> None:
     import urllib.request
 
     with pytest.raises(urllib.error.HTTPError) as unsigned:
-        urllib.request.urlopen(f"{server.url}/metrics")
+        urllib.request.urlopen(f"{server.local_url}/metrics")
     assert unsigned.value.code == 401
 
 

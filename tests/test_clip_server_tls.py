@@ -55,14 +55,14 @@ def test_https_serves_signed_requests_and_checks_the_certificate(tmp_path: Path)
     device, collector = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     ring = random_ring(tmp_path / "ring", device, 1_700_000_000.0, 2)
     with running_server(config, ring, device, collector) as server:
-        assert server.url.startswith("https://")
+        assert server.local_url.startswith("https://")
         query = [("camera", "cam1"), ("start", "1700000000"), ("end", "1700000004")]
-        with DeviceEndpoint(server.url, RequestSigner(collector), ca_file=cert) as trusted:
+        with DeviceEndpoint(server.local_url, RequestSigner(collector), ca_file=cert) as trusted:
             assert len(trusted.call_json("GET", "/v1/segments", query)["segments"]) == 2
             bundle = download_bundle(trusted, [*query, ("requisition", "PV-9")], tmp_path / "clip.tar")
         assert bundle.size == (tmp_path / "clip.tar").stat().st_size > 0
         with (
-            DeviceEndpoint(server.url, RequestSigner(collector)) as untrusted,
+            DeviceEndpoint(server.local_url, RequestSigner(collector)) as untrusted,
             pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"),
         ):
             untrusted.call_json("GET", "/v1/segments", query)
@@ -78,7 +78,7 @@ def test_cli_checks_the_device_certificate_against_ca_file(
     ring = random_ring(tmp_path / "ring", device, 1_700_000_000.0, 2)
     with running_server(config, ring, device, load_ed25519_private(csu.signing.private)) as server:
         common = [
-            "--site", "ville-01", "--device", "pi-01", "--url", server.url,
+            "--site", "ville-01", "--device", "pi-01", "--url", server.local_url,
             "--keys", str(csu.signing.private.parent), "--audit", str(tmp_path / "collector-audit.jsonl"),
         ]  # fmt: skip
         hold = ["--camera", "cam1", "--start", "1700000000", "--end", "1700000004", "--requisition", "PV-9"]

@@ -1,5 +1,6 @@
-"""The collector: registry writes, deduplication, malformed payloads, the sites/events commands,
-`csu-collector serve` against a real mosquitto, shared subscriptions."""
+"""The collector's ingestion: registry writes, deduplication, per-message checks (a poisoned message never
+costs its batch), the sites/events/db commands, retention, `csu-collector serve` against a real
+mosquitto, shared subscriptions. The store itself, on both engines, is in test_store.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,8 +19,8 @@ import pytest
 from edge_agent.collector.commands.cli import main as collector_main
 from edge_agent.collector.commands.registry_cmd import parse_since
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
-from edge_agent.collector.store import Store, device_clip_url
-from edge_agent.formats.mqtt_wire import encode, status_payload
+from edge_agent.collector.store import SchemaError, StoreUnavailable, device_clip_url, open_store
+from edge_agent.formats.mqtt_wire import SCHEMA, CameraStatus, StatusMessage, encode
 from edge_agent.formats.times import iso_ms
 from edge_agent.link.localbroker import LocalBroker
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder
@@ -45,18 +45,24 @@ def _motion(event_id: str, phase: str = "start", ts: float = NOW, **over: object
 
 
 def _status(site: str, device: str, ts: float = NOW, states: tuple[str, ...] = ("running",)) -> bytes:
-    cameras = [{"id": f"cam{i}", "state": s, "fps": 10, "drops": 0, "masks": 1} for i, s in enumerate(states)]
-    extra = {"clip_url": f"https://{device}.{site}:8480"}
-    return encode(
-        status_payload(
-            site=site, device=device, ts=ts, version="0.1", uptime_s=5, cameras=cameras, extra=extra
-        )
+    cameras = [CameraStatus(id=f"cam{i}", state=s, fps=10, drops=0, masks=1) for i, s in enumerate(states)]
+    clip_url = f"https://{device}.{site}:8480"
+    message = StatusMessage(
+        schema=SCHEMA,
+        site=site,
+        device=device,
+        ts=ts,
+        version="0.1",
+        uptime_s=5,
+        cameras=cameras,
+        clip_url=clip_url,
     )
+    return encode(message.wire())
 
 
 @pytest.fixture
 def ingestor(tmp_path: Path):
-    store = Store(tmp_path / "c.sqlite")
+    store = open_store(tmp_path / "c.sqlite")
     yield Ingestor(store, ROOT, clock=lambda: NOW + 1)
     store.close()
 
@@ -146,8 +152,8 @@ def test_malformed_payloads_counted_logged_skipped(
 
 def test_clip_url_lookup_for_fetch_clip(ingestor: Ingestor, tmp_path: Path) -> None:
     ingestor.handle(f"{ROOT}/s1/d1/status", _status("s1", "d1"))
-    no_clip = status_payload(site="s1", device="d2", ts=NOW, version="0.1", uptime_s=1, cameras=[])
-    ingestor.handle(f"{ROOT}/s1/d2/status", encode(no_clip))
+    no_clip = StatusMessage(schema=SCHEMA, site="s1", device="d2", ts=NOW, version="0.1", uptime_s=1)
+    ingestor.handle(f"{ROOT}/s1/d2/status", encode(no_clip.wire()))
     db = tmp_path / "c.sqlite"
     assert device_clip_url(db, "s1", "d1") == "https://d1.s1:8480"
     with pytest.raises(LookupError, match="s1/d9 has never been heard"):
@@ -162,11 +168,12 @@ def test_sites_and_events_commands(
     ingestor: Ingestor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = time.time()
-    ingestor.handle(f"{ROOT}/s1/d1/availability", b'"online"')
-    ingestor.handle(f"{ROOT}/s1/d1/status", _status("s1", "d1", ts=now))
-    ingestor.handle(f"{ROOT}/s1/d1/cam0/motion", _motion("old", ts=now - 7200))
-    ingestor.handle(f"{ROOT}/s1/d1/cam0/motion", _motion("recent", ts=now - 60))
-    ingestor.handle(f"{ROOT}/s2/d2/cam0/motion", _motion("elsewhere", ts=now - 60))
+    live = Ingestor(ingestor.store, ROOT)  # the real clock: "--since 1h" counts from now
+    live.handle(f"{ROOT}/s1/d1/availability", b'"online"')
+    live.handle(f"{ROOT}/s1/d1/status", _status("s1", "d1", ts=now))
+    live.handle(f"{ROOT}/s1/d1/cam0/motion", _motion("old", ts=now - 7200))
+    live.handle(f"{ROOT}/s1/d1/cam0/motion", _motion("recent", ts=now - 60))
+    live.handle(f"{ROOT}/s2/d2/cam0/motion", _motion("elsewhere", ts=now - 60))
     db = str(tmp_path / "c.sqlite")
 
     assert collector_main(["sites", "--db", db]) == 0
@@ -244,10 +251,9 @@ def test_serve_command_follows_a_real_broker(mosquitto: LocalBroker, tmp_path: P
             publisher.publish(f"{ROOT}/s1/d1/cam0/motion", _motion("e1"))
             publisher.publish(f"{ROOT}/s1/d1/cam0/motion", _motion("e2"))
             time.sleep(0.3)
-            if db.exists():
-                reader = Store(db, readonly=True)
-                with contextlib.suppress(sqlite3.OperationalError):  # serve still creating its tables
-                    stored = [e.event_id for e in reader.events()]
+            with contextlib.suppress(FileNotFoundError, SchemaError, StoreUnavailable):  # serve starting
+                reader = open_store(db, readonly=True)
+                stored = [e.event_id for e in reader.events()]
                 reader.close()
         assert stored == ["e1", "e2"]
     finally:
@@ -255,8 +261,8 @@ def test_serve_command_follows_a_real_broker(mosquitto: LocalBroker, tmp_path: P
         serve.send_signal(signal.SIGTERM)
         _, stderr = serve.communicate(timeout=15)
     assert serve.returncode == 0, stderr
-    assert "malformed payload on csu/v1/s1/d1/cam0/motion skipped" in stderr
-    reader = Store(db, readonly=True)
+    assert "malformed payload from s1/d1 on csu/v1/s1/d1/cam0/motion skipped" in stderr
+    reader = open_store(db, readonly=True)
     try:
         assert reader.device_status("s1", "d1") is not None
         assert reader.counters()["malformed"] >= 1

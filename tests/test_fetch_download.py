@@ -25,7 +25,7 @@ def test_cut_download_resumes_to_the_same_bytes(tmp_path: Path, keys, capsys) ->
     ring = random_ring(tmp_path / "ring", keys["device"], T0)
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
         signer = RequestSigner(keys["collector"])
-        whole = download_bundle(DeviceEndpoint(server.url, signer), CLIP, tmp_path / "whole.tar")
+        whole = download_bundle(DeviceEndpoint(server.local_url, signer), CLIP, tmp_path / "whole.tar")
         proxy = CuttingProxy(server.port or 0, after=150_000, cuts=2)
         try:
             bar = ProgressBar("clip", enabled=True)
@@ -52,7 +52,7 @@ def test_changed_bundle_restarts_from_zero(tmp_path: Path, keys) -> None:
     part.write_bytes(b"x" * 5000)
     (tmp_path / "clip.tar.part.etag").write_text('"stale-bundle"')
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
-        endpoint = DeviceEndpoint(server.url, RequestSigner(keys["collector"]))
+        endpoint = DeviceEndpoint(server.local_url, RequestSigner(keys["collector"]))
         result = download_bundle(endpoint, CLIP, dest)
     assert result.restarts == 1
     assert dest.read_bytes()[:5000] != b"x" * 5000
@@ -66,7 +66,7 @@ def test_refusal_is_not_retried(tmp_path: Path, keys) -> None:
         pytest.raises(FetchError) as refused,
     ):
         download_bundle(
-            DeviceEndpoint(server.url, RequestSigner(keys["collector"])), CLIP, tmp_path / "c.tar"
+            DeviceEndpoint(server.local_url, RequestSigner(keys["collector"])), CLIP, tmp_path / "c.tar"
         )
     assert refused.value.status == 400 and refused.value.reason == "range-too-long"
     assert len([e for e in audit_lines(config) if e["outcome"] == "refused"]) == 1
@@ -86,7 +86,7 @@ def test_proxy_variables_and_netrc_are_not_used(tmp_path: Path, keys, monkeypatc
     config = device_config(tmp_path, max_clip_seconds=60)
     ring = random_ring(tmp_path / "ring", keys["device"], T0, 2)
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
-        endpoint = DeviceEndpoint(server.url, RequestSigner(keys["collector"]))
+        endpoint = DeviceEndpoint(server.local_url, RequestSigner(keys["collector"]))
         result = download_bundle(endpoint, CLIP, tmp_path / "clip.tar", sleep=lambda s: None)
         prepared = endpoint.session.prepare_request(requests.Request("GET", endpoint.url("/v1/clips", CLIP)))
     assert result.attempts == 1

@@ -51,7 +51,7 @@ def _fetch(tmp_path: Path, site, request: ClipRequest, via=None, allow_partial=F
     audit = AuditLog(tmp_path / "collector-audit.jsonl")
     collector_keys = CollectorKeys(keys["collector"], keys["csu"], keys["device"].public_key())
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
-        url = via(server) if via else server.url
+        url = via(server) if via else server.local_url
         endpoint = DeviceEndpoint(url, RequestSigner(keys["collector"]))
         return fetch_clip(
             endpoint, request, collector_keys, tmp_path / "export", audit, allow_partial=allow_partial

@@ -3,6 +3,7 @@ broker restart and agent restart without loss, commands good and bad."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,9 +21,12 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.camera.pipeline import CameraState, CameraStats
+from edge_agent.formats.config import AgentConfig
 from edge_agent.formats.times import parse_iso
 from edge_agent.link.localbroker import LocalBroker
 from edge_agent.link.mqtt import CommandError, MqttLink
+from edge_agent.link.status import CameraReport, DeviceReport
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder, agent_config, parsed, write_config
 
 BASE = "csu/v1/ville-01/pi-07"
@@ -40,13 +44,34 @@ class Event:
     zones: list[str] = field(default_factory=lambda: ["entrance"])
 
 
-CAMERAS = [{"id": "cam1", "state": "running", "fps": 10.0, "drops": 3, "resolution": [1280, 720], "masks": 2}]
+CAM1 = CameraStats("cam1", CameraState.RUNNING, 10.0, 50, 3, (1280, 720), 1, 0, False, 0, "")
+CAMERAS = [
+    {
+        "id": "cam1",
+        "state": "running",
+        "fps": 10.0,
+        "drops": 3,
+        "resolution": [1280, 720],
+        "masks": 1,
+        "recording": "continuous",
+        "frames": 50,
+        "reconnects": 0,
+        "event_open": False,
+    }
+]
+"""What the status says of `CAM1` (the config's one camera)."""
+
+
+def _report(config: AgentConfig, state: CameraState = CameraState.RUNNING) -> DeviceReport:
+    """The agent's part of the status: the config's camera running with `CAM1`'s counters."""
+    return DeviceReport([CameraReport(config.cameras[0], dataclasses.replace(CAM1, state=state))])
 
 
 def _link(
     broker: LocalBroker, tmp_path: Path, handlers: dict[str, Any] | None = None, **fields: Any
 ) -> MqttLink:
-    link = MqttLink(parsed(agent_config(broker, tmp_path, **fields)), lambda: {"cameras": CAMERAS}, handlers)
+    config = parsed(agent_config(broker, tmp_path, **fields))
+    link = MqttLink(config, lambda: _report(config), handlers)
     link.start()
     return link
 
@@ -98,13 +123,13 @@ def test_topics_and_payloads(mosquitto: LocalBroker, recorder: Recorder, tmp_pat
 def test_status_is_retained_and_republished_on_change(
     mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
 ) -> None:
-    state = {"value": "running"}
+    state = {"value": CameraState.RUNNING}
     config = parsed(agent_config(mosquitto, tmp_path))
-    link = MqttLink(config, lambda: {"cameras": [{"id": "cam1", "state": state["value"]}]})
+    link = MqttLink(config, lambda: _report(config, state["value"]))
     link.start()
     try:
         assert recorder.wait_for(lambda m: len([1 for t, _, _ in m if t == f"{BASE}/status"]) >= 1)
-        state["value"] = "disconnected"
+        state["value"] = CameraState.DISCONNECTED
         link.status_changed()
         assert recorder.wait_for(lambda m: len([1 for t, _, _ in m if t == f"{BASE}/status"]) >= 2, timeout=5)
         assert recorder.json_on(f"{BASE}/status")[-1]["cameras"][0]["state"] == "disconnected"
@@ -121,28 +146,31 @@ def test_status_is_retained_and_republished_on_change(
     assert retained[f"{BASE}/status"][1] is True
 
 
-def test_status_merges_the_agents_retention(mosquitto: LocalBroker, tmp_path: Path) -> None:
-    """The link fills `retention.oldest_ts` with None; the agent's value (epoch seconds) must win, as ISO."""
+def test_status_carries_the_agents_retention(mosquitto: LocalBroker, tmp_path: Path) -> None:
+    """The agent's oldest footage (epoch seconds) goes out as ISO, next to the configured retention."""
     config = parsed(agent_config(mosquitto, tmp_path))
-    parts = {"cameras": CAMERAS, "retention": {"oldest_ts": 1714564800.5}}
-    link = MqttLink(config, lambda: parts, clock=lambda: 1714564900.0)
+    report = {"value": dataclasses.replace(_report(config), oldest_ts=1714564800.5)}
+    link = MqttLink(config, lambda: report["value"], clock=lambda: 1714564900.0)
     try:
-        status = link.build_status()
-        parts["retention"] = {"oldest_ts": None}  # nothing recorded yet
-        empty = link.build_status()
+        status = link.build_status().wire()
+        report["value"] = _report(config)  # nothing recorded yet
+        empty = link.build_status().wire()
     finally:
         link.outbox.close()
     assert status["retention"] == {"oldest_ts": "2024-05-01T12:00:00.500Z", "days": 15.0}
     assert status["ts"] == "2024-05-01T12:01:40.000Z"
     assert empty["retention"] == {"oldest_ts": None, "days": 15.0}
     assert status["outbox"] == {"pending": 0, "dropped": 0, "corrupt_files": 0}
+    assert status["mqtt"] == {"connections": 0, "rejected": 0, "commands": 0, "command_errors": 0}
 
 
 def test_corrupt_outbox_set_aside_and_reported(mosquitto: LocalBroker, tmp_path: Path) -> None:
     (tmp_path / "outbox.sqlite").write_bytes(b"\x00garbage" * 500)
-    link = MqttLink(parsed(agent_config(mosquitto, tmp_path)), lambda: {"cameras": CAMERAS})
+    config = parsed(agent_config(mosquitto, tmp_path))
+    link = MqttLink(config, lambda: _report(config))
     try:
-        assert link.build_status()["outbox"]["corrupt_files"] == 1
+        outbox = link.build_status().outbox
+        assert outbox is not None and outbox.corrupt_files == 1
     finally:
         link.outbox.close()
     assert len(list(tmp_path.glob("outbox.sqlite.corrupt-*"))) == 1
@@ -151,7 +179,7 @@ def test_corrupt_outbox_set_aside_and_reported(mosquitto: LocalBroker, tmp_path:
 def test_status_provider_failure_is_reported_not_fatal(
     mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
 ) -> None:
-    def broken() -> dict[str, Any]:
+    def broken() -> DeviceReport:
         raise RuntimeError("camera table locked")
 
     link = MqttLink(parsed(agent_config(mosquitto, tmp_path)), broken)
@@ -433,7 +461,7 @@ def test_a_hung_handler_times_out_and_does_not_block_other_commands(
 
     config = parsed(agent_config(mosquitto, tmp_path, command_timeout_s=0.5))
     handlers = {"snapshot": stuck, "reload": lambda _args: {"reloaded": True}}
-    link = MqttLink(config, lambda: {"cameras": CAMERAS}, handlers)
+    link = MqttLink(config, lambda: _report(config), handlers)
     link.start()
     try:
         assert recorder.wait_for(lambda m: any(t == f"{BASE}/availability" for t, _, _ in m))

@@ -30,5 +30,6 @@ def test_no_thermal_zone_is_none_not_a_guess(tmp_path: Path) -> None:
 def test_disk_of_a_path_not_created_yet(tmp_path: Path) -> None:
     usage = disk_usage(tmp_path / "segments" / "not-yet", quota=123)
     assert usage is not None and usage.free > 0 and usage.total >= usage.used and usage.quota == 123
-    status = sample(tmp_path, 0, thermal_root=tmp_path / "none").to_status()
-    assert status["cpu_temp_c"] is None and len(status["load"]) == 3 and status["disk"]["free"] > 0
+    health = sample(tmp_path, 0, thermal_root=tmp_path / "none")
+    assert health.cpu_temp_c is None and len(health.load) == 3
+    assert health.disk is not None and health.disk.free > 0 and health.disk.quota == 0

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from edge_agent.formats.config import parse_config
 from edge_agent.formats.mqtt_wire import (
+    SCHEMA,
+    CameraStatus,
     PayloadError,
+    RetentionStatus,
+    StatusMessage,
     TopicInfo,
     Topics,
     cmd_result_payload,
@@ -20,9 +23,7 @@ from edge_agent.formats.mqtt_wire import (
     parse_motion,
     parse_status,
     parse_topic,
-    status_payload,
 )
-from edge_agent.link.mqtt import advertised_clip_url
 
 
 @dataclass
@@ -94,18 +95,50 @@ def test_missing_field_and_non_json() -> None:
 
 
 def test_status_must_match_its_topic() -> None:
-    doc = status_payload(
-        site="s1", device="d1", ts=0.0, version="1", uptime_s=3.04, cameras=[{"id": "c", "state": "running"}]
+    message = StatusMessage(
+        schema=SCHEMA,
+        site="s1",
+        device="d1",
+        ts=0.0,
+        version="1",
+        uptime_s=3.0,
+        cameras=[CameraStatus(id="c", state="running")],
     )
-    assert doc["uptime_s"] == 3.0
-    status = parse_status(encode(doc), TopicInfo("status", "s1", "d1"))
-    assert status.cameras[0].id == "c"
+    raw = encode(message.wire())
+    status = parse_status(raw, TopicInfo("status", "s1", "d1"))
+    assert status == message and status.cameras[0].id == "c"
     with pytest.raises(PayloadError, match="differ from the topic's s1/d2"):
-        parse_status(encode(doc), TopicInfo("status", "s1", "d2"))
-    extra_cannot_override = status_payload(
-        site="s1", device="d1", ts=0.0, version="1", uptime_s=0, cameras=[], extra={"schema": 9, "x": 1}
+        parse_status(raw, TopicInfo("status", "s1", "d2"))
+
+
+def test_status_times_on_the_wire_are_iso_text_only() -> None:
+    """Python code builds a status with epoch seconds; a payload read off the wire must carry ISO text."""
+    message = StatusMessage(
+        schema=SCHEMA,
+        site="s1",
+        device="d1",
+        ts=1714564800.5,
+        retention=RetentionStatus(oldest_ts=1714564700.0),
     )
-    assert extra_cannot_override["schema"] == 1 and extra_cannot_override["x"] == 1
+    document = message.wire()
+    assert document["ts"] == "2024-05-01T12:00:00.500Z"
+    assert document["retention"] == {"oldest_ts": "2024-05-01T11:58:20.000Z", "days": 0.0}
+    where = TopicInfo("status", "s1", "d1")
+    with pytest.raises(PayloadError, match=r"^ts: must be an ISO 8601 time string$"):
+        parse_status(encode({**document, "ts": 1714564800.5}), where)
+    with pytest.raises(PayloadError, match=r"^retention\.oldest_ts: must be an ISO 8601 time string$"):
+        parse_status(encode({**document, "retention": {"oldest_ts": 1714564700, "days": 15}}), where)
+    with pytest.raises(PayloadError, match=r"^ts: 'yesterday' is not an ISO 8601 time$"):
+        parse_status(encode({**document, "ts": "yesterday"}), where)
+    with pytest.raises(PayloadError, match=r"^cameras\.0\.state: Field required$"):
+        parse_status(encode({**document, "cameras": [{"id": "c"}]}), where)
+
+
+def test_status_keeps_fields_it_does_not_know() -> None:
+    """The contract grows by added fields: a collector parsing a newer status keeps them."""
+    raw = encode({"schema": 1, "site": "s1", "device": "d1", "ts": "2024-05-01T12:00:00.000Z", "gps": [1, 2]})
+    status = parse_status(raw, TopicInfo("status", "s1", "d1"))
+    assert status.wire()["gps"] == [1, 2] and status.clip_url == ""
 
 
 def test_availability_and_commands() -> None:
@@ -126,15 +159,3 @@ def test_availability_and_commands() -> None:
         "request_id": "r1",
         "error": "hold: bad range",
     }
-
-
-def test_clip_url_advertised_or_derived() -> None:
-    base = {"site_id": "s", "device_id": "d"}
-    assert (
-        advertised_clip_url(parse_config({**base, "clip_server": {"advertise_url": "https://x:1/"}}))
-        == "https://x:1"
-    )
-    assert advertised_clip_url(parse_config(base), "10.1.2.3") == "http://10.1.2.3:8480"
-    bound = parse_config({**base, "clip_server": {"bind": "192.168.1.5", "port": 9000}})
-    assert advertised_clip_url(bound, "10.1.2.3") == "http://192.168.1.5:9000"
-    assert advertised_clip_url(parse_config({**base, "clip_server": {"enabled": False}})) == ""

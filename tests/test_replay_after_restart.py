@@ -33,10 +33,10 @@ def test_a_hold_replayed_after_a_restart_is_refused_and_makes_no_second_hold(tmp
     headers = RequestSigner(collector).headers("POST", "/v1/holds", (), body)
     try:
         with running_server(config, ring, device, collector) as server:
-            status, _ = _post(f"{server.url}/v1/holds", body, headers)
+            status, _ = _post(f"{server.local_url}/v1/holds", body, headers)
         assert status == 201
         with running_server(config, ring, device, collector) as restarted:
-            status, answer = _post(f"{restarted.url}/v1/holds", body, headers)
+            status, answer = _post(f"{restarted.local_url}/v1/holds", body, headers)
         assert status >= 400 and "nonce" in json.dumps(answer), answer
         assert len(ring.holds()) == 1
         assert audit_lines(config)[-1]["reason"] == "replayed-nonce"

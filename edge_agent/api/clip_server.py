@@ -41,7 +41,9 @@ from edge_agent.formats.bundle import (
     read_part,
     sign_manifest,
 )
+from edge_agent.formats.clip_url import local_clip_url
 from edge_agent.formats.config import AgentConfig
+from edge_agent.formats.mqtt_wire import CameraStatus
 from edge_agent.formats.signing import NONCE_JOURNAL_NAME, NonceCache, RequestVerifier, SignatureError
 from edge_agent.formats.times import Clock
 from edge_agent.storage.ringbuffer import Hold, SegmentRecord
@@ -69,18 +71,13 @@ class SegmentSource(Protocol):
 
 
 @dataclass(frozen=True)
-class CameraStats:
-    """Live figures of a camera's worker, for /metrics."""
-
-    fps: float
-    drops: int
-
-
-@dataclass(frozen=True)
 class StatsProviders:
-    """Optional callables the agent passes so /metrics can show the pipeline and the MQTT outbox."""
+    """Optional callables the agent passes so /metrics can show the pipeline and the MQTT outbox.
 
-    cameras: Callable[[], Mapping[str, CameraStats]] | None = None
+    `cameras` gives each camera's entry of the status document (the same figures the CSU sees).
+    """
+
+    cameras: Callable[[], Mapping[str, CameraStatus]] | None = None
     outbox_depth: Callable[[], int] | None = None
 
 
@@ -153,13 +150,10 @@ class ClipServer:
         return [c.id for c in self.config.cameras]
 
     @property
-    def url(self) -> str:
-        """Base URL of the running server (the advertised one when configured)."""
-        if self.settings.advertise_url:
-            return self.settings.advertise_url.rstrip("/")
-        scheme = "https" if self.settings.tls_cert else "http"
-        host = self.settings.bind if self.settings.bind not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"{scheme}://{host}:{self.port or self.settings.port}"
+    def local_url(self) -> str:
+        """Base URL of the running server from this same host (the CSU is told another: see
+        `edge_agent.formats.clip_url`)."""
+        return local_clip_url(self.settings, self.port)
 
     def make_app(self) -> web.Application:
         """The aiohttp application (routes and nothing else)."""
@@ -184,7 +178,7 @@ class ClipServer:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
-        log.info("clip server listening on %s", self.url)
+        log.info("clip server listening on %s", self.local_url)
 
     async def stop(self) -> None:
         """Close the listener and open connections."""

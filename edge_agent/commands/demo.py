@@ -109,11 +109,11 @@ def prepare_folder(root: Path) -> None:
 def status_line(agent: Agent, store: Store, elapsed: float) -> str:
     """One line: per camera fps, drops, open event and segments; then outbox and collector."""
     parts = [f"[{elapsed:6.1f}s]"]
-    for entry in agent.camera_entries():
-        recorder = entry.get("recorder", {})
+    for entry in agent.camera_statuses():
+        segments = entry.recorder.segments if entry.recorder is not None else 0
         parts.append(
-            f"{entry['id']}: {entry['state']} {entry.get('fps', 0):4.1f}fps drops {entry.get('drops', 0)}"
-            f" event {'open' if entry.get('event_open') else '-   '} segs {recorder.get('segments', 0)}"
+            f"{entry.id}: {entry.state} {entry.fps:4.1f}fps drops {entry.drops}"
+            f" event {'open' if entry.event_open else '-   '} segs {segments}"
         )
     pending = agent.mqtt.stats().outbox_pending if agent.mqtt else 0
     parts.append(f"outbox {pending} | CSU events {len(store.events(site=SITE))}")
@@ -153,7 +153,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _banner(root: Path, broker_url: str, agent: Agent) -> None:
-    clip_url = agent.clip_server.url if agent.clip_server else "-"
+    clip_url = agent.clip_server.local_url if agent.clip_server else "-"
     print(
         f"demo site {SITE}/{DEVICE} in {root}\n  broker {broker_url}, clip API {clip_url}\n"
         "  cameras: entrance (continuous, 2 masks, zone 'street'), square (records on motion, 1 mask)\n"

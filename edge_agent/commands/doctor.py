@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.formats.clip_url import advertised_clip_url
 from edge_agent.formats.config import (
     AgentConfig,
     CameraConfig,
@@ -312,8 +313,8 @@ def check_clock(
 
 
 def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
-    """A real MQTT connection with the configured credentials and TLS."""
-    import paho.mqtt.client as mqtt
+    """A real MQTT connection with the configured credentials and TLS (the agent's own client set-up)."""
+    from edge_agent.link.mqtt import local_address, make_client
 
     mqtt_cfg: MqttConfig = config.mqtt
     name = "broker reachable"
@@ -321,15 +322,11 @@ def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
         return CheckResult(name, Status.WARN, "mqtt disabled: the CSU will not see this device")
     where = f"{mqtt_cfg.host}:{mqtt_cfg.port}"
     who = f" as {mqtt_cfg.username!r}" if mqtt_cfg.username else " anonymously"
-    protocol = mqtt.MQTTv5 if mqtt_cfg.protocol == "5" else mqtt.MQTTv311
-    # A client id of its own: reusing the agent's would disconnect a running agent.
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"{config.site_id}-{config.device_id}-doctor-{os.getpid()}",
-        protocol=protocol,
-    )
-    if mqtt_cfg.username:
-        client.username_pw_set(mqtt_cfg.username, mqtt_cfg.password or None)
+    tls = mqtt_cfg.tls
+    if tls is not None:
+        for label, path in (("CA", tls.ca_file), ("certificate", tls.cert_file), ("key", tls.key_file)):
+            if path is not None and not path.is_file():
+                return CheckResult(name, Status.FAIL, f"TLS {label} file {path} is missing")
     answered = threading.Event()
     reply: list[str] = []
 
@@ -337,19 +334,10 @@ def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
         reply.append("" if not getattr(reason, "is_failure", False) else str(reason))
         answered.set()
 
-    client.on_connect = on_connect
-    tls = mqtt_cfg.tls
-    if tls is not None:
-        for label, path in (("CA", tls.ca_file), ("certificate", tls.cert_file), ("key", tls.key_file)):
-            if path is not None and not path.is_file():
-                return CheckResult(name, Status.FAIL, f"TLS {label} file {path} is missing")
     try:
-        if tls is not None:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-            )
+        # A client id of its own: reusing the agent's would disconnect a running agent.
+        client = make_client(config, client_id=f"{config.site_id}-{config.device_id}-doctor-{os.getpid()}")
+        client.on_connect = on_connect
         client.connect(mqtt_cfg.host, mqtt_cfg.port, keepalive=max(5, int(timeout_s) + 5))
     except socket.gaierror:
         detail = f"cannot resolve {mqtt_cfg.host!r} (DNS); events wait in the outbox meanwhile"
@@ -365,7 +353,15 @@ def check_broker(config: AgentConfig, timeout_s: float) -> CheckResult:
             return CheckResult(name, Status.FAIL, detail)
         if reply[0]:
             return CheckResult(name, Status.FAIL, f"{where} refused the connection{who}: {reply[0]}")
-        return CheckResult(name, Status.OK, f"connected to {where}{who}")
+        detail = f"connected to {where}{who}"
+        if not config.clip_server.enabled:
+            return CheckResult(name, Status.OK, detail)
+        # The agent advertises its clip API under the address of this very connection (wildcard bind).
+        clip_url = advertised_clip_url(config.clip_server, local_address(client))
+        if not clip_url:
+            detail += "; no clip URL the CSU can reach: set clip_server.advertise_url or a bind address"
+            return CheckResult(name, Status.WARN, detail)
+        return CheckResult(name, Status.OK, f"{detail}; the CSU is told clip URL {clip_url}")
     finally:
         client.disconnect()
         client.loop_stop()

@@ -13,6 +13,7 @@ whatever /dev node they appear on.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import logging
 import os
@@ -29,9 +30,8 @@ import cv2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from edge_agent.api.clip_server import CameraStats as ClipCameraStats
 from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
-from edge_agent.camera.pipeline import CameraState, CameraWorker, FrameSink
+from edge_agent.camera.pipeline import CameraWorker, FrameSink
 from edge_agent.camera.sources import open_source
 from edge_agent.device.hotplug import CameraIdentity, HotplugTracker, UdevWatcher
 from edge_agent.formats.audit import AuditLog
@@ -42,8 +42,10 @@ from edge_agent.formats.keys import (
     load_ed25519_public,
     load_x25519_public,
 )
+from edge_agent.formats.mqtt_wire import CameraStatus
 from edge_agent.formats.times import Clock
 from edge_agent.link.mqtt import CommandError, MqttLink
+from edge_agent.link.status import CameraReport, DeviceReport, camera_status, camera_statuses
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
 
@@ -149,11 +151,11 @@ class Agent:
             self.audit = AuditLog(self.config.clip_server.audit_log, self._clock)
         except OSError as error:
             raise AgentError(f"clip_server.audit_log: {error}") from None
-        clip_url = self._start_clip_server(self.keys, self.ring, self.audit)
+        clip_port = self._start_clip_server(self.keys, self.ring, self.audit)
         if self.config.mqtt.enabled:
             try:
                 self.mqtt = MqttLink(
-                    self.config, self.status_parts, self._command_handlers(), clip_url, self._clock
+                    self.config, self.device_report, self._command_handlers(), clip_port, self._clock
                 )
             except (OSError, sqlite3.Error) as error:
                 raise AgentError(
@@ -168,8 +170,8 @@ class Agent:
                     self._start_camera(slot)
         self._start_hotplug()
 
-    def _start_clip_server(self, keys: DeviceKeys, ring: RingBuffer, audit: AuditLog) -> str | None:
-        """Start the clip API; its URL, or None when disabled."""
+    def _start_clip_server(self, keys: DeviceKeys, ring: RingBuffer, audit: AuditLog) -> int | None:
+        """Start the clip API; the port it listens on, or None when disabled."""
         settings = self.config.clip_server
         if not settings.enabled:
             return None
@@ -179,7 +181,7 @@ class Agent:
             audit,
             keys.device,
             keys.collectors,
-            StatsProviders(cameras=self._clip_camera_stats, outbox_depth=self._outbox_depth),
+            StatsProviders(cameras=self._running_camera_statuses, outbox_depth=self._outbox_depth),
             self._clock,
         )
         thread = ClipServerThread(self.clip_server)
@@ -190,7 +192,7 @@ class Agent:
                 f"clip_server: cannot listen on {settings.bind}:{settings.port}: {error}"
             ) from None
         self._clip_thread = thread
-        return self.clip_server.url
+        return self.clip_server.port
 
     def stop(self) -> None:
         """Stop cameras first (their segments get sealed), then the links, then storage.
@@ -216,7 +218,7 @@ class Agent:
 
     def tick(self) -> None:
         """Supervision step: a camera changed state -> a fresh status soon."""
-        states = {entry["id"]: entry["state"] for entry in self.camera_entries()}
+        states = {entry.id: entry.state for entry in self.camera_statuses()}
         if states != self._last_states:
             self._last_states = states
             if self.mqtt is not None:
@@ -254,37 +256,28 @@ class Agent:
         slot.recorder = None
         slot.device_node = ""
 
-    def camera_entries(self) -> list[dict[str, Any]]:
-        """Status entries of every camera: configured ones, then unconfigured USB cameras."""
-        entries = []
-        with self._lock:
-            for camera_id, slot in self._slots.items():
-                entries.append(_camera_entry(camera_id, slot))
-            for identity, node in self._unconfigured.items():
-                entries.append(
-                    {
-                        "id": identity,
-                        "state": "unconfigured",
-                        "device": node,
-                        "fps": 0.0,
-                        "drops": 0,
-                        "masks": 0,
-                    }
-                )
-        return entries
+    def device_report(self) -> DeviceReport:
+        """What the agent knows for the status document (`edge_agent.link.status` builds it)."""
+        report = self._cameras_report()
+        if self.ring is None:
+            return report
+        starts = [float(oldest) for s in self.ring.stats().values() if (oldest := s.get("oldest_ts"))]
+        return dataclasses.replace(report, oldest_ts=min(starts) if starts else None)
 
-    def status_parts(self) -> dict[str, Any]:
-        """The agent's part of the status document (the MQTT link adds health and counters)."""
-        parts: dict[str, Any] = {"cameras": self.camera_entries()}
-        if self.ring is not None:
-            oldest = [float(s["oldest_ts"] or 0) for s in self.ring.stats().values() if s.get("oldest_ts")]
-            parts["retention"] = {"oldest_ts": min(oldest) if oldest else None}
-        return parts
+    def camera_statuses(self) -> list[CameraStatus]:
+        """Every camera's status entry: configured ones, then unconfigured USB cameras."""
+        return camera_statuses(self._cameras_report())
 
-    def _clip_camera_stats(self) -> dict[str, ClipCameraStats]:
+    def _cameras_report(self) -> DeviceReport:
         with self._lock:
-            running = {cid: s.worker.stats() for cid, s in self._slots.items() if s.worker is not None}
-        return {cid: ClipCameraStats(fps=st.fps, drops=st.drops) for cid, st in running.items()}
+            cameras = [_camera_report(slot) for slot in self._slots.values()]
+            return DeviceReport(cameras, dict(self._unconfigured))
+
+    def _running_camera_statuses(self) -> dict[str, CameraStatus]:
+        """The entries of the cameras that have a worker, for the clip server's /metrics."""
+        with self._lock:
+            running = [_camera_report(slot) for slot in self._slots.values() if slot.worker is not None]
+        return {report.config.id: camera_status(report) for report in running}
 
     def _outbox_depth(self) -> int:
         return self.mqtt.stats().outbox_pending if self.mqtt is not None else 0
@@ -375,13 +368,12 @@ class Agent:
             raise CommandError("camera: a camera id is required")
         with self._lock:
             slot = self._slots.get(camera_id)
-            frame = slot.worker.latest_frame() if slot is not None and slot.worker is not None else None
-        if slot is None:
-            raise CommandError(f"camera: no camera {camera_id!r} on this device")
-        if frame is None:
-            raise CommandError(
-                f"camera: {camera_id!r} has no frame yet (state {_camera_entry(camera_id, slot)['state']})"
-            )
+            if slot is None:
+                raise CommandError(f"camera: no camera {camera_id!r} on this device")
+            frame = slot.worker.latest_frame() if slot.worker is not None else None
+            if frame is None:
+                state = camera_status(_camera_report(slot)).state
+                raise CommandError(f"camera: {camera_id!r} has no frame yet (state {state})")
         ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         if not ok:
             raise CommandError("snapshot: JPEG encoding failed")
@@ -458,37 +450,8 @@ def _stop_part(name: str, stop: Callable[[], None]) -> None:
         log.exception("stopping the %s failed; stopping the rest", name)
 
 
-def _camera_entry(camera_id: str, slot: _CameraSlot) -> dict[str, Any]:
-    camera = slot.config
-    entry: dict[str, Any] = {
-        "id": camera_id,
-        "masks": len(camera.masks),
-        "recording": str(camera.recording),
-    }
-    if slot.worker is None:
-        state = CameraState.DISCONNECTED if camera.source.usb_id else CameraState.STOPPED
-        entry.update(state=str(state), fps=0.0, drops=0, resolution=None)
-        return entry
-    stats = slot.worker.stats()
-    entry.update(
-        state=str(stats.state),
-        fps=stats.fps,
-        drops=stats.drops,
-        frames=stats.frames,
-        resolution=list(stats.resolution) if stats.resolution else None,
-        reconnects=stats.reconnects,
-        event_open=stats.event_open,
-    )
-    if stats.last_error:
-        entry["last_error"] = stats.last_error
-    if slot.device_node:
-        entry["device"] = slot.device_node
-    if slot.recorder is not None:
-        recorded = slot.recorder.stats()
-        entry["recorder"] = {
-            "segments": recorded.segments,
-            "bytes": recorded.bytes,
-            "errors": recorded.errors,
-            "frames_dropped_disk": recorded.frames_dropped_disk,
-        }
-    return entry
+def _camera_report(slot: _CameraSlot) -> CameraReport:
+    """A slot's camera as the status builder takes it (the caller holds the agent's lock)."""
+    worker = slot.worker.stats() if slot.worker is not None else None
+    recorder = slot.recorder.stats() if slot.recorder is not None else None
+    return CameraReport(slot.config, worker, recorder, slot.device_node)

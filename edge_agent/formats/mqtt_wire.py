@@ -11,13 +11,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Final, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 from edge_agent.formats.times import iso_ms, parse_iso
 
-SCHEMA = 1
+SCHEMA: Final = 1
 COMMANDS = ("snapshot", "hold", "release", "reload")
 Phase = Literal["start", "update", "end"]
 Box = tuple[float, float, float, float]
@@ -138,31 +148,6 @@ def motion_payload(event: MotionEventLike) -> dict[str, Any]:
     }
 
 
-def status_payload(
-    *,
-    site: str,
-    device: str,
-    ts: float,
-    version: str,
-    uptime_s: float,
-    cameras: Sequence[Mapping[str, Any]],
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The status document; `extra` carries the other parts (health, disk, retention, clip_url...)."""
-    payload: dict[str, Any] = {
-        "schema": SCHEMA,
-        "site": site,
-        "device": device,
-        "ts": iso_ms(ts),
-        "version": version,
-        "uptime_s": round(uptime_s, 1),
-        "cameras": [dict(c) for c in cameras],
-    }
-    for key, value in (extra or {}).items():
-        payload.setdefault(key, value)
-    return payload
-
-
 def cmd_result_payload(
     command: str, ts: float, request_id: Any = None, result: Mapping[str, Any] | None = None, error: str = ""
 ) -> dict[str, Any]:
@@ -185,22 +170,64 @@ def encode(payload: Mapping[str, Any]) -> bytes:
 # --- parsers (collector side) -------------------------------------------------------------------
 
 
-class _Payload(BaseModel):
+_FROM_WIRE = {"wire": True}
+"""Validation context of a payload read off the wire (see `_time`)."""
+
+
+class _Wire(BaseModel):
+    """A payload model: extra fields kept (the contract grows), frozen; `wire()` is its JSON document.
+
+    Fields named in `_omit_when_none` are left out of the document while None: the device sends them
+    only when it has them (a stopped camera has no frame counter), as it always did.
+    """
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    _omit_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _drop_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        document: dict[str, Any] = handler(self)
+        return {k: v for k, v in document.items() if not (v is None and k in self._omit_when_none)}
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-able document, as sent (`encode` it to publish)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class _Payload(_Wire):
     schema_: Literal[1] = Field(alias="schema")
 
 
-def _iso(value: Any) -> float:
-    if not isinstance(value, str):
+def _time(value: Any, info: ValidationInfo) -> Any:
+    """A time: ISO 8601 text, as on the wire; epoch seconds only from Python code building a message."""
+    if value is None or isinstance(value, str):
+        return None if value is None else parse_iso(value)
+    from_wire = bool(info.context and info.context.get("wire"))
+    if from_wire or isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be an ISO 8601 time string")
-    return parse_iso(value)
+    return float(value)
 
 
-class CameraStatus(BaseModel):
-    """One camera in a status document."""
+def _iso_text(value: float | None) -> str | None:
+    return None if value is None else iso_ms(value)
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+
+class RecorderStatus(_Wire):
+    """A camera's recorder counters in a status document."""
+
+    segments: int = 0
+    bytes: int = 0
+    errors: int = 0
+    frames_dropped_disk: int = 0
+
+
+class CameraStatus(_Wire):
+    """One camera in a status document (an `unconfigured` USB camera has only id, state and device)."""
+
+    _omit_when_none = frozenset(
+        {"recording", "frames", "reconnects", "event_open", "last_error", "device", "recorder"}
+    )
 
     id: str
     state: str
@@ -208,10 +235,58 @@ class CameraStatus(BaseModel):
     drops: int = 0
     resolution: tuple[int, int] | None = None
     masks: int = 0
+    recording: str | None = None
+    frames: int | None = None
+    reconnects: int | None = None
+    event_open: bool | None = None
+    last_error: str | None = None
+    device: str | None = None
+    recorder: RecorderStatus | None = None
+
+
+class DiskStatus(_Wire):
+    """Bytes on the filesystem holding the recordings, and the configured quota (0 = none)."""
+
+    used: int
+    free: int
+    total: int
+    quota: int = 0
+
+
+class RetentionStatus(_Wire):
+    """The oldest footage kept (None: nothing yet) and the configured retention."""
+
+    oldest_ts: float | None = None
+    days: float = 0.0
+
+    _oldest = field_validator("oldest_ts", mode="before")(_time)
+    _oldest_text = field_serializer("oldest_ts")(_iso_text)
+
+
+class OutboxStatus(_Wire):
+    """Events waiting for the broker, dropped for room, and outbox files set aside as corrupt."""
+
+    pending: int = 0
+    dropped: int = 0
+    corrupt_files: int = 0
+
+
+class MqttStatus(_Wire):
+    """The MQTT link's counters: connections made, messages the broker refused, commands answered."""
+
+    connections: int = 0
+    rejected: int = 0
+    commands: int = 0
+    command_errors: int = 0
 
 
 class StatusMessage(_Payload):
-    """A parsed status document."""
+    """The status document (built by `edge_agent.link.status`, parsed by the collector).
+
+    Fields after `cameras` default to None for a status that lacks them (an older device, a simulator).
+    """
+
+    _omit_when_none = frozenset({"status_error"})
 
     site: str
     device: str
@@ -219,9 +294,17 @@ class StatusMessage(_Payload):
     version: str = ""
     uptime_s: float = 0.0
     cameras: list[CameraStatus] = Field(default_factory=list)
+    cpu_temp_c: float | None = None
+    load: tuple[float, float, float] | None = None
+    disk: DiskStatus | None = None
+    retention: RetentionStatus | None = None
     clip_url: str = ""
+    outbox: OutboxStatus | None = None
+    mqtt: MqttStatus | None = None
+    status_error: str | None = None
 
-    _ts = field_validator("ts", mode="before")(_iso)
+    _ts = field_validator("ts", mode="before")(_time)
+    _ts_text = field_serializer("ts")(_iso_text)
 
 
 class MotionMessage(_Payload):
@@ -235,7 +318,7 @@ class MotionMessage(_Payload):
     boxes: list[tuple[float, float, float, float]] = Field(default_factory=list)
     zones: list[str] = Field(default_factory=list)
 
-    _ts = field_validator("ts", "start_ts", mode="before")(_iso)
+    _ts = field_validator("ts", "start_ts", mode="before")(_time)
 
 
 def _errors(error: ValidationError) -> str:
@@ -259,7 +342,7 @@ def _load_object(raw: bytes) -> dict[str, Any]:
 def parse_status(raw: bytes, where: TopicInfo) -> StatusMessage:
     """Validate a status document and check it matches the topic's site and device."""
     try:
-        message = StatusMessage.model_validate(_load_object(raw))
+        message = StatusMessage.model_validate(_load_object(raw), context=_FROM_WIRE)
     except ValidationError as error:
         raise PayloadError(_errors(error)) from None
     if (message.site, message.device) != (where.site, where.device):
@@ -273,7 +356,7 @@ def parse_status(raw: bytes, where: TopicInfo) -> StatusMessage:
 def parse_motion(raw: bytes) -> MotionMessage:
     """Validate a motion event phase."""
     try:
-        return MotionMessage.model_validate(_load_object(raw))
+        return MotionMessage.model_validate(_load_object(raw), context=_FROM_WIRE)
     except ValidationError as error:
         raise PayloadError(_errors(error)) from None
 

@@ -1,28 +1,20 @@
 """Device health for the status message: CPU temperature, load, disk.
 
 Reads Linux interfaces (`/sys/class/thermal`, `os.getloadavg`, `statvfs`); what a machine lacks is
-reported as None rather than guessed (a container or a PC may have no thermal zone).
+reported as None rather than guessed (a container or a PC may have no thermal zone). The disk figures
+are the status document's own `DiskStatus`; `edge_agent.link.status` puts the sample in the status.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from edge_agent.formats.mqtt_wire import DiskStatus
 
 THERMAL_ROOT = Path("/sys/class/thermal")
-
-
-@dataclass(frozen=True)
-class DiskUsage:
-    """Bytes on the filesystem holding the recordings, and the configured quota (0 = none)."""
-
-    used: int
-    free: int
-    total: int
-    quota: int
 
 
 @dataclass(frozen=True)
@@ -30,16 +22,8 @@ class Health:
     """One health sample."""
 
     cpu_temp_c: float | None
-    load: tuple[float, float, float]
-    disk: DiskUsage | None
-
-    def to_status(self) -> dict[str, Any]:
-        """The status fields: `cpu_temp_c`, `load` [1, 5, 15 min], `disk` {used, free, total, quota}."""
-        return {
-            "cpu_temp_c": self.cpu_temp_c,
-            "load": [round(v, 2) for v in self.load],
-            "disk": asdict(self.disk) if self.disk is not None else None,
-        }
+    load: tuple[float, float, float]  # 1, 5 and 15 minutes
+    disk: DiskStatus | None
 
 
 def cpu_temperature(thermal_root: Path = THERMAL_ROOT) -> float | None:
@@ -58,7 +42,7 @@ def cpu_temperature(thermal_root: Path = THERMAL_ROOT) -> float | None:
     return round(max(preferred), 1)
 
 
-def disk_usage(path: Path, quota: int = 0) -> DiskUsage | None:
+def disk_usage(path: Path, quota: int = 0) -> DiskStatus | None:
     """Usage of the filesystem that holds `path` (or its nearest existing parent)."""
     probe = Path(path)
     while not probe.exists() and probe != probe.parent:
@@ -67,7 +51,7 @@ def disk_usage(path: Path, quota: int = 0) -> DiskUsage | None:
         usage = shutil.disk_usage(probe)
     except OSError:
         return None
-    return DiskUsage(used=usage.used, free=usage.free, total=usage.total, quota=quota)
+    return DiskStatus(used=usage.used, free=usage.free, total=usage.total, quota=quota)
 
 
 def sample(storage_path: Path, quota: int = 0, thermal_root: Path = THERMAL_ROOT) -> Health:

@@ -1,6 +1,8 @@
 """The device's MQTT link (paho-mqtt 2): availability, status, motion events through the outbox, commands.
 
-Topics and payloads are those of DESIGN.md section 4 (built in `mqtt_wire`). Guarantees:
+Topics and payloads are those of DESIGN.md section 4 (`mqtt_wire`; the status document is built by
+`edge_agent.link.status`). `make_client` is the one paho client set-up (protocol, credentials, TLS), also
+used by `edge-agent doctor`. Guarantees:
 - availability is retained, `online` on every connection and `offline` from the last will (a killed
   process, a cut fiber) or from a clean `stop()`;
 - status is retained, published on connection, every `status_interval_s`, and soon after
@@ -25,7 +27,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -33,26 +34,27 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent import __version__
+from edge_agent.formats.clip_url import advertised_clip_url
 from edge_agent.formats.config import AgentConfig
 from edge_agent.formats.mqtt_wire import (
     MotionEventLike,
     PayloadError,
+    StatusMessage,
     Topics,
     cmd_result_payload,
     encode,
     motion_payload,
     parse_command,
-    status_payload,
 )
-from edge_agent.formats.times import Clock, iso_ms
+from edge_agent.formats.times import Clock
 from edge_agent.link import health
 from edge_agent.link.outbox import Outbox
+from edge_agent.link.status import DeviceReport, LinkStats, build_status
 
 log = logging.getLogger(__name__)
 
-StatusProvider = Callable[[], Mapping[str, Any]]
-"""Returns `{"cameras": [{id, state, fps, drops, resolution, masks}], ...other status parts}`."""
+StatusProvider = Callable[[], DeviceReport]
+"""The agent's part of the status: its cameras and the oldest footage kept."""
 
 CommandHandler = Callable[[dict[str, Any]], Mapping[str, Any]]
 """Takes the command's JSON arguments, returns a JSON-able result; raises CommandError to refuse."""
@@ -66,46 +68,58 @@ class CommandError(Exception):
     """A command refused for a reason the CSU should read (bad argument, nothing to hold...)."""
 
 
-@dataclass(frozen=True)
-class LinkStats:
-    """Counters reported in status and used by tests."""
+def make_client(config: AgentConfig, client_id: str = "") -> mqtt.Client:
+    """A paho client set up from `config.mqtt`: protocol, credentials, TLS, reconnect delays, in-flight.
 
-    connected: bool
-    connections: int
-    outbox_pending: int
-    outbox_dropped: int
-    outbox_corrupt_files: int
-    rejected: int
-    commands: int
-    command_errors: int
-    last_error: str
-
-
-def advertised_clip_url(config: AgentConfig, local_ip: str = "") -> str:
-    """The clip API URL the CSU should use: the configured one, else derived from bind address and port.
-
-    A wildcard bind (0.0.0.0) is replaced by `local_ip`, the address this device uses to reach the
-    broker, which is the one the CSU network can route to.
+    Not connected, no callbacks. `client_id` defaults to the configured one, else `edge-{site}-{device}`;
+    a tool that must not take a running agent's place (doctor) passes its own. A TLS file that cannot be
+    loaded raises here (OSError, ssl.SSLError, ValueError), before any connection.
     """
-    clip = config.clip_server
-    if not clip.enabled:
+    cfg = config.mqtt
+    v5 = cfg.protocol == "5"
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or cfg.client_id or f"edge-{config.site_id}-{config.device_id}",
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    # A bug in a callback must not kill paho's network thread (and with it the link).
+    client.suppress_exceptions = True
+    client.enable_logger(logging.getLogger(__name__ + ".paho"))
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password or None)
+    if cfg.tls is not None:
+        client.tls_set(
+            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+        )
+    client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
+    client.max_inflight_messages_set(cfg.max_inflight)
+    return client
+
+
+def local_address(client: mqtt.Client) -> str:
+    """The local address of the client's connection ("" without one, or over a websocket transport)."""
+    sock = client.socket()
+    try:
+        return str(sock.getsockname()[0]) if isinstance(sock, socket.socket) else ""
+    except OSError:  # the connection is already gone
         return ""
-    if clip.advertise_url:
-        return clip.advertise_url.rstrip("/")
-    host = clip.bind if clip.bind not in ("", "0.0.0.0", "::") else (local_ip or "127.0.0.1")
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if clip.tls_cert is not None else "http"
-    return f"{scheme}://{host}:{clip.port}"
 
 
-def _iso_times(value: Any) -> Any:
-    """Retention timestamps given as epoch floats become ISO strings, as on the rest of the wire."""
-    if isinstance(value, Mapping):
-        return {
-            k: iso_ms(v) if k.endswith("_ts") and isinstance(v, int | float) else v for k, v in value.items()
-        }
-    return value
+def route_address(host: str, port: int) -> str:
+    """The local address this host would use to reach `host` ("" when it cannot tell).
+
+    A UDP connect() only looks the route up in the kernel: no packet is sent.
+    """
+    try:
+        family, kind, proto, _name, target = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(target)
+            return str(probe.getsockname()[0])
+    except (OSError, IndexError):
+        return ""
 
 
 class MqttLink:
@@ -116,20 +130,28 @@ class MqttLink:
         config: AgentConfig,
         status_provider: StatusProvider,
         handlers: Mapping[str, CommandHandler] | None = None,
-        clip_url: str | None = None,
+        clip_port: int | None = None,
         clock: Clock = time.time,
     ) -> None:
-        """Open the outbox (events can be queued before `start()`); nothing connects yet."""
+        """Open the outbox (events can be queued before `start()`); nothing connects yet.
+
+        `clip_port` is the port the clip server listens on, when it differs from the configured one.
+        """
         self.config = config
         self.mqtt_config = config.mqtt
         self.topics = Topics(config.mqtt.topic_root, config.site_id, config.device_id)
         self._status_provider = status_provider
         self._handlers = dict(handlers or {})
-        self._clip_url = clip_url
+        self._clip_port = clip_port
         self._clock = clock
         self._started_at = clock()
         self.outbox = Outbox(config.mqtt.outbox_path, config.mqtt.outbox_max_messages)
-        self.client = self._make_client()
+        self.client = make_client(config)
+        self.client.will_set(self.topics.availability, _OFFLINE, qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._acks: deque[tuple[int, int]] = deque()
@@ -150,35 +172,6 @@ class MqttLink:
         self._final_stats: LinkStats | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
-
-    def _make_client(self) -> mqtt.Client:
-        cfg = self.mqtt_config
-        v5 = cfg.protocol == "5"
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"edge-{self.config.site_id}-{self.config.device_id}",
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-        )
-        # A bug in one of our callbacks must not kill paho's network thread (and with it the link).
-        client.suppress_exceptions = True
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
-        client.will_set(self.topics.availability, _OFFLINE, qos=1, retain=True)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password or None)
-        if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            )
-        client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
-        client.max_inflight_messages_set(cfg.max_inflight)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        return client
 
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start the sender and command threads."""
@@ -260,46 +253,30 @@ class MqttLink:
             time.sleep(0.02)
         return False
 
-    def build_status(self) -> dict[str, Any]:
-        """The status document now: health, outbox and link counters, then the provider's parts."""
+    def build_status(self) -> StatusMessage:
+        """The status document now: the agent's report, health, outbox and link counters, clip URL."""
         now = self._clock()
+        error = ""
         try:
-            parts = dict(self._status_provider())
-        except Exception as error:  # the provider is the agent's code: report, do not die
+            report = self._status_provider()
+        except Exception as failure:  # the provider is the agent's code: report, do not die
             log.exception("status provider failed")
-            parts = {"status_error": f"{type(error).__name__}: {error}"}
-        cameras = parts.pop("cameras", [])
-        stats = self.stats()
-        extra: dict[str, Any] = health.sample(
-            self.config.storage.path, self.config.storage.max_bytes
-        ).to_status()
-        extra["retention"] = {"oldest_ts": None, "days": self.config.storage.retention_days}
-        extra["clip_url"] = self._clip_url or advertised_clip_url(self.config, self._local_ip)
-        extra["outbox"] = {
-            "pending": stats.outbox_pending,
-            "dropped": stats.outbox_dropped,
-            "corrupt_files": stats.outbox_corrupt_files,
-        }
-        extra["mqtt"] = {
-            "connections": stats.connections,
-            "rejected": stats.rejected,
-            "commands": stats.commands,
-            "command_errors": stats.command_errors,
-        }
-        for key, value in parts.items():
-            if isinstance(value, Mapping) and isinstance(extra.get(key), dict):
-                extra[key] = {**extra[key], **_iso_times(value)}
-            else:
-                extra[key] = value
-        return status_payload(
-            site=self.config.site_id,
-            device=self.config.device_id,
-            ts=now,
-            version=__version__,
-            uptime_s=now - self._started_at,
-            cameras=cameras,
-            extra=extra,
+            report, error = DeviceReport(), f"{type(failure).__name__}: {failure}"
+        return build_status(
+            self.config,
+            report,
+            now=now,
+            started_at=self._started_at,
+            health=health.sample(self.config.storage.path, self.config.storage.max_bytes),
+            link=self.stats(),
+            clip_url=self.clip_url(),
+            error=error,
         )
+
+    def clip_url(self) -> str:
+        """The clip API URL published in status (`edge_agent.formats.clip_url`'s rule), a wildcard bind
+        advertised under the local address of the broker connection ("" before the first one)."""
+        return advertised_clip_url(self.config.clip_server, self._local_ip, self._clip_port)
 
     # --- paho callbacks (network thread: record and wake, nothing slow) ---------------------------
 
@@ -312,11 +289,7 @@ class MqttLink:
             return
         self._connections += 1
         self._last_error = ""
-        sock = client.socket()
-        try:
-            self._local_ip = str(sock.getsockname()[0]) if isinstance(sock, socket.socket) else ""
-        except OSError:
-            self._local_ip = ""
+        self._local_ip = local_address(client) or route_address(self.mqtt_config.host, self.mqtt_config.port)
         log.info("connected to %s:%s", self.mqtt_config.host, self.mqtt_config.port)
         client.publish(self.topics.availability, _ONLINE, qos=1, retain=True)
         client.subscribe(self.topics.commands, qos=1)
@@ -388,7 +361,7 @@ class MqttLink:
             return
         self._status_due = False
         self._last_status = now
-        self.client.publish(self.topics.status, encode(self.build_status()), qos=1, retain=True)
+        self.client.publish(self.topics.status, encode(self.build_status().wire()), qos=1, retain=True)
 
     # --- command thread -------------------------------------------------------------------------
 

@@ -1,0 +1,161 @@
+"""The status document (DESIGN.md section 4), built in one place.
+
+The agent hands over what it knows as a `DeviceReport` (its cameras' counters, the oldest footage kept);
+the MQTT link adds its own counters (`LinkStats`), a health sample and the advertised clip URL
+(`edge_agent.formats.clip_url`); `build_status` makes the typed `StatusMessage`, which the link publishes
+as `message.wire()` and the collector parses back into the same model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from edge_agent import __version__
+from edge_agent.camera.pipeline import CameraState, CameraStats
+from edge_agent.formats.config import AgentConfig, CameraConfig
+from edge_agent.formats.mqtt_wire import (
+    SCHEMA,
+    CameraStatus,
+    MqttStatus,
+    OutboxStatus,
+    RecorderStatus,
+    RetentionStatus,
+    StatusMessage,
+)
+from edge_agent.link.health import Health
+
+
+class RecorderCounters(Protocol):
+    """What status needs of a recorder's counters (`edge_agent.storage.recorder.RecorderStats`).
+
+    Structural, because the link layer does not import storage.
+    """
+
+    @property
+    def segments(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def frames_dropped_disk(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class CameraReport:
+    """What the agent knows of one configured camera."""
+
+    config: CameraConfig
+    worker: CameraStats | None = None  # None: no worker (stopped, or a USB camera not plugged in)
+    recorder: RecorderCounters | None = None
+    device_node: str = ""  # the /dev node a USB camera was attached on
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """The agent's part of a status: its cameras, the USB cameras no config names, the oldest footage."""
+
+    cameras: Sequence[CameraReport] = ()
+    unconfigured: Mapping[str, str] = field(default_factory=dict)  # USB identity -> /dev node
+    oldest_ts: float | None = None  # start of the oldest segment kept, over every camera
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """The MQTT link's connection and outbox counters (in status, and read by the agent and tests)."""
+
+    connected: bool
+    connections: int
+    outbox_pending: int
+    outbox_dropped: int
+    outbox_corrupt_files: int
+    rejected: int
+    commands: int
+    command_errors: int
+    last_error: str
+
+
+def camera_status(report: CameraReport) -> CameraStatus:
+    """One configured camera's entry: its worker's counters when it runs, its resting state otherwise."""
+    camera = report.config
+    if report.worker is None:
+        state = CameraState.DISCONNECTED if camera.source.usb_id else CameraState.STOPPED
+        return CameraStatus(
+            id=camera.id, state=str(state), masks=len(camera.masks), recording=str(camera.recording)
+        )
+    stats = report.worker
+    recorder = report.recorder
+    return CameraStatus(
+        id=camera.id,
+        state=str(stats.state),
+        fps=stats.fps,
+        drops=stats.drops,
+        resolution=stats.resolution,
+        masks=len(camera.masks),
+        recording=str(camera.recording),
+        frames=stats.frames,
+        reconnects=stats.reconnects,
+        event_open=stats.event_open,
+        last_error=stats.last_error or None,
+        device=report.device_node or None,
+        recorder=None
+        if recorder is None
+        else RecorderStatus(
+            segments=recorder.segments,
+            bytes=recorder.bytes,
+            errors=recorder.errors,
+            frames_dropped_disk=recorder.frames_dropped_disk,
+        ),
+    )
+
+
+def camera_statuses(report: DeviceReport) -> list[CameraStatus]:
+    """Every camera's entry: the configured ones, then the unconfigured USB cameras (never opened)."""
+    entries = [camera_status(camera) for camera in report.cameras]
+    entries += [
+        CameraStatus(id=identity, state="unconfigured", device=node)
+        for identity, node in report.unconfigured.items()
+    ]
+    return entries
+
+
+def build_status(
+    config: AgentConfig,
+    report: DeviceReport,
+    *,
+    now: float,
+    started_at: float,
+    health: Health,
+    link: LinkStats,
+    clip_url: str,
+    error: str = "",
+) -> StatusMessage:
+    """The status document at `now`; `error` says why the agent's part is missing, when it is."""
+    return StatusMessage(
+        schema=SCHEMA,
+        site=config.site_id,
+        device=config.device_id,
+        ts=now,
+        version=__version__,
+        uptime_s=round(now - started_at, 1),
+        cameras=camera_statuses(report),
+        cpu_temp_c=health.cpu_temp_c,
+        load=(round(health.load[0], 2), round(health.load[1], 2), round(health.load[2], 2)),
+        disk=health.disk,
+        retention=RetentionStatus(oldest_ts=report.oldest_ts, days=config.storage.retention_days),
+        clip_url=clip_url,
+        outbox=OutboxStatus(
+            pending=link.outbox_pending,
+            dropped=link.outbox_dropped,
+            corrupt_files=link.outbox_corrupt_files,
+        ),
+        mqtt=MqttStatus(
+            connections=link.connections,
+            rejected=link.rejected,
+            commands=link.commands,
+            command_errors=link.command_errors,
+        ),
+        status_error=error or None,
+    )
