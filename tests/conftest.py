@@ -49,3 +49,31 @@ def mosquitto_factory():
     yield make
     for broker in brokers:
         broker.cleanup()
+
+
+# --- PostgreSQL: a real server (Debian's binaries) for the whole session, a fresh database per test -------
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A running `LocalPostgres` (tests/pg_support.py), removed at the end of the session."""
+    from tests.pg_support import LocalPostgres, PostgresUnavailable
+
+    try:
+        server = LocalPostgres().start()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres, request):
+    """The URL of a new empty database on the session's server, dropped after the test."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:6]
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)

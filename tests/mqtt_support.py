@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import yaml
 
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
-from edge_agent.collector.store import Store
+from edge_agent.collector.store import open_store
 from edge_agent.formats.config import AgentConfig, parse_config
 from edge_agent.link.localbroker import LocalBroker
 
@@ -112,7 +112,7 @@ class Collector:
     """An in-process collector (real Ingestor and SQLite store) following a broker."""
 
     def __init__(self, broker: LocalBroker, db: Path, share_group: str = "", client_id: str = "") -> None:
-        self.store = Store(db)
+        self.store = open_store(db)
         self.ingestor = Ingestor(self.store)
         self.ingestor.start(
             parse_broker_url(broker.url), share_group, client_id or f"collector-{uuid.uuid4().hex[:8]}"

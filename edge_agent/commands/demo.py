@@ -21,7 +21,7 @@ import yaml
 
 from edge_agent.collector.commands.cli import main as collector_main
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
-from edge_agent.collector.store import Store
+from edge_agent.collector.store import Store, open_store
 from edge_agent.device.agent import Agent
 from edge_agent.formats.config import AgentConfig, parse_config
 from edge_agent.formats.keys import CsuKeyPaths, KeyPairPaths, generate_csu_keys, generate_device_key
@@ -131,7 +131,7 @@ def demo(args: argparse.Namespace) -> int:
         config_path = root / "device" / "site.yaml"
         config_path.write_text(yaml.safe_dump(document, sort_keys=False))
         config = parse_config(document)
-        store = Store(root / "csu" / "collector.sqlite")
+        store = open_store(root / "csu" / "collector.sqlite")
         ingestor = Ingestor(store)
         ingestor.start(parse_broker_url(broker.url), client_id="demo-collector")
         agent = Agent(config, config_path, hotplug=False)

@@ -1,4 +1,7 @@
-"""`csu-collector sites` and `csu-collector events`: read the registry the `serve` command keeps."""
+"""`csu-collector sites` and `csu-collector events`: read the registry the `serve` command keeps.
+
+`--db` is the SQLite file or the PostgreSQL URL `serve` writes; both are opened read-only.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,11 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
-from edge_agent.collector.store import Store
+from edge_agent.collector.store import SchemaError, Store, StoreUnavailable, open_store
 from edge_agent.formats.times import TimeFormatError, iso_ms, parse_iso
 
-DEFAULT_DB = Path("collector.sqlite")
+DEFAULT_DB = "collector.sqlite"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -40,11 +42,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `sites` and `events`."""
     sites = subparsers.add_parser("sites", help="sites, devices online, cameras running")
-    sites.add_argument("--db", type=Path, default=DEFAULT_DB, help="registry file written by `serve`")
+    sites.add_argument("--db", default=DEFAULT_DB, help="registry written by `serve` (file or postgresql://)")
     sites.add_argument("--json", action="store_true", help="JSON instead of a table")
     sites.set_defaults(handler=show_sites)
     events = subparsers.add_parser("events", help="motion events of a site")
-    events.add_argument("--db", type=Path, default=DEFAULT_DB, help="registry file written by `serve`")
+    events.add_argument(
+        "--db", default=DEFAULT_DB, help="registry written by `serve` (file or postgresql://)"
+    )
     events.add_argument("--site", required=True, help="site id")
     events.add_argument("--since", default="1h", help="ISO 8601 time or duration back (15m, 2h, 7d)")
     events.add_argument("--device", default=None, help="only this device")
@@ -53,10 +57,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     events.set_defaults(handler=show_events)
 
 
-def _open(db: Path) -> Store | None:
+def _open(db: str) -> Store | None:
     try:
-        return Store(db, readonly=True)
-    except FileNotFoundError as error:
+        return open_store(db, readonly=True, pool_size=1)
+    except (FileNotFoundError, SchemaError, StoreUnavailable) as error:
         print(error)
         return None
 
@@ -83,6 +87,7 @@ def show_sites(args: argparse.Namespace) -> int:
                         "last_seen": iso_ms(d.last_seen),
                         "version": d.version,
                         "clip_url": d.clip_url,
+                        "malformed": d.malformed,
                         "cameras": (d.status or {}).get("cameras", []),
                     }
                     for d in devices

@@ -1,12 +1,101 @@
-"""The collector's registry: one interface, SQLite backend (PostgreSQL to come)."""
+"""The collector's registry: one interface (`Store`), two backends chosen by the `--db` value.
 
-from edge_agent.collector.store.sqlite import (
+    open_store("collector.sqlite")                      # SQLite, the embedded default
+    open_store("postgresql://csu@db.csu/collector")     # PostgreSQL, for several collectors
+
+The interface and its records are in store/base.py, the SQL both backends share in store/sql.py, the
+versioned schema in store/migrations.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_agent.collector.store.base import (
     AvailabilityChange,
+    AvailabilityRecord,
     DeviceStatus,
     EventRow,
+    MalformedRecord,
+    MotionRecord,
+    Outcome,
+    PurgeResult,
+    Record,
+    SchemaError,
     SiteSummary,
+    StatusHistoryRow,
+    StatusRecord,
     Store,
-    device_clip_url,
+    StoreUnavailable,
 )
+from edge_agent.collector.store.migrations import LATEST, Migration
+from edge_agent.collector.store.postgres import DEFAULT_POOL_SIZE, PostgresStore, is_postgres_url
+from edge_agent.collector.store.sql import SQLStore
+from edge_agent.collector.store.sqlite import SQLiteStore
 
-__all__ = ["AvailabilityChange", "DeviceStatus", "EventRow", "SiteSummary", "Store", "device_clip_url"]
+__all__ = [
+    "DEFAULT_POOL_SIZE",
+    "LATEST",
+    "AvailabilityChange",
+    "AvailabilityRecord",
+    "DeviceStatus",
+    "EventRow",
+    "MalformedRecord",
+    "Migration",
+    "MotionRecord",
+    "Outcome",
+    "PurgeResult",
+    "Record",
+    "SchemaError",
+    "SiteSummary",
+    "StatusHistoryRow",
+    "StatusRecord",
+    "Store",
+    "StoreUnavailable",
+    "device_clip_url",
+    "is_postgres_url",
+    "open_store",
+    "upgrade_schema",
+]
+
+
+def open_store(db: str | Path, readonly: bool = False, pool_size: int = DEFAULT_POOL_SIZE) -> Store:
+    """The store at `db` (a SQLite path or a `postgresql://` URL); `readonly` for the query commands.
+
+    SchemaError when the database is not at this collector's schema version (a writable SQLite file is
+    upgraded instead), StoreUnavailable when PostgreSQL cannot be reached, FileNotFoundError for a missing
+    file opened read-only.
+    """
+    if is_postgres_url(db):
+        return PostgresStore(str(db), readonly=readonly, pool_size=pool_size)
+    return SQLiteStore(Path(db), readonly=readonly)
+
+
+def upgrade_schema(db: str | Path) -> tuple[int, list[Migration]]:
+    """Apply the pending migrations of the database at `db`: (version before, migrations applied)."""
+    store: SQLStore
+    if is_postgres_url(db):
+        store = PostgresStore(str(db), pool_size=1, check_schema=False)
+    else:
+        store = SQLiteStore(Path(db), upgrade=False)
+    try:
+        before = store.schema_version()
+        return before, store.upgrade()
+    finally:
+        store.close()
+
+
+def device_clip_url(db: str | Path, site: str, device: str) -> str:
+    """The clip API URL a device last published; LookupError naming what is missing."""
+    store = open_store(db, readonly=True, pool_size=1)
+    try:
+        status = store.device_status(site, device)
+    finally:
+        store.close()
+    if status is None:
+        raise LookupError(
+            f"device {site}/{device} has never been heard by this collector ({store.description})"
+        )
+    if not status.clip_url:
+        raise LookupError(f"device {site}/{device} published no clip URL (its clip server may be disabled)")
+    return status.clip_url
