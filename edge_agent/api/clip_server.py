@@ -443,6 +443,8 @@ def _query_fields(query: ClipQuery) -> dict[str, Any]:
     }
     if query.requisition:
         fields["requisition"] = query.requisition
+    if query.officer:
+        fields["officer"] = query.officer
     return fields
 
 

@@ -14,17 +14,17 @@ from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.api.params import ParamError, check_camera, check_range, check_requisition, parse_time
-from edge_agent.formats.audit import AuditLog
-from edge_agent.formats.signing import (
-    HEADER_KEY,
-    HEADER_NONCE,
-    HEADER_SIGNATURE,
-    HEADER_TIMESTAMP,
-    RequestSigner,
-    RequestVerifier,
-    SignatureError,
+from edge_agent.api.params import (
+    ParamError,
+    check_camera,
+    check_officer,
+    check_range,
+    check_requisition,
+    parse_time,
 )
+from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.signing import COMMAND_SIGNATURE_FIELDS as _SIGNATURE_FIELDS
+from edge_agent.formats.signing import RequestVerifier, SignatureError, signed_command
 from edge_agent.formats.times import Clock
 
 if TYPE_CHECKING:
@@ -33,13 +33,7 @@ if TYPE_CHECKING:
 MAX_HOLD_SECONDS = 31 * 86400.0
 DEFAULT_HOLD_DAYS = 365.0
 _HOLD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_HOLD_FIELDS = ("camera", "start", "end", "requisition", "expires")
-_SIGNATURE_FIELDS = {
-    "key": HEADER_KEY,
-    "ts": HEADER_TIMESTAMP,
-    "nonce": HEADER_NONCE,
-    "sig": HEADER_SIGNATURE,
-}
+_HOLD_FIELDS = ("camera", "start", "end", "requisition", "expires", "officer")
 
 
 class HoldService:
@@ -58,7 +52,8 @@ class HoldService:
         self.clock = clock
 
     def hold(self, payload: Any, actor: str) -> dict[str, Any]:
-        """Add a hold from {camera, start, end, requisition, expires?}; ParamError names a bad field."""
+        """Add a hold from {camera, start, end, requisition, expires?, officer?}; ParamError names a bad
+        field."""
         if not isinstance(payload, Mapping):
             raise ParamError("malformed-body", "body: a JSON object with camera, start, end, requisition")
         unknown = sorted(set(payload) - set(_HOLD_FIELDS))
@@ -72,6 +67,7 @@ class HoldService:
         end_ts = parse_time("end", str(payload["end"]))
         check_range(start_ts, end_ts, MAX_HOLD_SECONDS)
         requisition = check_requisition(str(payload["requisition"]))
+        officer = check_officer(str(payload["officer"])) if payload.get("officer") else ""
         now = self.clock()
         if payload.get("expires"):
             expires_at = parse_time("expires", str(payload["expires"]))
@@ -94,6 +90,7 @@ class HoldService:
             requisition=requisition,
             expires_at=expires_at,
             hold_id=str(hold.id),
+            **({"officer": officer} if officer else {}),
         )
         return record
 
@@ -141,8 +138,4 @@ class HoldService:
             return {"ok": False, "error": error.reason, "message": str(error)}
 
 
-def signed_command(name: str, fields: Mapping[str, Any], signer: RequestSigner) -> dict[str, Any]:
-    """The payload of a signed MQTT hold/release command (collector side)."""
-    query = sorted((k, str(v)) for k, v in fields.items())
-    headers = signer.headers("MQTT", f"/cmd/{name}", query)
-    return {**fields, **{k: headers[h] for k, h in _SIGNATURE_FIELDS.items()}}
+__all__ = ["HoldService", "signed_command"]

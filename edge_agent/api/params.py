@@ -10,12 +10,10 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from edge_agent.formats import times
+from edge_agent.formats.references import reference_problem
 from edge_agent.formats.times import TimeFormatError
 
 _CAMERA_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-# A requisition reference as courts and police write them ("PV 2024/118-B"): letters, digits, space,
-# `.`, `_`, `-`, `/`, `:`; nothing that could climb a path or reach a shell.
-_REQUISITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,127}$")
 _PATH_HINTS = ("/", "\\", "..", "\x00", "%2f", "%2e", "%5c", "~")
 
 
@@ -36,6 +34,7 @@ class ClipQuery:
     start_ts: float
     end_ts: float
     requisition: str = ""
+    officer: str = ""
 
 
 def parse_time(name: str, raw: str) -> float:
@@ -74,12 +73,17 @@ def check_camera(raw: str, known: Collection[str]) -> str:
 
 def check_requisition(raw: str) -> str:
     """A requisition reference: printable, short, never path-like."""
-    if ".." in raw or raw.startswith(("/", "~")) or not _REQUISITION_RE.match(raw):
-        raise ParamError(
-            "bad-requisition",
-            f"requisition: {raw!r} must be letters, digits, space and . _ : / - (max 128),"
-            " not starting with / and without '..'",
-        )
+    problem = reference_problem("requisition", raw)
+    if problem:
+        raise ParamError("bad-requisition", problem)
+    return raw
+
+
+def check_officer(raw: str) -> str:
+    """The officer who asked (optional on the wire): the same rule as a requisition reference."""
+    problem = reference_problem("officer", raw)
+    if problem:
+        raise ParamError("bad-officer", problem)
     return raw
 
 
@@ -100,9 +104,10 @@ def parse_clip_query(
     max_seconds: float,
     need_requisition: bool,
 ) -> ClipQuery:
-    """Validate `camera`, `start`, `end` (and `requisition`) of a segments or clips request."""
+    """Validate `camera`, `start`, `end` (and `requisition`, optional `officer`) of a segments or clips
+    request."""
     required = ("camera", "start", "end", "requisition") if need_requisition else ("camera", "start", "end")
-    values = single_values(pairs, required, optional=("requisition",))
+    values = single_values(pairs, required, optional=("requisition", "officer"))
     camera = check_camera(values["camera"], cameras)
     start_ts = parse_time("start", values["start"])
     end_ts = parse_time("end", values["end"])
@@ -110,4 +115,7 @@ def parse_clip_query(
     requisition = values.get("requisition", "")
     if requisition:
         check_requisition(requisition)
-    return ClipQuery(camera, start_ts, end_ts, requisition)
+    officer = values.get("officer", "")
+    if officer:
+        check_officer(officer)
+    return ClipQuery(camera, start_ts, end_ts, requisition, officer)

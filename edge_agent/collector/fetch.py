@@ -38,15 +38,17 @@ class ClipRequest:
     start_ts: float
     end_ts: float
     requisition: str
+    officer: str = ""
 
     def query(self) -> list[tuple[str, str]]:
-        """The clip API query."""
-        return [
+        """The clip API query (`officer` only when known: older devices refuse unknown parameters)."""
+        query = [
             ("camera", self.camera),
             ("start", iso_ms(self.start_ts)),
             ("end", iso_ms(self.end_ts)),
             ("requisition", self.requisition),
         ]
+        return [*query, ("officer", self.officer)] if self.officer else query
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ def fetch_clip(
         "requisition": request.requisition,
         "source": endpoint.base_url,
     }
+    if request.officer:
+        who["officer"] = request.officer
     try:
         started = time.perf_counter()
         result = download_bundle(endpoint, request.query(), export_dir / BUNDLE_FILE, progress)

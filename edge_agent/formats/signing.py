@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature
@@ -265,3 +266,19 @@ class RequestVerifier:
             )
         self._nonces.add(f"{kid}:{nonce}", sent_at + self._skew + 1, now)
         return kid
+
+
+# Where an MQTT command carries the four signature headers (its payload has no headers).
+COMMAND_SIGNATURE_FIELDS = {
+    "key": HEADER_KEY,
+    "ts": HEADER_TIMESTAMP,
+    "nonce": HEADER_NONCE,
+    "sig": HEADER_SIGNATURE,
+}
+
+
+def signed_command(name: str, fields: Mapping[str, Any], signer: RequestSigner) -> dict[str, Any]:
+    """The payload of a signed MQTT command `name`: its fields (the query) plus the signature fields."""
+    query = sorted((k, str(v)) for k, v in fields.items())
+    headers = signer.headers("MQTT", f"/cmd/{name}", query)
+    return {**fields, **{k: headers[h] for k, h in COMMAND_SIGNATURE_FIELDS.items()}}

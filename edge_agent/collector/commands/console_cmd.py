@@ -1,0 +1,101 @@
+"""`csu-collector console`: the web console for operators and investigators (see `collector/console`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from edge_agent.collector.console.app import ConsoleSettings
+from edge_agent.collector.console.fleet import FleetRules
+from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer, default_audit, parse_listen
+from edge_agent.collector.ingest import parse_broker_url
+from edge_agent.formats.keys import KeyFileError
+
+
+def add_console_arguments(parser: argparse.ArgumentParser) -> None:
+    """The console's options (shared by `console` and `serve --console`)."""
+    parser.add_argument(
+        "--keys", type=Path, default=Path(os.environ.get("CSU_KEYS_DIR", "keys")), help="CSU key directory"
+    )
+    parser.add_argument(
+        "--device-keys", type=Path, help="provisioned device keys as SITE/DEVICE.pub (default: KEYS/devices)"
+    )
+    parser.add_argument(
+        "--audit", type=Path, help="the collector's audit log (default: $CSU_AUDIT_LOG or beside --db)"
+    )
+    parser.add_argument("--exports", type=Path, help="where clip exports go (default: exports/ beside --db)")
+    parser.add_argument(
+        "--status-interval", type=float, default=30.0, help="the devices' status interval (s)"
+    )
+    parser.add_argument(
+        "--legal-days", type=float, default=0.0, help="legal retention in days (0: each device's)"
+    )
+    parser.add_argument(
+        "--session-idle-minutes", type=float, default=30.0, help="idle time that ends a session"
+    )
+    parser.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (behind HTTPS)")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `csu-collector console`."""
+    parser = subparsers.add_parser("console", help="the web console (fleet, alerts, clips, holds, audit)")
+    parser.add_argument("--db", type=Path, required=True, help="the collector store written by `serve`")
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on")
+    parser.add_argument("--broker", help="mqtt://... for snapshots (the devices' signed snapshot command)")
+    parser.add_argument("--topic-root", default="csu/v1", help="topic root of the devices")
+    add_console_arguments(parser)
+    parser.set_defaults(handler=console_command)
+
+
+def console_options(args: argparse.Namespace) -> ConsoleOptions:
+    """Options from parsed arguments; ValueError naming a bad one."""
+    if args.status_interval <= 0:
+        raise ValueError("--status-interval: must be positive")
+    if args.session_idle_minutes <= 0:
+        raise ValueError("--session-idle-minutes: must be positive")
+    broker = parse_broker_url(args.broker) if args.broker else None
+    settings = ConsoleSettings(
+        rules=FleetRules(status_interval_s=args.status_interval, legal_retention_days=args.legal_days),
+        session_idle_s=args.session_idle_minutes * 60,
+        secure_cookies=args.secure_cookies,
+    )
+    return ConsoleOptions(
+        db=args.db,
+        keys=args.keys,
+        device_keys=args.device_keys or args.keys / "devices",
+        audit=args.audit or default_audit(args.db),
+        exports=args.exports or args.db.with_name("exports"),
+        broker=broker,
+        topic_root=args.topic_root,
+        settings=settings,
+    )
+
+
+def console_command(args: argparse.Namespace) -> int:
+    """Serve the console until SIGINT/SIGTERM."""
+    try:
+        host, port = parse_listen(args.listen)
+        server = ConsoleServer(console_options(args), host, port)
+    except ValueError as error:
+        print(f"console: {error}", file=sys.stderr)
+        return 2
+    except KeyFileError as error:
+        print(f"console: --keys: {error}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        server.start()
+    except OSError as error:
+        print(f"console: --listen {args.listen}: {error}", file=sys.stderr)
+        server.stop()
+        return 1
+    print(f"console on {server.url}", flush=True)
+    stopping.wait()
+    server.stop()
+    return 0
