@@ -307,6 +307,22 @@ def test_unusable_storage_path_names_the_field(site: dict[str, Any], tmp_path: P
     assert blocker.read_text() == "a file where the segments should go"
 
 
+def test_unreadable_broker_ca_names_the_field_and_leaves_nothing_open(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    ca_file = tmp_path / "broker-ca.crt"
+    ca_file.write_text("not a certificate")
+    site["mqtt"]["tls"] = {"ca_file": str(ca_file)}
+    before = {t.name for t in threading.enumerate()}
+    agent = Agent(parse_config(site), hotplug=False)
+    with pytest.raises(AgentError, match=r"^mqtt\.tls: cannot load the TLS files: "):
+        agent.start()
+    assert agent.ring is None and agent.mqtt is None
+    assert not Path(site["mqtt"]["outbox_path"]).exists(), "the outbox was opened before the client failed"
+    time.sleep(0.2)
+    assert {t.name for t in threading.enumerate()} <= before, "a part kept running after a failed start"
+
+
 def test_reload_restarts_an_attached_usb_camera_on_its_node(site: dict[str, Any], tmp_path: Path) -> None:
     site["cameras"] = [dict(site["cameras"][1], source={"kind": "synthetic", "seed": 2, "usb_id": "SN1"})]
     site["mqtt"]["enabled"] = False

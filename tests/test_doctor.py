@@ -106,6 +106,8 @@ def test_good_setup_passes(tmp_path: Path, site: dict[str, Any], capsys: Any) ->
     assert "768x576" in checks["camera square reachable"]
     assert "12.1% of 768x576" in checks["camera square masks"]  # 0.3 x 0.4, edges included
     assert "as 'ville-01/pi-a'" in checks["broker reachable"]
+    port = site["clip_server"]["port"]
+    assert checks["broker reachable"].endswith(f"; the CSU is told clip URL http://127.0.0.1:{port}")
     # The sandbox's clock may or may not be NTP-synchronized: never a failure when it is plausible.
     assert not checks["clock synchronized"].startswith("fail")
     assert code == EXIT_OK
@@ -168,6 +170,24 @@ def test_missing_broker_tls_file_is_named(tmp_path: Path, site: dict[str, Any]) 
     result = check_broker(parse_config(site), timeout_s=5)
     assert result.status is Status.FAIL and not result.blocks_recording
     assert result.detail == f"TLS CA file {tmp_path / 'csu-ca.crt'} is missing"
+
+
+def test_clip_url_the_csu_cannot_reach_is_a_warning(site: dict[str, Any]) -> None:
+    """An IPv6-only wildcard bind cannot be reached at the IPv4 address the broker connection uses."""
+    site["clip_server"]["bind"] = "::"
+    result = check_broker(parse_config(site), timeout_s=5)
+    assert result.status is Status.WARN
+    assert result.detail.endswith(
+        "no clip URL the CSU can reach: set clip_server.advertise_url or a bind address"
+    )
+
+
+def test_unreadable_broker_ca_is_named(tmp_path: Path, site: dict[str, Any]) -> None:
+    ca_file = tmp_path / "csu-ca.crt"
+    ca_file.write_text("not a certificate")
+    site["mqtt"]["tls"] = {"ca_file": str(ca_file)}
+    result = check_broker(parse_config(site), timeout_s=5)
+    assert result.status is Status.FAIL and "mqtt.tls: cannot load the TLS files" in result.detail
 
 
 def test_invalid_config_is_reported_by_field(tmp_path: Path, capsys: Any) -> None:

@@ -44,7 +44,7 @@ from edge_agent.formats.keys import (
 )
 from edge_agent.formats.mqtt_wire import CameraStatus
 from edge_agent.formats.times import Clock
-from edge_agent.link.mqtt import CommandError, MqttLink
+from edge_agent.link.mqtt import ClientSetupError, CommandError, MqttLink
 from edge_agent.link.status import CameraReport, DeviceReport, camera_status, camera_statuses
 from edge_agent.storage.recorder import Recorder
 from edge_agent.storage.ringbuffer import RingBuffer
@@ -157,6 +157,8 @@ class Agent:
                 self.mqtt = MqttLink(
                     self.config, self.device_report, self._command_handlers(), clip_port, self._clock
                 )
+            except ClientSetupError as error:
+                raise AgentError(str(error)) from None
             except (OSError, sqlite3.Error) as error:
                 raise AgentError(
                     f"mqtt.outbox_path: cannot open {self.config.mqtt.outbox_path}: {error}"

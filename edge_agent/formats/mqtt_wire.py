@@ -1,9 +1,11 @@
-"""The MQTT wire contract (DESIGN.md section 4): topics, payload builders and payload parsers.
+"""The MQTT wire contract (DESIGN.md section 4): topics, payload builders, payload models and parsers.
 
-Pure functions only, so the device side (`mqtt.py`), the collector and the fleet simulator share one
-definition of what goes on the wire. Every payload carries `"schema": 1`; times are UTC ISO 8601 with
-milliseconds (`2024-05-01T12:00:00.123Z`). Parsers accept extra fields (the contract grows by adding
-fields) but reject a wrong schema number, a missing field or a wrong type, naming the field.
+Pure code only, so the device side (`edge_agent.link`), the collector and the fleet simulator share one
+definition of what goes on the wire. The status document is a model both ways: the device builds a
+`StatusMessage` (`edge_agent.link.status`) and sends `message.wire()`; the collector parses it back into
+the same model. Every payload carries `"schema": 1`; times are UTC ISO 8601 with milliseconds
+(`2024-05-01T12:00:00.123Z`). Parsers accept extra fields (the contract grows by adding fields) but
+reject a wrong schema number, a missing field or a wrong type, naming the field.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def encode(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-# --- parsers (collector side) -------------------------------------------------------------------
+# --- models (the status built by the device) and parsers (collector side) --------------------------
 
 
 _FROM_WIRE = {"wire": True}

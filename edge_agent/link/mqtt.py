@@ -68,12 +68,16 @@ class CommandError(Exception):
     """A command refused for a reason the CSU should read (bad argument, nothing to hold...)."""
 
 
+class ClientSetupError(ValueError):
+    """The MQTT client cannot be set up as configured; the message names the field."""
+
+
 def make_client(config: AgentConfig, client_id: str = "") -> mqtt.Client:
     """A paho client set up from `config.mqtt`: protocol, credentials, TLS, reconnect delays, in-flight.
 
     Not connected, no callbacks. `client_id` defaults to the configured one, else `edge-{site}-{device}`;
     a tool that must not take a running agent's place (doctor) passes its own. A TLS file that cannot be
-    loaded raises here (OSError, ssl.SSLError, ValueError), before any connection.
+    loaded raises ClientSetupError here, before any connection.
     """
     cfg = config.mqtt
     v5 = cfg.protocol == "5"
@@ -89,11 +93,14 @@ def make_client(config: AgentConfig, client_id: str = "") -> mqtt.Client:
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password or None)
     if cfg.tls is not None:
-        client.tls_set(
-            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-        )
+        try:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            )
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            raise ClientSetupError(f"mqtt.tls: cannot load the TLS files: {error}") from None
     client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
     client.max_inflight_messages_set(cfg.max_inflight)
     return client
@@ -145,8 +152,8 @@ class MqttLink:
         self._clip_port = clip_port
         self._clock = clock
         self._started_at = clock()
+        self.client = make_client(config)  # first: a TLS error must not leave the outbox open
         self.outbox = Outbox(config.mqtt.outbox_path, config.mqtt.outbox_max_messages)
-        self.client = make_client(config)
         self.client.will_set(self.topics.availability, _OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
