@@ -11,7 +11,13 @@ from pathlib import Path
 
 from edge_agent.collector.console.app import ConsoleSettings
 from edge_agent.collector.console.fleet import FleetRules
-from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer, default_audit, parse_listen
+from edge_agent.collector.console.server import (
+    ConsoleOptions,
+    ConsoleServer,
+    beside,
+    default_audit,
+    parse_listen,
+)
 from edge_agent.collector.ingest import parse_broker_url
 from edge_agent.formats.keys import KeyFileError
 
@@ -43,7 +49,9 @@ def add_console_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `csu-collector console`."""
     parser = subparsers.add_parser("console", help="the web console (fleet, alerts, clips, holds, audit)")
-    parser.add_argument("--db", type=Path, required=True, help="the collector store written by `serve`")
+    parser.add_argument(
+        "--db", required=True, help="the collector store: a SQLite file or a postgresql:// URL"
+    )
     parser.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on")
     parser.add_argument("--broker", help="mqtt://... for snapshots (the devices' signed snapshot command)")
     parser.add_argument("--topic-root", default="csu/v1", help="topic root of the devices")
@@ -68,7 +76,7 @@ def console_options(args: argparse.Namespace) -> ConsoleOptions:
         keys=args.keys,
         device_keys=args.device_keys or args.keys / "devices",
         audit=args.audit or default_audit(args.db),
-        exports=args.exports or args.db.with_name("exports"),
+        exports=args.exports or beside(args.db, "exports"),
         broker=broker,
         topic_root=args.topic_root,
         settings=settings,

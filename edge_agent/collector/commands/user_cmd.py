@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 from edge_agent.collector.console.accounts import (
-    Account,
     AccountError,
     Passwords,
     check_password,
     check_role,
     check_user_name,
 )
-from edge_agent.collector.console.data import DuplicateError, SqliteConsoleData
+from edge_agent.collector.console.data import Account, DuplicateError, open_console_data
 from edge_agent.collector.console.server import default_audit
 from edge_agent.formats.audit import AuditLog
 
@@ -38,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         if action != "list":
             sub.add_argument("name")
     for sub in actions.choices.values():
-        sub.add_argument("--db", type=Path, required=True, help="the collector store (SQLite file)")
+        sub.add_argument(
+            "--db", required=True, help="the collector store: a SQLite file or a postgresql:// URL"
+        )
         sub.add_argument(
             "--audit", type=Path, help="the collector's audit log (default: $CSU_AUDIT_LOG, or beside --db)"
         )
@@ -64,15 +65,15 @@ def user_command(args: argparse.Namespace) -> int:
         except AccountError as error:
             print(f"user add: {error}", file=sys.stderr)
             return 2
-    data = SqliteConsoleData(args.db)
+    data = open_console_data(args.db)
     try:
         if args.action == "list":
             for account in data.users():
                 state = "disabled" if account.disabled else "active"
-                print(f"{account.name}\t{account.role.value}\t{state}")
+                print(f"{account.name}\t{account.role}\t{state}")
             return 0
         if args.action == "add":
-            account = Account(name, role, Passwords().hash(password), time.time())
+            account = Account(name, role.value, Passwords().hash(password), time.time())
             try:
                 data.add_user(account)
             except DuplicateError as error:

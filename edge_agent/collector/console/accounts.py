@@ -12,11 +12,12 @@ import re
 import secrets
 import threading
 from collections import deque
-from dataclasses import dataclass
 from enum import StrEnum
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from edge_agent.collector.store.console import Session
 
 USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD = 10
@@ -48,36 +49,21 @@ PERMISSIONS: dict[str, Role] = {
 }
 
 
-def allows(role: Role, permission: str) -> bool:
-    """True when `role` may use `permission` (an unknown permission is refused to everyone)."""
+def allows(role: str, permission: str) -> bool:
+    """True when `role` may use `permission` (an unknown role or permission is refused)."""
     least = PERMISSIONS.get(permission)
-    return least is not None and _RANK[role] >= _RANK[least]
+    try:
+        rank = _RANK[Role(role)]
+    except ValueError:
+        return False
+    return least is not None and rank >= _RANK[least]
 
 
-@dataclass(frozen=True)
-class Account:
-    """A console user as stored (the password only as its argon2 hash)."""
-
-    name: str
-    role: Role
-    password_hash: str
-    created_at: float
-    disabled: bool = False
-
-
-@dataclass(frozen=True)
-class Session:
-    """A logged-in browser: the stored hash of its cookie token, its CSRF token and its lifetime."""
-
-    token_hash: str
-    user: str
-    csrf: str
-    created_at: float
-    last_seen: float
-
-    def expired(self, now: float, idle_s: float = SESSION_IDLE_S, max_s: float = SESSION_MAX_S) -> bool:
-        """Idle too long, or older than the longest session."""
-        return now - self.last_seen > idle_s or now - self.created_at > max_s
+def session_expired(
+    session: Session, now: float, idle_s: float = SESSION_IDLE_S, max_s: float = SESSION_MAX_S
+) -> bool:
+    """Idle too long, or older than the longest session."""
+    return now - session.last_seen > idle_s or now - session.created_at > max_s
 
 
 class AccountError(ValueError):

@@ -28,26 +28,27 @@ from aiohttp import web
 from edge_agent.collector.console.accounts import (
     SESSION_IDLE_S,
     SESSION_MAX_S,
-    Account,
     AccountError,
     LoginThrottle,
     Passwords,
     Role,
-    Session,
     allows,
     check_password,
     check_role,
     check_user_name,
     new_token,
+    session_expired,
     token_hash,
 )
 from edge_agent.collector.console.clips import ClipJob, ClipJobs
 from edge_agent.collector.console.data import (
+    Account,
     Acknowledgement,
     Alert,
     AlertQuery,
     ConsoleData,
     DuplicateError,
+    Session,
 )
 from edge_agent.collector.console.devices import DeviceError, DeviceGateway, Snapshot
 from edge_agent.collector.console.fleet import FleetRules, fleet_view
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "csu_session"
 LOGIN_COOKIE = "csu_login"
-PUBLIC_PATHS = ("/login", "/static/")
+PUBLIC_PATHS = ("/login", "/static/", "/favicon.ico")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self';"
     " connect-src 'self'; font-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none';"
@@ -75,6 +76,8 @@ DEFAULT_MAX_CLIP_S = 4 * 3600.0
 SYSTEM_ACTOR = "console"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SESSION = web.RequestKey("session", Session)
+ACCOUNT = web.RequestKey("account", Account)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ class Console:
         app.router.add_post("/login", self.login)
         app.router.add_post("/logout", self.logout)
         app.router.add_static("/static/", HERE / "static", append_version=False)
+        app.router.add_get("/favicon.ico", self.favicon)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         return app
@@ -233,7 +237,7 @@ class Console:
         now = self.clock()
         if session is None:
             return None
-        if session.expired(now, self.settings.session_idle_s, self.settings.session_max_s):
+        if session_expired(session, now, self.settings.session_idle_s, self.settings.session_max_s):
             await self._run(self.data.delete_session, hashed)
             return None
         account = await self._run(self.data.user, session.user)
@@ -249,7 +253,7 @@ class Console:
             current = await self._current(request)
             if current is None:
                 return self._login_needed(request)
-            request["session"], request["account"] = current
+            request[SESSION], request[ACCOUNT] = current
             if request.method == "POST":
                 form = await request.post()
                 sent = str(form.get("csrf", "")) or request.headers.get("X-CSRF-Token", "")
@@ -275,11 +279,11 @@ class Console:
 
     def _guard(self, handler: Handler, permission: str) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            account: Account = request["account"]
+            account: Account = request[ACCOUNT]
             if permission and not allows(account.role, permission):
                 await self._audit("denied", account.name, path=request.path, permission=permission)
                 return self._error(
-                    request, 403, f"Your role ({account.role.value}) does not give access to {permission}."
+                    request, 403, f"Your role ({account.role}) does not give access to {permission}."
                 )
             return await handler(request)
 
@@ -291,8 +295,8 @@ class Console:
         return self.templates.get_template(template).render(**context)
 
     def _page(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-        account: Account | None = request.get("account")
-        session: Session | None = request.get("session")
+        account = request.get(ACCOUNT)
+        session = request.get(SESSION)
         text = self._render(
             template,
             user=account,
@@ -336,9 +340,18 @@ class Console:
 
     # --- login ----------------------------------------------------------------------------------
 
+    async def favicon(self, request: web.Request) -> web.StreamResponse:
+        """The tab icon (browsers ask for it on their own; it must not bounce to the login form)."""
+        return web.FileResponse(HERE / "static" / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
+
     async def login_page(self, request: web.Request) -> web.Response:
-        """The login form (with a login CSRF token in a cookie and the form)."""
-        token = new_token()
+        """The login form (with a login CSRF token in a cookie and the form).
+
+        The token already in the browser's cookie is kept, so that a second login page (another tab,
+        a redirected favicon request) does not invalidate the form the user is filling in.
+        """
+        token = request.cookies.get(LOGIN_COOKIE, "")
+        token = token if len(token) == len(new_token()) else new_token()
         response = self._page(
             request,
             "login.html",
@@ -385,8 +398,8 @@ class Console:
         token = new_token()
         session = Session(token_hash(token), account.name, new_token(), now, now)
         await self._run(self.data.create_session, session)
-        await self._audit("login", account.name, outcome="accepted", remote=remote, role=account.role.value)
-        response = web.HTTPSeeOther(target)
+        await self._audit("login", account.name, outcome="accepted", remote=remote, role=account.role)
+        response = _redirect(target)
         self._set_cookie(response, SESSION_COOKIE, token, max_age=int(self.settings.session_max_s))
         response.del_cookie(LOGIN_COOKIE, path="/")
         return response
@@ -410,10 +423,10 @@ class Console:
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         """End the session (the middleware has checked it and the form's CSRF token)."""
-        session: Session = request["session"]
+        session: Session = request[SESSION]
         await self._run(self.data.delete_session, session.token_hash)
         await self._audit("logout", session.user)
-        response = web.HTTPSeeOther("/login")
+        response = _redirect("/login")
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
 
@@ -522,7 +535,7 @@ class Console:
 
     async def acknowledge(self, request: web.Request) -> web.StreamResponse:
         """Acknowledge one alert with a comment (who and when from the session and the clock)."""
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         form = Form(_fields(await request.post()))
         site, device = form.ident("site"), form.ident("device")
         event_id = form.text("event_id", max_length=128)
@@ -580,7 +593,7 @@ class Console:
         status = await self._run(self.data.device_status, site, device)
         if status is None:
             return self._error(request, 404, f"No device {site}/{device} known to this collector.")
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         try:
             hours = min(max(float(request.query.get("hours", "1")), 0.05), 24 * 31)
         except ValueError:
@@ -627,7 +640,7 @@ class Console:
 
     async def camera_refresh(self, request: web.Request) -> web.StreamResponse:
         """Ask the device for a fresh masked snapshot (audited with the user)."""
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         form = Form(_fields(await request.post()))
         site, device, camera = self._camera_ref(form)
         if not form.ok:
@@ -678,7 +691,7 @@ class Console:
 
     async def clip_request(self, request: web.Request) -> web.StreamResponse:
         """Validate and start a clip job; the officer is the logged-in user."""
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         raw = _fields(await request.post())
         form = Form(raw)
         site, device, camera = _split_camera(form)
@@ -708,7 +721,7 @@ class Console:
     async def clip_job_page(self, request: web.Request) -> web.Response:
         """Progress while fetching; then the verified clip, its evidence manifest and the archive."""
         job = self._job(request)
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         if job.playable:
             await self._audit("clip-view", account.name, job=job.id, requisition=job.request.requisition)
         evidence_text = json.dumps(job.evidence, indent=2, sort_keys=True) if job.evidence else ""
@@ -728,7 +741,7 @@ class Console:
     async def clip_archive(self, request: web.Request) -> web.StreamResponse:
         """The whole export directory (bundle, MP4, evidence and its signature) as one tar."""
         job = self._job(request)
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         if not job.playable:
             return self._error(request, 409, "This clip did not verify: there is no export to hand out.")
         path = await self._run(self.jobs.archive, job)
@@ -776,7 +789,7 @@ class Console:
 
     async def hold_add(self, request: web.Request) -> web.StreamResponse:
         """Place a hold on a device (requisition and officer carried in the signed request)."""
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         raw = _fields(await request.post())
         form = Form(raw)
         site, device = _split_device(form)
@@ -812,7 +825,7 @@ class Console:
 
     async def hold_release(self, request: web.Request) -> web.StreamResponse:
         """Release a hold by id."""
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         raw = _fields(await request.post())
         form = Form(raw)
         site, device = _split_device(form)
@@ -858,7 +871,7 @@ class Console:
 
     async def user_add(self, request: web.Request) -> web.StreamResponse:
         """Create a user (admins only)."""
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         raw = _fields(await request.post())
         errors: dict[str, str] = {}
         name, role_raw, password = raw.get("name", "").strip(), raw.get("role", ""), raw.get("password", "")
@@ -874,7 +887,7 @@ class Console:
         if not errors:
             try:
                 hashed = await self._run(self.passwords.hash, password)
-                await self._run(self.data.add_user, Account(name, Role(role_raw), hashed, self.clock()))
+                await self._run(self.data.add_user, Account(name, Role(role_raw).value, hashed, self.clock()))
             except DuplicateError as error:
                 errors["name"] = str(error)
         if errors:
@@ -884,7 +897,7 @@ class Console:
 
     async def user_state(self, request: web.Request) -> web.StreamResponse:
         """Disable (and log out everywhere) or re-enable a user."""
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         raw = _fields(await request.post())
         name, disabled = raw.get("name", ""), raw.get("disabled") == "1"
         if name == account.name and disabled:
@@ -898,6 +911,11 @@ class Console:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _redirect(target: str) -> web.Response:
+    """A 303 to a path of this site (returned, so that the middleware adds its headers)."""
+    return web.Response(status=303, headers={"Location": target})
 
 
 def _same(a: str, b: str) -> bool:

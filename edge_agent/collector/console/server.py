@@ -18,9 +18,10 @@ from aiohttp import web
 
 from edge_agent.collector.console.app import Console, ConsoleSettings
 from edge_agent.collector.console.clips import ClipJobs
-from edge_agent.collector.console.data import SqliteConsoleData
+from edge_agent.collector.console.data import open_console_data
 from edge_agent.collector.console.devices import CommandLink, CsuKeys, DeviceGateway
 from edge_agent.collector.ingest import BrokerAddress
+from edge_agent.collector.store import is_postgres_url
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.signing import RequestSigner
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class ConsoleOptions:
     """Where the console's inputs and outputs are."""
 
-    db: Path
+    db: str | Path
     keys: Path
     device_keys: Path
     audit: Path
@@ -42,9 +43,14 @@ class ConsoleOptions:
     settings: ConsoleSettings = field(default_factory=ConsoleSettings)
 
 
-def default_audit(db: Path) -> Path:
+def beside(db: str | Path, name: str) -> Path:
+    """A file next to a SQLite store (in the working directory for a PostgreSQL one)."""
+    return Path(name) if is_postgres_url(db) else Path(db).with_name(name)
+
+
+def default_audit(db: str | Path) -> Path:
     """The collector's audit log: `$CSU_AUDIT_LOG` (as `fetch-clip` uses it), else beside the store."""
-    return Path(os.environ.get("CSU_AUDIT_LOG") or db.with_name("csu-audit.jsonl"))
+    return Path(os.environ.get("CSU_AUDIT_LOG") or beside(db, "csu-audit.jsonl"))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -65,7 +71,7 @@ class ConsoleServer:
         self.host = host
         self.port = port
         keys = CsuKeys.load(options.keys)
-        self.data = SqliteConsoleData(options.db)
+        self.data = open_console_data(options.db)
         self.link = (
             CommandLink(
                 options.broker,

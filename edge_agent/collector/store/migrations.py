@@ -150,6 +150,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE malformed ADD COLUMN device TEXT NOT NULL DEFAULT ''",
         ),
     ),
+    Migration(
+        3,
+        "console: users, sessions (token hashes), alert acknowledgements",
+        (
+            """CREATE TABLE console_users (
+                name TEXT PRIMARY KEY,
+                role TEXT NOT NULL,
+                password_hash TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE console_sessions (
+                token_hash TEXT PRIMARY KEY,
+                user_name TEXT NOT NULL,
+                csrf TEXT NOT NULL,
+                created_at {real} NOT NULL,
+                last_seen {real} NOT NULL
+            )""",
+            "CREATE INDEX console_sessions_by_user ON console_sessions (user_name)",
+            """CREATE TABLE console_acks (
+                site TEXT NOT NULL,
+                device TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                user_name TEXT NOT NULL,
+                at {real} NOT NULL,
+                comment TEXT NOT NULL,
+                PRIMARY KEY (site, device, event_id)
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
