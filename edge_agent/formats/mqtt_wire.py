@@ -282,13 +282,21 @@ class MqttStatus(_Wire):
     command_errors: int = 0
 
 
+class LocationStatus(_Wire):
+    """Where the device stands (its config's `location`), for the plan on the CSU console's fleet page."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    label: str = ""
+
+
 class StatusMessage(_Payload):
     """The status document (built by `edge_agent.link.status`, parsed by the collector).
 
     Fields after `cameras` default to None for a status that lacks them (an older device, a simulator).
     """
 
-    _omit_when_none = frozenset({"status_error"})
+    _omit_when_none = frozenset({"status_error", "location"})
 
     site: str
     device: str
@@ -304,6 +312,7 @@ class StatusMessage(_Payload):
     outbox: OutboxStatus | None = None
     mqtt: MqttStatus | None = None
     status_error: str | None = None
+    location: LocationStatus | None = None
 
     _ts = field_validator("ts", mode="before")(_time)
     _ts_text = field_serializer("ts")(_iso_text)
