@@ -27,8 +27,8 @@ from edge_agent.device.hotplug import CameraIdentity
 from edge_agent.formats.config import parse_config
 from edge_agent.formats.keys import generate_csu_keys, generate_device_key
 from edge_agent.formats.sealing import verify_segment
-from edge_agent.link.localbroker import LocalBroker, free_port
-from edge_agent.link.mqtt import route_address
+from edge_agent.link.localbroker import LocalBroker
+from tests import netns_support
 from tests.mqtt_support import Recorder as Subscriber
 
 TOPIC = "csu/v1/demo-site/demo-pi"
@@ -102,47 +102,83 @@ def test_agent_publishes_status_events_and_records(
         assert info.camera in ("entrance", "square")
 
 
-def test_the_shipped_example_config_advertises_a_clip_url_the_csu_can_reach(
-    tmp_path: Path, mosquitto_factory: Any
-) -> None:
+_FIRST_STATUS = """
+import json, sys
+import paho.mqtt.client as mqtt
+host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+def on_message(_c, _u, message):
+    print(json.loads(message.payload)["clip_url"], flush=True)
+    client.disconnect()
+client.on_message = on_message
+client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+client.connect(host, port)
+client.loop_forever()
+"""
+
+
+def test_the_shipped_example_config_advertises_a_clip_url_the_csu_can_reach(tmp_path: Path) -> None:
     """site.example.yaml binds the clip server to 0.0.0.0: the status must name the address this device
-    reaches the broker from, never loopback. The broker listens on this machine's non-loopback address, so
-    that the agent's connection really leaves from one."""
-    address = route_address("198.51.100.1", 9)  # TEST-NET-2: a route lookup only, nothing is sent
-    if not address or ipaddress.ip_address(address).is_loopback:
-        pytest.skip("this machine has no non-loopback address to reach a broker on")
-    port = free_port(address)
-    broker = mosquitto_factory([f"listener {port} {address}"])
+    reaches the broker from, never loopback. Device, broker and subscriber run in a network namespace of
+    the test's own, where the device's only other address is the one the broker listens on."""
+    address, broker_port = "10.77.0.2", 1883
     document = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     assert document["clip_server"]["bind"] == "0.0.0.0" and not document["clip_server"]["advertise_url"]
     csu = generate_csu_keys(tmp_path / "csu")
     device = generate_device_key(tmp_path / "device-keys")
-    fixed, nomad = document["cameras"]
+    fixed = document["cameras"][0]
     fixed.update(source="synthetic", resolution=[320, 240], fps=4)  # a light scene instead of the Pi's sensor
-    assert nomad["source"]["usb_id"], "opened by hot-plug only, which this test leaves off"
+    document["cameras"] = [fixed]  # the nomad camera waits for hot-plug, which has no devices here
     document["storage"]["path"] = str(tmp_path / "segments")
     document["mqtt"].update(
-        host=address, port=port, tls=None, outbox_path=str(tmp_path / "outbox.sqlite"), status_interval_s=1
-    )
+        host=address, port=broker_port, tls=None, outbox_path=str(tmp_path / "outbox.sqlite"),
+        status_interval_s=1, username="", password="",
+    )  # fmt: skip
     document["clip_server"].update(port=0, audit_log=str(tmp_path / "audit.jsonl"))
     document["keys"] = {
         "device_key": str(device.private),
         "csu_sealing_public_key": str(csu.sealing.public),
         "collector_public_keys": [str(csu.signing.public)],
     }
-    subscriber = Subscriber(broker.port)  # on the broker's loopback listener
-    agent = Agent(parse_config(document), hotplug=False)
-    agent.start()
-    try:
-        topic = f"csu/v1/{document['site_id']}/{document['device_id']}/status"
-        assert subscriber.wait_for(lambda _m: bool(subscriber.on(topic)), timeout=15)
-        clip_url = subscriber.json_on(topic)[-1]["clip_url"]
-        assert agent.clip_server is not None and agent.clip_server.port
-    finally:
-        agent.stop()
-        subscriber.close()
-    assert clip_url == f"http://{address}:{agent.clip_server.port}"
-    assert not ipaddress.ip_address(address).is_loopback
+    config = tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(document))
+    broker_conf = tmp_path / "mosquitto.conf"
+    broker_conf.write_text(f"listener {broker_port} {address}\nallow_anonymous true\npersistence false\n")
+    topic = f"csu/v1/{document['site_id']}/{document['device_id']}/status"
+    with netns_support.namespace(address) as inside:
+        children = [
+            subprocess.Popen(
+                [*inside, "/usr/sbin/mosquitto", "-c", str(broker_conf)], stderr=subprocess.DEVNULL
+            ),
+        ]
+        try:
+            time.sleep(0.5)
+            children.append(
+                subprocess.Popen(
+                    [
+                        *inside,
+                        sys.executable,
+                        "-m",
+                        "edge_agent.commands.cli",
+                        "run",
+                        "--config",
+                        str(config),
+                    ],
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            first = subprocess.run(
+                [*inside, sys.executable, "-c", _FIRST_STATUS, address, str(broker_port), topic],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+        finally:
+            for child in reversed(children):
+                child.terminate()
+                child.wait(timeout=20)
+    clip_url = first.stdout.strip()
+    host, _, port = clip_url.removeprefix("http://").rpartition(":")
+    assert host == address and int(port) > 0, clip_url
+    assert not ipaddress.ip_address(host).is_loopback
 
 
 def test_snapshot_and_reload_commands(site: dict[str, Any], tmp_path: Path, mosquitto: LocalBroker) -> None:
