@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import shutil
 import sys
 import time
@@ -20,6 +21,9 @@ from typing import Any
 import yaml
 
 from edge_agent.collector.commands.cli import main as collector_main
+from edge_agent.collector.console.accounts import Passwords, Role
+from edge_agent.collector.console.data import Account, open_console_data
+from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
 from edge_agent.collector.store import Store, open_store
 from edge_agent.device.agent import Agent
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 MARKER = ".edge-agent-demo"
 SITE, DEVICE = "demo-site", "demo-pi"
 FETCH_SECONDS = 20.0
+CONSOLE_PORT = 8080
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -136,6 +141,7 @@ def demo(args: argparse.Namespace) -> int:
         ingestor.start(parse_broker_url(broker.url), client_id="demo-collector")
         agent = Agent(config, config_path, hotplug=False)
         agent.start()
+        console = start_console(root, broker.url, device_key)
         _banner(root, broker.url, agent)
         started = time.monotonic()
         try:
@@ -145,11 +151,44 @@ def demo(args: argparse.Namespace) -> int:
         try:
             _fetch_tour(root, config, agent, csu_keys, device_key)
         finally:
+            console.stop()
             agent.stop()
             ingestor.stop()
             store.close()
     print(f"\ndemo files kept in {root} (config: device/site.yaml, collector: csu/)")
     return 0
+
+
+def start_console(root: Path, broker_url: str, device: KeyPairPaths) -> ConsoleServer:
+    """The CSU console on the demo store, with an admin `demo` whose password is printed."""
+    devices = root / "csu" / "keys" / "devices" / SITE
+    devices.mkdir(parents=True, exist_ok=True)
+    shutil.copy(device.public, devices / f"{DEVICE}.pub")
+    password = secrets.token_urlsafe(9)
+    db = root / "csu" / "collector.sqlite"
+    data = open_console_data(db)
+    try:
+        data.add_user(Account("demo", Role.ADMIN.value, Passwords().hash(password), time.time()))
+    finally:
+        data.close()
+    options = ConsoleOptions(
+        db=db,
+        keys=root / "csu" / "keys",
+        device_keys=root / "csu" / "keys" / "devices",
+        audit=root / "csu" / "audit.jsonl",
+        exports=root / "csu" / "exports",
+        broker=parse_broker_url(broker_url),
+    )
+    for port in (CONSOLE_PORT, 0):  # 8080 when free, any port otherwise
+        console = ConsoleServer(options, "127.0.0.1", port)
+        try:
+            console.start()
+        except OSError:
+            console.stop()
+            continue
+        print(f"console {console.url}  (login: demo / {password})", file=sys.stderr)
+        return console
+    raise SystemExit("demo: the console could not listen on 127.0.0.1")
 
 
 def _banner(root: Path, broker_url: str, agent: Agent) -> None:
