@@ -20,7 +20,8 @@ from edge_agent.formats.config import AgentConfig, StorageConfig, parse_config
 from edge_agent.formats.media import EncodedPacket, StreamInfo
 from edge_agent.formats.sealing import SegmentWriter
 from edge_agent.formats.signing import RequestSigner
-from edge_agent.storage.ringbuffer import RingBuffer, SegmentRecord
+from edge_agent.storage.index import SegmentRecord
+from edge_agent.storage.ringbuffer import RingBuffer
 
 
 def device_config(tmp_path: Path, cameras: tuple[str, ...] = ("cam1",), **clip: Any) -> AgentConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import cv2
@@ -248,7 +249,8 @@ def test_a_really_full_disk_never_stops_capture_nor_corrupts_the_index(tiny_disk
     assert full.errors > 0 and full.frames_dropped_disk > 0 and "No space left" in full.last_error
     # The index still opens, and every row it has is a whole, verified segment.
     check = RingBuffer(tiny_disk, st, recover=False)
-    assert check._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with closing(sqlite3.connect(tiny_disk / "index.sqlite")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     rows = check.segments("cam1")
     assert rows and all(verify_segment(r.path, keys.device.public_key()).complete for r in rows)
     check.close()

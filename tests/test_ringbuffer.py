@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import sqlite3
+import threading
+from contextlib import closing
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,8 +16,11 @@ import yaml
 
 from edge_agent.commands import cli
 from edge_agent.formats.media import EncodedPacket, StreamInfo
-from edge_agent.formats.sealing import verify_chain, verify_segment
-from edge_agent.storage.ringbuffer import DAY, RingBuffer, SegmentRecord
+from edge_agent.formats.sealing import SegmentWriter, verify_chain, verify_segment
+from edge_agent.storage.index import SegmentRecord
+from edge_agent.storage.maintenance import Maintenance
+from edge_agent.storage.retention import DAY
+from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import seal_segment
 from tests.storage_support import Keys, make_keys, storage
 
@@ -91,6 +96,26 @@ def test_rows_answer_time_range_queries(tmp_path: Path) -> None:
     _check_consistent(ring, keys)
 
 
+def test_a_row_as_the_clip_api_lists_it_and_bundles_it(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    first, second = _add(ring, keys, T0), _add(ring, keys, T0 + 10)
+    values = {
+        "sequence": 2,
+        "start_ts": second.start_ts,
+        "end_ts": second.end_ts,
+        "size": second.size,
+        "sha256": second.sha256,
+        "prev_sha256": first.sha256,
+        "state": "complete",
+    }
+    listed = second.to_bundle_segment().to_listing()
+    assert list(listed) == list(values) and listed == values  # GET /v1/segments: same keys, same order
+    bundled = second.to_bundle_segment(size=123)
+    assert bundled.to_manifest() == {"file": "segments/000000000002.seg", **values, "size": 123}
+    assert bundled.path == second.path
+
+
 def test_age_retention_is_a_hard_cap_even_with_free_space(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -102,10 +127,10 @@ def test_age_retention_is_a_hard_cap_even_with_free_space(
     clock.now = T0 + 4 * DAY + 5
     with caplog.at_level(logging.INFO, logger="edge_agent.storage.ringbuffer"):
         deletions = ring.enforce_retention()
-    assert [(d.sequence, d.reason) for d in deletions] == [(1, "age"), (2, "age"), (3, "age")]
+    assert [(d.segment.sequence, d.reason) for d in deletions] == [(1, "age"), (2, "age"), (3, "age")]
     assert [r.sequence for r in ring.segments("cam1")] == [4]
     assert "deleted segment cam1#1" in caplog.text and ": age" in caplog.text
-    assert not deletions[0].path.exists()
+    assert not deletions[0].segment.path.exists()
 
 
 def test_a_segment_straddling_the_cutoff_goes(tmp_path: Path) -> None:
@@ -125,7 +150,7 @@ def test_quota_deletes_oldest_first_across_cameras(tmp_path: Path) -> None:
     quota = sum(r.size for r in newest)
     small = _ring(tmp_path, keys, Clock(T0), max_bytes=quota)
     deletions = small.enforce_retention()
-    assert [(d.camera, d.sequence, d.reason) for d in deletions] == [
+    assert [(d.segment.camera, d.segment.sequence, d.reason) for d in deletions] == [
         ("cam1", 1, "quota"),
         ("cam2", 1, "quota"),
         ("cam1", 2, "quota"),
@@ -138,19 +163,39 @@ def test_quota_deletes_oldest_first_across_cameras(tmp_path: Path) -> None:
 
 def test_free_space_floor_deletes_oldest(tmp_path: Path) -> None:
     keys = make_keys()
-    free = {"bytes": 10**12}
-    ring = RingBuffer(
-        tmp_path, storage(tmp_path, min_free_bytes=50_000), Clock(T0), disk_free=lambda _: free["bytes"]
-    )
+    disk = {"capacity": 10**12}
+
+    def disk_free(_: Path) -> int:
+        """A disk of `capacity` bytes holding only the segment files really there."""
+        return disk["capacity"] - sum(p.stat().st_size for p in tmp_path.glob("*/*.seg"))
+
+    ring = RingBuffer(tmp_path, storage(tmp_path, min_free_bytes=50_000), Clock(T0), disk_free=disk_free)
     records = [_add(ring, keys, T0 + 10 * i, payload=20_000) for i in range(4)]
-    free["bytes"] = 50_000 - records[0].size - 10  # short by a bit more than one segment
-
-    def after_delete(_: Path) -> int:
-        return 50_000 - 10 + (4 - len(ring.segments("cam1"))) * records[0].size - records[0].size
-
-    ring._disk_free = after_delete
+    # Short by a bit more than one segment: the two oldest must go.
+    disk["capacity"] = 50_000 - records[0].size - 10 + sum(r.size for r in records)
     deletions = ring.enforce_retention()
-    assert [(d.sequence, d.reason) for d in deletions] == [(1, "disk-free"), (2, "disk-free")]
+    assert [(d.segment.sequence, d.reason) for d in deletions] == [(1, "disk-free"), (2, "disk-free")]
+    assert disk_free(tmp_path) >= 50_000 and [r.sequence for r in ring.segments("cam1")] == [3, 4]
+
+
+def test_a_free_space_estimate_the_disk_contradicts_is_measured_again(tmp_path: Path) -> None:
+    keys = make_keys()
+    disk = {"capacity": 10**12}
+    pinned = tmp_path / "pinned"
+
+    def disk_free(_: Path) -> int:
+        """A disk of `capacity` bytes: each inode under the ring counted once, whatever its names."""
+        files = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".seg", "")]
+        return disk["capacity"] - sum({p.stat().st_ino: p.stat().st_size for p in files}.values())
+
+    ring = RingBuffer(tmp_path, storage(tmp_path, min_free_bytes=50_000), Clock(T0), disk_free=disk_free)
+    records = [_add(ring, keys, T0 + 10 * i, payload=20_000) for i in range(3)]
+    os.link(records[0].path, pinned)  # another name keeps the oldest file's blocks taken once unlinked
+    disk["capacity"] = 50_000 - 100 + sum(r.size for r in records)
+    deletions = ring.enforce_space()
+    # The plan counted #1 as enough; the disk said otherwise, so #2 went too.
+    assert [(d.segment.sequence, d.reason) for d in deletions] == [(1, "disk-free"), (2, "disk-free")]
+    assert disk_free(tmp_path) >= 50_000
 
 
 def test_holds_survive_age_and_quota_then_expire(tmp_path: Path) -> None:
@@ -162,13 +207,13 @@ def test_holds_survive_age_and_quota_then_expire(tmp_path: Path) -> None:
     hold = ring.add_hold("cam1", T0 + 12, T0 + 25, "PV 2024/117 TJ Lyon", expires_at=T0 + 30 * DAY)
     assert ring.holds("cam1") == [hold] and ring.holds("cam2") == []
     clock.now = T0 + 2 * DAY
-    deleted = {d.sequence for d in ring.enforce_retention()}
+    deleted = {d.segment.sequence for d in ring.enforce_retention()}
     assert deleted == {1, 4, 5, 6}
     assert [r.sequence for r in ring.segments("cam1")] == [2, 3]  # 10..20 and 20..30 overlap the hold
     quota = _ring(tmp_path, keys, clock, retention_days=1, max_bytes=1)
     assert quota.enforce_retention() == [] and len(quota.segments("cam1")) == 2
     clock.now = T0 + 31 * DAY
-    assert {d.sequence for d in ring.enforce_retention()} == {2, 3}
+    assert {d.segment.sequence for d in ring.enforce_retention()} == {2, 3}
     assert ring.holds() == []
 
 
@@ -261,6 +306,56 @@ def test_a_corrupt_index_is_set_aside_and_rebuilt_from_the_files(tmp_path: Path)
     assert _add(reopened, keys, T0 + 30).prev_sha256 == records[-1].sha256  # the chain goes on
 
 
+def test_the_index_reads_and_writes_by_column_name(tmp_path: Path) -> None:
+    # An index whose tables list their columns in another order, with one more: as a later layout might.
+    with closing(sqlite3.connect(tmp_path / "index.sqlite")) as db:
+        db.executescript(
+            """
+            CREATE TABLE segments (state TEXT NOT NULL, path TEXT NOT NULL, note TEXT DEFAULT '',
+                camera TEXT NOT NULL, sequence INTEGER NOT NULL, size INTEGER NOT NULL, end_ts REAL NOT NULL,
+                start_ts REAL NOT NULL, prev_sha256 TEXT NOT NULL, sha256 TEXT NOT NULL,
+                PRIMARY KEY (camera, sequence));
+            CREATE TABLE holds (expires_at REAL NOT NULL, id INTEGER PRIMARY KEY AUTOINCREMENT,
+                requisition TEXT NOT NULL, camera TEXT NOT NULL, end_ts REAL NOT NULL, start_ts REAL NOT NULL,
+                created_at REAL NOT NULL);
+            """
+        )
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    records = [_add(ring, keys, T0 + 10 * i) for i in range(2)]
+    hold = ring.add_hold("cam1", T0, T0 + 5, "PV-3", T0 + DAY)
+    assert ring.segments("cam1") == records and ring.holds() == [hold]
+    assert ring.stats()["cam1"]["bytes"] == sum(r.size for r in records)
+    ring.close()
+    reopened = _ring(tmp_path, keys, Clock(T0))
+    assert reopened.recovery == []  # every row read back matches its file
+    assert reopened.segments("cam1") == records and reopened.holds() == [hold]
+    assert _add(reopened, keys, T0 + 20).prev_sha256 == records[-1].sha256
+
+
+def test_commit_refuses_a_segment_sealed_under_another_name(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    _add(ring, keys, T0)
+    pending = ring.begin("cam1")
+    writer = SegmentWriter(
+        pending.file,
+        camera="cam2",
+        device="pi-01",
+        sequence=pending.sequence,
+        prev_sha256=pending.prev_sha256,
+        stream=StreamInfo("h264", "libx264", 64, 48, "yuv420p", Fraction(1, 1000), 10.0, T0),
+        start_ts=T0 + 10,
+        device_key=keys.device,
+        csu_public_key=keys.csu.public_key(),
+    )
+    with pytest.raises(ValueError, match="sealed segment cam2#2 committed as cam1#2"):
+        ring.commit(pending, writer.finish())
+    assert not pending.tmp_path.exists() and not pending.final_path.exists()
+    assert [r.sequence for r in ring.segments("cam1")] == [1] and ring.segments("cam2") == []
+    assert _add(ring, keys, T0 + 10).sequence == 2  # the sequence is used again
+
+
 def test_maintenance_thread_applies_retention(tmp_path: Path) -> None:
     keys = make_keys()
     clock = Clock(T0)
@@ -276,6 +371,52 @@ def test_maintenance_thread_applies_retention(tmp_path: Path) -> None:
     finally:
         ring.stop()
     assert ring.segments("cam1") == []
+
+
+def test_a_failing_maintenance_pass_is_logged_and_the_next_one_runs(caplog: pytest.LogCaptureFixture) -> None:
+    passes: list[int] = []
+    done = threading.Event()
+
+    def task() -> None:
+        passes.append(len(passes))
+        if len(passes) == 1:
+            raise OSError(28, "No space left on device")
+        done.set()
+
+    maintenance = Maintenance(task, 0.01, "test-maintenance")
+    maintenance.start()
+    maintenance.start()  # already running: no second thread
+    try:
+        assert done.wait(5)
+    finally:
+        maintenance.stop()
+    assert "test-maintenance: pass failed" in caplog.text and "No space left" in caplog.text
+    assert not [t for t in threading.enumerate() if t.name == "test-maintenance"]
+
+
+def test_an_unreadable_holds_mirror_is_reported_not_fatal(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    _add(ring, keys, T0)
+    ring.add_hold("cam1", T0, T0 + 10, "PV-9", T0 + DAY)
+    ring.close()
+    (tmp_path / "index.sqlite").unlink()
+    (tmp_path / "holds.json").write_text('[{"id": 1, "camera": "cam1"}]')  # fields missing
+    reopened = _ring(tmp_path, keys, Clock(T0))
+    assert any("holds.json" in line and "holds not restored" in line for line in reopened.recovery)
+    assert reopened.holds() == [] and [r.sequence for r in reopened.segments("cam1")] == [1]
+
+
+def test_recovery_ignores_files_that_are_not_named_as_segments(tmp_path: Path) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    _add(ring, keys, T0)
+    ring.close()
+    stray = tmp_path / "cam1" / "notes.seg"
+    stray.write_bytes(b"not a segment")
+    reopened = _ring(tmp_path, keys, Clock(T0))
+    assert reopened.recovery == [] and stray.exists()
+    assert [r.sequence for r in reopened.segments("cam1")] == [1]
 
 
 def test_read_only_open_changes_nothing(tmp_path: Path) -> None:

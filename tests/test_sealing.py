@@ -86,6 +86,29 @@ def test_round_trip_gives_back_every_packet_and_the_stream(cipher: str) -> None:
     assert opened.info.end_ts == pytest.approx(1000.0 + 1.2)  # pts_epoch + (last pts + duration)
 
 
+def test_the_writer_describes_its_segment_as_verification_reads_it_back() -> None:
+    keys = make_keys()
+    out = io.BytesIO()
+    writer = SegmentWriter(
+        out,
+        camera="cam1",
+        device="dev1",
+        sequence=4,
+        prev_sha256="ab" * 32,
+        stream=STREAM,
+        start_ts=1000.0,
+        device_key=keys.device,
+        csu_public_key=keys.csu.public_key(),
+    )
+    for packet in _packets(7):
+        writer.append(packet)
+    sealed = writer.finish()
+    read_back = verify_segment(out.getvalue(), keys.device.public_key())
+    assert sealed == read_back  # one type, the same values, whichever side describes the file
+    assert (sealed.packets, sealed.records, sealed.state) == (7, 8, "complete")
+    assert sealed.header == read_back.header and sealed.valid_length == sealed.size == len(out.getvalue())
+
+
 def test_writer_streams_records_to_the_file_as_packets_arrive(tmp_path: Path) -> None:
     keys = make_keys()
     with (tmp_path / "s.seg").open("wb", buffering=0) as out:
@@ -172,6 +195,7 @@ def test_a_truncated_file_is_detected_and_its_prefix_is_usable(tmp_path: Path) -
         assert info.state == "partial" and info.valid_length <= cut
         prefix = open_segment(path, keys.csu, keys.device.public_key(), allow_partial=True)
         assert prefix.packets == _packets(10, 3)[: len(prefix.packets)]
+        assert info.packets == len(prefix.packets)  # counted without decrypting
 
 
 def test_a_cut_at_a_record_boundary_is_still_caught() -> None:
@@ -179,6 +203,7 @@ def test_a_cut_at_a_record_boundary_is_still_caught() -> None:
     data = _seal(keys)
     info = verify_segment(data[: data.rindex(b"EDGETRL1")], keys.device.public_key(), allow_partial=True)
     assert not info.complete  # the last-record flag is there, but not the signed trailer
+    assert (info.records, info.packets) == (11, 10)  # the end record is not a packet
     # Dropping the end record and re-flagging a middle one as last cannot pass: the flag is in the nonce.
     forged = bytearray(data[: data.rindex(b"EDGETRL1")])
     header_end = 12 + int.from_bytes(forged[8:12], "big")

@@ -33,10 +33,8 @@ from edge_agent.api.ratelimit import BucketMap
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.bundle import (
     BundlePlan,
-    BundleSegment,
     build_manifest,
     find_gaps,
-    member_name,
     plan_bundle,
     read_part,
     sign_manifest,
@@ -46,7 +44,8 @@ from edge_agent.formats.config import AgentConfig
 from edge_agent.formats.mqtt_wire import CameraStatus
 from edge_agent.formats.signing import NONCE_JOURNAL_NAME, NonceCache, RequestVerifier, SignatureError
 from edge_agent.formats.times import Clock
-from edge_agent.storage.ringbuffer import Hold, SegmentRecord
+from edge_agent.storage.holds import Hold
+from edge_agent.storage.index import SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +270,8 @@ class ClipServer:
             None, self.ring.segments, query.camera, query.start_ts, query.end_ts
         )
         self._accept(exchange, 200, rows=len(rows))
-        return web.json_response({"camera": query.camera, "segments": [_row(r) for r in rows]})
+        segments = [r.to_bundle_segment().to_listing() for r in rows]
+        return web.json_response({"camera": query.camera, "segments": segments})
 
     async def _clip(self, request: web.Request, exchange: _Exchange) -> web.StreamResponse:
         query = parse_clip_query(request.query.items(), self.cameras, self.settings.max_clip_seconds, True)
@@ -305,19 +305,7 @@ class ClipServer:
                 size = record.path.stat().st_size
             except OSError:
                 continue  # deleted by retention since the query: reported as a gap
-            segments.append(
-                BundleSegment(
-                    file=member_name(record.sequence),
-                    sequence=record.sequence,
-                    start_ts=record.start_ts,
-                    end_ts=record.end_ts,
-                    size=size,
-                    sha256=record.sha256,
-                    prev_sha256=record.prev_sha256,
-                    state=record.state,
-                    path=record.path,
-                )
-            )
+            segments.append(record.to_bundle_segment(size))
         oldest, newest = self._camera_extent(query.camera)
         manifest = build_manifest(
             site=self.config.site_id,
@@ -446,18 +434,6 @@ def _query_fields(query: ClipQuery) -> dict[str, Any]:
     if query.officer:
         fields["officer"] = query.officer
     return fields
-
-
-def _row(record: SegmentRecord) -> dict[str, Any]:
-    return {
-        "sequence": record.sequence,
-        "start_ts": record.start_ts,
-        "end_ts": record.end_ts,
-        "size": record.size,
-        "sha256": record.sha256,
-        "prev_sha256": record.prev_sha256,
-        "state": record.state,
-    }
 
 
 def _requested_range(request: web.Request, plan: BundlePlan) -> tuple[int, int] | None:

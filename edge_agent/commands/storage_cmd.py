@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 from edge_agent.formats.config import ConfigError, load_config
-from edge_agent.storage.ringbuffer import INDEX_NAME, RingBuffer
+from edge_agent.storage.index import INDEX_NAME
+from edge_agent.storage.ringbuffer import RingBuffer
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +53,7 @@ def show_storage(args: argparse.Namespace) -> int:
         out = {
             camera: {
                 **stats.get(camera, _NOTHING_STORED),
-                "holds": [h.__dict__ for h in holds if h.camera == camera],
+                "holds": [asdict(h) for h in holds if h.camera == camera],
             }
             for camera in cameras
         }

@@ -50,7 +50,10 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class BundleSegment:
-    """One segment row of a manifest (and where the device reads it from, never sent)."""
+    """One segment as the device's API carries it: a manifest row, or a `/v1/segments` row.
+
+    `path` (where the device reads the file from) is never sent.
+    """
 
     file: str
     sequence: int
@@ -66,6 +69,12 @@ class BundleSegment:
         """The manifest row (without the local path)."""
         row = asdict(self)
         row.pop("path")
+        return row
+
+    def to_listing(self) -> dict[str, Any]:
+        """The `GET /v1/segments` row: the manifest row without the archive member name."""
+        row = self.to_manifest()
+        row.pop("file")
         return row
 
 

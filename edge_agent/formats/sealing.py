@@ -109,7 +109,12 @@ class SegmentDecryptError(SegmentError):
 
 @dataclass(frozen=True)
 class SegmentInfo:
-    """What verification learns from a segment without decrypting it."""
+    """What a segment file says of itself, without decrypting it.
+
+    The one description of a segment on the format side: `SegmentWriter.finish` returns it for the file
+    it has just sealed (no `path` yet: the caller owns the file), `verify_segment` for a file it reads.
+    `packets` counts the packet records (every record but the end record).
+    """
 
     camera: str
     device: str
@@ -121,6 +126,7 @@ class SegmentInfo:
     sha256: str
     size: int
     records: int
+    packets: int
     complete: bool
     valid_length: int
     stream: StreamInfo
@@ -145,20 +151,6 @@ class OpenedSegment:
     info: SegmentInfo
     stream: StreamInfo
     packets: list[EncodedPacket]
-
-
-@dataclass(frozen=True)
-class SealedSegment:
-    """What the writer reports when it has written a trailer."""
-
-    sequence: int
-    start_ts: float
-    end_ts: float
-    size: int
-    sha256: str
-    prev_sha256: str
-    records: int
-    packets: int
 
 
 def _where(camera: str | None, sequence: int | None, path: Path | str | None) -> str:
@@ -212,6 +204,7 @@ class SegmentWriter:
         self._hash = hashlib.sha256()
         self._device_key = device_key
         self._camera = camera
+        self._device = device
         self._sequence = sequence
         self._prev_sha256 = prev_sha256
         self._stream = stream
@@ -226,7 +219,7 @@ class SegmentWriter:
         ephemeral_public = _raw(ephemeral.public_key())
         csu_raw = _raw(csu_public_key)
         wrapper = _wrap_key(ephemeral_public, csu_raw, ephemeral.exchange(csu_public_key))
-        header = {
+        header: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "camera": camera,
@@ -244,6 +237,7 @@ class SegmentWriter:
             },
             "stream": stream.to_json(),
         }
+        self._header = header
         body = _canonical(header)
         header_bytes = MAGIC + _LEN.pack(len(body)) + body
         self._aad = hashlib.sha256(header_bytes).digest()
@@ -287,8 +281,8 @@ class SegmentWriter:
         end = packet.pts + packet.duration
         self._last_pts_end = end if self._last_pts_end is None else max(self._last_pts_end, end)
 
-    def finish(self) -> SealedSegment:
-        """Write the end record and the signed trailer; return the segment's hashes and size."""
+    def finish(self) -> SegmentInfo:
+        """Write the end record and the signed trailer; return the sealed segment's description."""
         if self._finished:
             raise RuntimeError("segment already finished")
         self._finished = True
@@ -306,15 +300,22 @@ class SegmentWriter:
         self._write(TRAILER_MAGIC + _LEN.pack(len(trailer)) + trailer)
         signature = self._device_key.sign(SIGNATURE_DOMAIN + self._hash.digest())
         self._write(signature)
-        return SealedSegment(
+        return SegmentInfo(
+            camera=self._camera,
+            device=self._device,
+            device_key_id=str(self._header["device_key_id"]),
             sequence=self._sequence,
             start_ts=self._start_ts,
             end_ts=end_ts,
-            size=self._size,
-            sha256=self._hash.hexdigest(),
             prev_sha256=self._prev_sha256,
+            sha256=self._hash.hexdigest(),
+            size=self._size,
             records=self._counter,
             packets=self._packets,
+            complete=True,
+            valid_length=self._size,
+            stream=self._stream,
+            header=self._header,
         )
 
 
@@ -495,6 +496,7 @@ def _info(parsed: _Parsed, path: Path | None, device_public_key: Ed25519PublicKe
         sha256=parsed.sha256,
         size=parsed.size,
         records=len(parsed.records),
+        packets=sum(1 for _, _, flags in parsed.records if not flags & FLAG_LAST),
         complete=trailer is not None,
         valid_length=parsed.valid_length,
         stream=stream,
