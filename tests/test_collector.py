@@ -9,9 +9,12 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -290,3 +293,182 @@ def test_shared_subscription_splits_the_load(mosquitto: LocalBroker, tmp_path: P
         second.close()
     assert sorted(ids_a + ids_b) == [f"e{i:02d}" for i in range(40)]  # each message to exactly one
     assert ids_a and ids_b
+
+
+# --- one message, one verdict: a poisoned message never costs its batch (issue 13 item 7) -------------
+
+DEEP = b'{"schema": 1, "event_id": "deep", "zones": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+POISONS: list[tuple[str, bytes, str]] = [
+    (
+        "cam0/motion",
+        _motion("nan").replace(b'"score": 0.5', b'"score": NaN'),
+        "score: must be a finite number",
+    ),
+    (
+        "cam0/motion",
+        _motion("inf").replace(b'"score": 0.5', b'"score": 1e400'),
+        "score: must be a finite number",
+    ),
+    ("cam0/motion", _motion("huge-zones", zones=["z" * 40] * 100_000), "bytes, over 65536"),
+    ("cam0/motion", _motion("many-zones", zones=[f"z{i}" for i in range(65)]), "zones: more than 64"),
+    ("cam0/motion", _motion("year-1", ts=-62135596800.0), "ts: not a plausible time"),
+    (
+        "cam0/motion",
+        _motion("y1-offset").replace(b"2024-05-01T12:00:00.000Z", b"0001-01-01T00:30:00+01:00"),
+        "ts",
+    ),
+    (
+        "cam0/motion",
+        _motion("year-9999").replace(b"2024-05-01T12:00:00.000Z", b"9999-12-31T23:59:59-01:00"),
+        "ts",
+    ),
+    ("cam0/motion", _motion("ahead", ts=NOW + 3 * 86400), "ts: not a plausible time"),
+    ("cam0/motion", _motion("backwards", ts=NOW - 10), "start_ts: after ts"),
+    ("cam0/motion", _motion("score-2", score=2.0), "score: 2.0 is outside 0..1"),
+    ("cam0/motion", _motion("box", boxes=[[0.1, 0.1, 5.0, 0.1]]), "boxes.0: 5.0 is outside 0..1"),
+    ("cam0/motion", _motion("nul\u0000id"), "event_id: must be 1 to 128 printable characters"),
+    ("cam0/motion", _motion("surrogate", zones=["\ud800"]), "zones.0: must be 1 to 64 printable"),
+    ("cam0/motion", DEEP, "RecursionError"),
+    ("x" * 200 + "/motion", _motion("long-camera"), "topic camera: must be 1 to 64"),
+    ("status", _status("s1", "d1").replace(b'"drops":0', b'"drops":' + b"9" * 30), "cameras.0.drops"),
+    (
+        "status",
+        _status("s1", "d1", states=("running", "running")).replace(b'"cam1"', b'"cam0"'),
+        "appears twice",
+    ),
+    (
+        "status",
+        _status("s1", "d1").replace(b'"uptime_s":5.0', b'"uptime_s":Infinity'),
+        "uptime_s: must be a finite",
+    ),
+]
+
+
+def test_poisoned_messages_refused_one_by_one_and_every_good_one_stored(
+    ingestor: Ingestor, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [(f"{ROOT}/s1/d2/cam0/motion", _motion(f"good{i:03d}")) for i in range(200)]
+    batch = list(good)
+    for index, (suffix, payload, _) in enumerate(POISONS):
+        batch.insert(index * 11, (f"{ROOT}/s1/d1/{suffix}", payload))
+    with caplog.at_level(logging.WARNING, logger="edge_agent.collector.ingest"):
+        outcomes = ingestor.handle_batch(batch)
+    assert outcomes.count("stored") == 200 and outcomes.count("malformed") == len(POISONS)
+    store = ingestor.store
+    assert len(store.events(limit=1000)) == 200
+    assert ingestor.counters.malformed_by_device == {"s1/d1": len(POISONS)}
+    device = store.device_status("s1", "d1")
+    assert device is not None and device.malformed == len(POISONS)
+    errors = [error for _, error, _ in reversed(store.malformed(limit=100))]
+    for (_, _, expected), error in zip(POISONS, errors, strict=True):
+        assert expected in error, (expected, error)
+    # one log line for the device in the minute, the rest counted, never one line per message
+    lines = [r.getMessage() for r in caplog.records if "s1/d1" in r.getMessage()]
+    assert len(lines) == 1, lines
+
+
+def test_a_record_the_database_refuses_costs_only_itself(ingestor: Ingestor, tmp_path: Path) -> None:
+    """Checks passed, the database still refuses one row (here a trigger): the batch is written again
+    message by message, the refused one is counted as malformed with the database's reason."""
+    with sqlite3.connect(tmp_path / "c.sqlite") as conn:
+        conn.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON motion_events WHEN NEW.event_id = 'poison' "
+            "BEGIN SELECT RAISE(ABORT, 'this row is poisoned'); END"
+        )
+    batch = [(f"{ROOT}/s1/d1/cam0/motion", _motion(f"e{i:02d}")) for i in range(50)]
+    batch.insert(25, (f"{ROOT}/s1/d1/cam0/motion", _motion("poison")))
+    outcomes = ingestor.handle_batch(batch)
+    assert outcomes.count("stored") == 50 and outcomes[25] == "malformed"
+    assert len(ingestor.store.events()) == 50
+    [(_, error, _)] = ingestor.store.malformed()
+    assert "refused by the store" in error and "this row is poisoned" in error
+
+
+# --- commands and threads around the store -------------------------------------------------------------
+
+
+def test_db_upgrade_command_on_both_engines(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert collector_main(["serve", "--broker", "mqtt://127.0.0.1:1", "--db", pg_url]) == 2
+    assert "schema version 0, this collector needs" in capsys.readouterr().out
+    assert collector_main(["sites", "--db", pg_url]) == 1
+    assert f"run `csu-collector db upgrade --db {pg_url}`" in capsys.readouterr().out
+    for db in (pg_url, str(tmp_path / "new.sqlite")):
+        assert collector_main(["db", "upgrade", "--db", db]) == 0
+        out = capsys.readouterr().out
+        assert "applied 1: registry" in out and "schema upgraded from version 0 to" in out
+        assert collector_main(["db", "upgrade", "--db", db]) == 0
+        assert "schema already at version" in capsys.readouterr().out
+        assert collector_main(["sites", "--db", db, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+    assert collector_main(["db", "upgrade", "--db", "postgresql://csu@127.0.0.1:1/none"]) == 1
+    assert "--db: postgresql://csu@127.0.0.1:1/none" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--batch-size", "0", "--batch-size 0: must be at least 1"),
+        ("--batch-ms", "-1", "--batch-ms -1.0: must not be negative"),
+        ("--pool-size", "0", "--pool-size 0: must be at least 1"),
+        ("--retention-days", "-2", "--retention-days -2.0: must not be negative"),
+    ],
+)
+def test_serve_refuses_bad_settings_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    db = tmp_path / "c.sqlite"
+    assert collector_main(["serve", "--broker", "mqtt://127.0.0.1:1", "--db", str(db), option, value]) == 2
+    assert message in capsys.readouterr().out
+    assert not db.exists()
+
+
+def test_retention_thread_purges_now_and_periodically(ingestor: Ingestor) -> None:
+    from edge_agent.collector.ingest import purge_periodically
+
+    day = 86400.0
+    ingestor.handle(f"{ROOT}/s1/d1/cam0/motion", _motion("kept", ts=NOW))
+    ingestor.handle(
+        f"{ROOT}/s1/d1/cam0/motion", _motion("old", ts=NOW - 5 * day, start_ts=iso_ms(NOW - 5 * day))
+    )
+    clock = [NOW]
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=purge_periodically, args=(ingestor.store, 3.0, 0.05, stop, lambda: clock[0]), daemon=True
+    )
+    thread.start()
+    try:
+        _wait(lambda: [e.event_id for e in ingestor.store.events()] == ["kept"], 5)
+        clock[0] = NOW + 4 * day  # time passes: the next round purges what is now older than 3 days
+        _wait(lambda: ingestor.store.events() == [], 5)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert ingestor.store.device_status("s1", "d1") is not None  # the registry itself is not purged
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_writes_are_batched_by_size_and_time(mosquitto: LocalBroker, tmp_path: Path) -> None:
+    store = open_store(tmp_path / "c.sqlite")
+    ingestor = Ingestor(store, ROOT, batch_size=10, batch_wait_s=1.0)
+    ingestor.start(parse_broker_url(mosquitto.url), client_id="batching")
+    publisher = Recorder(mosquitto.port, "nothing/#")
+    try:
+        assert ingestor.ready.wait(10)
+        for i in range(25):
+            publisher.publish(f"{ROOT}/s1/d1/cam0/motion", _motion(f"e{i:02d}"))
+        _wait(lambda: len(store.events()) == 25, 10)
+        # 10 + 10 at once (full batches), then 5 after the wait: three transactions for 25 messages
+        assert ingestor.counters.batches == 3
+    finally:
+        publisher.close()
+        ingestor.stop()
+        store.close()

@@ -166,12 +166,10 @@ def _finite_everywhere(value: Any, where: str = "") -> None:
             _finite_everywhere(item, f"{where}.{index}")
 
 
-def check_topic(where: TopicInfo, limits: Limits) -> None:
-    """The names the topic gives (site, device, camera) fit in the registry."""
+def check_origin(where: TopicInfo, limits: Limits) -> None:
+    """The site and device the topic names fit in the registry (the camera is checked with the message)."""
     _name("topic site", where.site, limits.max_name)
     _name("topic device", where.device, limits.max_name)
-    if where.kind == "motion":
-        _name("topic camera", where.camera, limits.max_name)
 
 
 def check_motion(event: MotionMessage, now: float, limits: Limits) -> None:
@@ -323,7 +321,7 @@ class Ingestor:
         """The record a message becomes (a MalformedRecord when it is refused); None for a topic not kept."""
         try:
             where = parse_topic(self.topic_root, topic)
-            check_topic(where, self.limits)
+            check_origin(where, self.limits)
         except PayloadError as error:
             return self._refuse(topic, "", "", str(error), now)
         try:
@@ -336,6 +334,7 @@ class Ingestor:
                 check_status(status, now, self.limits)
                 return StatusRecord(status, payload.decode("utf-8"), now)
             if where.kind == "motion":
+                _name("topic camera", where.camera, self.limits.max_name)
                 event = parse_motion(payload)
                 check_motion(event, now, self.limits)
                 return MotionRecord(where.site, where.device, where.camera, event, now)

@@ -340,10 +340,9 @@ def _write_availability(tx: Tx, records: Sequence[Record], outcomes: list[Outcom
 
 def _write_statuses(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], now: float) -> None:
     """History row keyed by (site, device, ts), then the conditional update of the device's current one."""
-    items: list[tuple[int, StatusRecord]] = sorted(
-        _indexed(records, StatusRecord),
-        key=lambda item: (item[1].status.site, item[1].status.device, item[1].status.ts),
-    )
+    # Arrival order: a batch gives the same outcomes as its messages one by one (the device rows are
+    # locked already, so the order inside the batch cannot deadlock).
+    items: list[tuple[int, StatusRecord]] = list(_indexed(records, StatusRecord))
     if not items:
         return
     inserted = tx.many_returning(
@@ -390,7 +389,7 @@ def _write_statuses(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], 
     current: dict[tuple[str, str], StatusRecord] = {}
     for (index, record), was_applied in zip(new, applied, strict=True):
         if was_applied:
-            current[(record.status.site, record.status.device)] = record  # sorted by ts: the last wins
+            current[(record.status.site, record.status.device)] = record  # each applied one is newer
         else:
             outcomes[index] = "stale"
     tx.many("DELETE FROM cameras WHERE site = ? AND device = ?", sorted(current))

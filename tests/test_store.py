@@ -1,0 +1,366 @@
+"""The collector's store on both engines (a real SQLite file, a real PostgreSQL server): registry rows,
+idempotent and ordered writes, concurrent collectors, retention, versioned schema."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from edge_agent.collector.store import (
+    LATEST,
+    AvailabilityRecord,
+    MalformedRecord,
+    MotionRecord,
+    Record,
+    SchemaError,
+    StatusRecord,
+    Store,
+    StoreUnavailable,
+    open_store,
+    upgrade_schema,
+)
+from edge_agent.collector.store import sql as store_sql
+from edge_agent.collector.store.migrations import MIGRATIONS, SQLITE
+from edge_agent.collector.store.postgres import redact
+from edge_agent.formats.mqtt_wire import SCHEMA, CameraStatus, MotionMessage, StatusMessage
+
+NOW = 1714564800.0
+
+
+def status(site: str, device: str, ts: float, states: tuple[str, ...] = ("running",)) -> StatusRecord:
+    message = StatusMessage(
+        schema=SCHEMA,
+        site=site,
+        device=device,
+        ts=ts,
+        version="1.0",
+        uptime_s=5.0,
+        cameras=[CameraStatus(id=f"cam{i}", state=s, fps=10.0, masks=1) for i, s in enumerate(states)],
+        clip_url=f"https://{device}.{site}:8480",
+    )
+    return StatusRecord(message, json.dumps(message.wire()), NOW)
+
+
+def motion(
+    site: str, device: str, event_id: str, phase: str = "start", ts: float = NOW, received: float = NOW
+) -> MotionRecord:
+    event = MotionMessage(
+        schema=SCHEMA,
+        event_id=event_id,
+        phase=phase,
+        ts=ts,
+        start_ts=NOW,
+        score=0.5,
+        boxes=[(0.1, 0.1, 0.2, 0.2)],
+        zones=["door"],
+    )
+    return MotionRecord(site, device, "cam0", event, received)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database at the current schema: a SQLite file, or a PostgreSQL database upgraded by the command's
+    function (a collector never upgrades a shared database itself)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "collector.sqlite")
+    url: str = request.getfixturevalue("pg_url")
+    upgrade_schema(url)
+    return url
+
+
+@pytest.fixture
+def store(db: str) -> Iterator[Store]:
+    opened = open_store(db)
+    yield opened
+    opened.close()
+
+
+def test_registry_rows_from_a_batch(store: Store) -> None:
+    records: list[Record] = [
+        AvailabilityRecord("s1", "d1", "online", NOW),
+        status("s1", "d1", NOW, ("running", "disconnected")),
+        status("s1", "d2", NOW),
+        AvailabilityRecord("s2", "d9", "offline", NOW),
+        motion("s1", "d1", "e1"),
+    ]
+    assert store.write(records, NOW + 1) == ["stored"] * 5
+    sites = {s.site: s for s in store.sites()}
+    s1 = sites["s1"]
+    assert (s1.devices, s1.online, s1.cameras, s1.cameras_running, s1.last_seen) == (2, 1, 3, 2, NOW)
+    assert (sites["s2"].devices, sites["s2"].online) == (1, 0)
+    d1 = store.device_status("s1", "d1")
+    assert d1 is not None and d1.online and d1.clip_url == "https://d1.s1:8480" and d1.version == "1.0"
+    assert d1.status is not None and d1.status["cameras"][1]["state"] == "disconnected"
+    assert store.device_status("s1", "nope") is None
+    assert [d.device for d in store.devices("s1")] == ["d1", "d2"]
+    [event] = store.events(site="s1")
+    assert (event.device, event.camera, event.event_id, event.zones, event.stored_at) == (
+        "d1",
+        "cam0",
+        "e1",
+        ["door"],
+        NOW + 1,
+    )
+    [history] = store.status_history("s1", "d1")
+    assert (history.ts, history.cameras, history.cameras_running) == (NOW, 2, 1)
+
+
+def test_motion_redelivery_is_a_duplicate_updates_are_kept(store: Store) -> None:
+    batch = [
+        motion("s1", "d1", "e1", "start"),
+        motion("s1", "d1", "e1", "start"),  # redelivered after a collector crash
+        motion("s1", "d1", "e1", "start", NOW + 0.5),  # a start repeated with another ts is still the start
+        motion("s1", "d1", "e1", "update", NOW + 2),
+        motion("s1", "d1", "e1", "update", NOW + 4),
+        motion("s1", "d1", "e1", "update", NOW + 4),
+        motion("s1", "d1", "e1", "end", NOW + 9),
+        motion("s1", "d2", "e1", "start"),  # the same event id on another device is another event
+    ]
+    outcomes = store.write(batch, NOW)
+    assert outcomes == [
+        "stored",
+        "duplicate",
+        "duplicate",
+        "stored",
+        "stored",
+        "duplicate",
+        "stored",
+        "stored",
+    ]
+    assert store.write(batch, NOW) == ["duplicate"] * len(batch)  # the whole batch delivered again
+    assert [(e.device, e.phase, e.ts) for e in store.events()] == [
+        ("d1", "start", NOW),
+        ("d1", "update", NOW + 2),
+        ("d1", "update", NOW + 4),
+        ("d1", "end", NOW + 9),
+        ("d2", "start", NOW),
+    ]
+    assert store.counters()["duplicates"] == 3 + len(batch)
+
+
+def test_an_older_status_never_replaces_a_newer_one(store: Store) -> None:
+    assert store.write([status("s1", "d1", NOW + 10, ("running",))], NOW) == ["stored"]
+    assert store.write([status("s1", "d1", NOW, ("stopped",))], NOW) == ["stale"]  # late, kept in history
+    assert store.write([status("s1", "d1", NOW + 10, ("stopped",))], NOW) == [
+        "duplicate"
+    ]  # same (device, ts)
+    current = store.device_status("s1", "d1")
+    assert current is not None and current.status is not None
+    assert current.status["cameras"][0]["state"] == "running"
+    # several statuses of one device in one batch, out of order: the newest wins, whatever the order
+    batch = [
+        status("s1", "d1", NOW + 30, ("a",)),
+        status("s1", "d1", NOW + 40, ("b", "b")),
+        status("s1", "d1", NOW + 20, ("c",)),
+    ]
+    assert store.write(batch, NOW) == ["stored", "stored", "stale"]
+    current = store.device_status("s1", "d1")
+    assert current is not None and current.status is not None
+    assert [c["state"] for c in current.status["cameras"]] == ["b", "b"]
+    assert [(s.site, s.cameras, s.cameras_running) for s in store.sites()] == [("s1", 2, 0)]
+    assert [h.ts - NOW for h in store.status_history("s1", "d1")] == [0, 10, 20, 30, 40]
+    assert [h.ts - NOW for h in store.status_history("s1", "d1", since=NOW + 25)] == [30, 40]
+    assert store.counters()["stale"] == 2
+
+
+def test_availability_changes_are_history_repeats_are_not(store: Store) -> None:
+    states = ["online", "online", "offline", "online"]
+    outcomes = store.write([AvailabilityRecord("s1", "d1", s, NOW + i) for i, s in enumerate(states)], NOW)  # type: ignore[arg-type]
+    assert outcomes == ["stored", "duplicate", "stored", "stored"]
+    history = store.availability_history("s1", "d1")
+    assert [(h.state, h.at - NOW) for h in history] == [("online", 0), ("offline", 2), ("online", 3)]
+    device = store.device_status("s1", "d1")
+    assert device is not None and device.online and device.last_seen == NOW + 3
+
+
+def test_malformed_counted_per_device_and_the_latest_kept(store: Store) -> None:
+    records: list[Record] = [
+        MalformedRecord("csu/v1/s1/d1/cam0/motion", "s1", "d1", f"score: bad {i}", NOW + i)
+        for i in range(store_sql.MALFORMED_KEPT + 5)
+    ]
+    records.append(MalformedRecord("csu/v1/x", "", "", "topic is not ...", NOW))
+    records.append(motion("s1", "d1", "good"))
+    outcomes = store.write(records, NOW)
+    assert outcomes.count("malformed") == store_sql.MALFORMED_KEPT + 6 and outcomes[-1] == "stored"
+    device = store.device_status("s1", "d1")
+    assert device is not None and device.malformed == store_sql.MALFORMED_KEPT + 5
+    assert store.counters()["malformed"] == store_sql.MALFORMED_KEPT + 6
+    latest = store.malformed(limit=2)
+    assert [topic for topic, _, _ in latest] == ["csu/v1/x", "csu/v1/s1/d1/cam0/motion"]
+    assert len(store.malformed(limit=5000)) == store_sql.MALFORMED_KEPT
+    assert [e.event_id for e in store.events()] == ["good"]
+
+
+def test_purge_removes_only_what_is_older(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_sql, "PURGE_CHUNK", 3)  # several chunks per table
+    day = 86400.0
+    old, recent = NOW - 40 * day, NOW - day
+    records: list[Record] = [motion("s1", "d1", f"old{i}", ts=old + i) for i in range(7)]
+    records += [motion("s1", "d1", f"new{i}", ts=recent + i) for i in range(2)]
+    records += [status("s1", "d1", old + i) for i in range(4)] + [status("s1", "d1", recent)]
+    records += [
+        AvailabilityRecord("s1", "d1", "online", old),
+        AvailabilityRecord("s1", "d1", "offline", recent),
+    ]
+    records += [MalformedRecord("t", "s1", "d1", "bad", old), MalformedRecord("t", "s1", "d1", "bad", recent)]
+    store.write(records, NOW)
+    purged = store.purge(NOW - 30 * day)
+    assert (purged.motion_events, purged.statuses, purged.availability, purged.malformed) == (7, 4, 1, 1)
+    assert [e.event_id for e in store.events()] == ["new0", "new1"]
+    assert [h.ts for h in store.status_history("s1", "d1")] == [recent]
+    assert [h.state for h in store.availability_history("s1", "d1")] == ["offline"]
+    device = store.device_status("s1", "d1")  # the registry itself (devices, current status) stays
+    assert device is not None and device.status is not None and device.malformed == 2
+    assert store.purge(NOW - 30 * day) == type(purged)()
+
+
+def test_live_view_reads_rows_after_an_id(store: Store) -> None:
+    assert store.last_motion_id() == 0 and store.motion_after(0) == []
+    store.write([motion("s1", "d1", f"e{i}") for i in range(5)], NOW)
+    first = store.motion_after(0, limit=2)
+    assert [e.event_id for e in first] == ["e0", "e1"]
+    assert [e.event_id for e in store.motion_after(first[-1].id)] == ["e2", "e3", "e4"]
+    assert store.last_motion_id() == store.events()[-1].id
+
+
+def test_two_collectors_writing_at_once_converge(db: str) -> None:
+    """Two stores (two connections or pools, as two `serve` processes) write the same messages in different
+    orders and batches, concurrently: each motion row once, each device's newest status current, no
+    deadlock whatever the interleaving."""
+    devices = [f"d{i}" for i in range(8)]
+    records: list[Record] = [status("s1", d, NOW + t) for d in devices for t in range(20)]
+    records += [motion(f"s{i % 3}", devices[i % 8], f"e{i}", ts=NOW + i) for i in range(300)]
+    stores = [open_store(db), open_store(db)]
+    errors: list[BaseException] = []
+
+    def collector(index: int) -> None:
+        order = list(records)
+        random.Random(index).shuffle(order)
+        try:
+            for start in range(0, len(order), 25):
+                stores[index].write(order[start : start + 25], NOW)
+        except BaseException as error:  # reported below, with the thread's failure
+            errors.append(error)
+
+    threads = [threading.Thread(target=collector, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not errors, errors
+        events = stores[0].events(limit=1000)
+        assert sorted(e.event_id for e in events) == sorted(f"e{i}" for i in range(300))
+        for device in devices:
+            current = stores[0].device_status("s1", device)
+            assert current is not None and current.status is not None
+            assert current.status["ts"].startswith("2024-05-01T12:00:19"), (device, current.status["ts"])
+            assert len(stores[0].status_history("s1", device)) == 20
+        assert stores[0].counters()["duplicates"] == len(records)
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_schema_is_versioned_and_upgrades_are_idempotent(db: str) -> None:
+    store = open_store(db)
+    try:
+        assert store.schema_version() == LATEST == MIGRATIONS[-1].version
+    finally:
+        store.close()
+    assert upgrade_schema(db) == (LATEST, [])
+
+
+def test_a_database_newer_than_the_collector_is_refused(db: str) -> None:
+    store = open_store(db)
+    store.close()
+    if db.startswith("postgresql://"):
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("INSERT INTO schema_version VALUES (%s, 'from the future', 0)", (LATEST + 1,))
+    else:
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO schema_version VALUES (?, 'from the future', 0)", (LATEST + 1,))
+    with pytest.raises(SchemaError, match=f"schema version {LATEST + 1} is newer than this collector's"):
+        open_store(db)
+    with pytest.raises(SchemaError, match="upgrade the collector"):
+        upgrade_schema(db)
+
+
+def test_postgres_not_upgraded_is_refused_with_the_command_to_run(pg_url: str) -> None:
+    with pytest.raises(
+        SchemaError, match=r"schema version 0, this collector needs \d+: run `csu-collector db upgrade"
+    ):
+        open_store(pg_url)
+    with pytest.raises(SchemaError, match="db upgrade"):
+        open_store(pg_url, readonly=True)
+    before, applied = upgrade_schema(pg_url)
+    assert (before, [m.version for m in applied]) == (0, [m.version for m in MIGRATIONS])
+    open_store(pg_url).close()
+
+
+def test_a_pre_versioning_sqlite_file_is_adopted_and_upgraded(tmp_path: Path) -> None:
+    """A file written before the schema had versions: read-only opens refuse it; `serve` (writable)
+    upgrades it, keeping its rows, and a start repeated with another ts keeps only the first."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        for statement in MIGRATIONS[0].sql(SQLITE):
+            conn.execute(statement)
+        row = (
+            "INSERT INTO motion_events (site, device, camera, event_id, phase, ts, start_ts, score, boxes, "
+            "zones, stored_at) VALUES ('s1', 'd1', 'cam0', 'e1', 'start', ?, ?, 0.5, '[]', '[]', 0)"
+        )
+        conn.execute(row, (NOW, NOW))
+        conn.execute(row, (NOW + 1, NOW))
+    with pytest.raises(SchemaError, match="schema version 0"):
+        open_store(path, readonly=True)
+    store = open_store(path)
+    try:
+        assert store.schema_version() == LATEST
+        assert [(e.event_id, e.ts) for e in store.events()] == [("e1", NOW)]
+    finally:
+        store.close()
+
+
+def test_both_engines_get_the_same_tables_and_columns(tmp_path: Path, pg_url: str) -> None:
+    upgrade_schema(pg_url)
+    path = tmp_path / "c.sqlite"
+    open_store(path).close()
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        lite = {
+            (t, c[1])
+            for t in tables
+            if not t.startswith("sqlite_")
+            for c in conn.execute(f"PRAGMA table_info({t})")
+        }
+        lite_indexes = {
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        }
+    with psycopg.connect(pg_url) as conn:
+        pg = set(
+            conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+            ).fetchall()
+        )
+        pg_indexes = {
+            r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+        }
+    assert lite == pg
+    assert lite_indexes <= pg_indexes  # PostgreSQL also names its primary keys and unique constraints
+
+
+def test_unreachable_postgres_is_named_without_its_password() -> None:
+    url = "postgresql://csu:s3cret@127.0.0.1:1/collector"
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store(url)
+    assert "postgresql://csu:***@127.0.0.1:1/collector" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert redact("postgresql://csu@db/x") == "postgresql://csu@db/x"
