@@ -141,8 +141,9 @@ def demo(args: argparse.Namespace) -> int:
         ingestor.start(parse_broker_url(broker.url), client_id="demo-collector")
         agent = Agent(config, config_path, hotplug=False)
         agent.start()
-        console = start_console(root, broker.url, device_key)
+        console, password = start_console(root, broker.url, device_key)
         _banner(root, broker.url, agent)
+        print(f"  console {console.url}  (login: demo / {password})", file=sys.stderr)
         started = time.monotonic()
         try:
             _run_until(agent, store, started, args.duration)
@@ -159,8 +160,8 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_console(root: Path, broker_url: str, device: KeyPairPaths) -> ConsoleServer:
-    """The CSU console on the demo store, with an admin `demo` whose password is printed."""
+def start_console(root: Path, broker_url: str, device: KeyPairPaths) -> tuple[ConsoleServer, str]:
+    """The CSU console on the demo store, with an admin `demo`: (the server, its password)."""
     devices = root / "csu" / "keys" / "devices" / SITE
     devices.mkdir(parents=True, exist_ok=True)
     shutil.copy(device.public, devices / f"{DEVICE}.pub")
@@ -186,8 +187,7 @@ def start_console(root: Path, broker_url: str, device: KeyPairPaths) -> ConsoleS
         except OSError:
             console.stop()
             continue
-        print(f"console {console.url}  (login: demo / {password})", file=sys.stderr)
-        return console
+        return console, password
     raise SystemExit("demo: the console could not listen on 127.0.0.1")
 
 

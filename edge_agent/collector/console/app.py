@@ -595,9 +595,9 @@ class Console:
             return self._error(request, 404, f"No device {site}/{device} known to this collector.")
         account: Account = request[ACCOUNT]
         try:
-            hours = min(max(float(request.query.get("hours", "1")), 0.05), 24 * 31)
+            hours = min(max(float(request.query.get("hours", "0.25")), 0.05), 24 * 31)
         except ValueError:
-            hours = 1.0
+            hours = 0.25
         now = self.clock()
         start = now - hours * 3600
         alerts = await self._run(
