@@ -600,6 +600,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=RETENTION_DAYS,
         help="purge motion events and statuses older than this (0: keep everything)",
     )
+    parser.add_argument("--console", default="", metavar="HOST:PORT", help="also serve the web console there")
+    # Imported here: the console's command module imports this one.
+    from edge_agent.collector.commands.console_cmd import add_console_arguments
+
+    add_console_arguments(parser)
     parser.set_defaults(handler=serve)
 
 
@@ -648,11 +653,20 @@ def serve(args: argparse.Namespace) -> int:
         retention.start()
     ingestor.start(broker, args.share_group, args.client_id, args.ca, args.protocol)
     log.info("collector on %s:%s writing %s", broker.host, broker.port, store.description)
+    console = None
+    if args.console:
+        from edge_agent.collector.commands.console_cmd import start_console
+
+        console = start_console(args, args.console)
+        if console is None:
+            stopping.set()
     while not stopping.wait(args.stats_every):
         log.info("collector counters: %s", ingestor.counters.json())
+    if console is not None:
+        console.stop()
     ingestor.stop()
     if retention is not None:
         retention.join(timeout=30)
     store.close()
     log.info("collector stopped: %s", ingestor.counters.json())
-    return 0
+    return 0 if console is not None or not args.console else 2

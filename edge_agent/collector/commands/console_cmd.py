@@ -83,27 +83,35 @@ def console_options(args: argparse.Namespace) -> ConsoleOptions:
     )
 
 
-def console_command(args: argparse.Namespace) -> int:
-    """Serve the console until SIGINT/SIGTERM."""
+def start_console(args: argparse.Namespace, listen: str) -> ConsoleServer | None:
+    """Build and start the console from parsed arguments; None (and the reason on stderr) if it cannot."""
     try:
-        host, port = parse_listen(args.listen)
+        host, port = parse_listen(listen)
         server = ConsoleServer(console_options(args), host, port)
     except ValueError as error:
         print(f"console: {error}", file=sys.stderr)
-        return 2
+        return None
     except KeyFileError as error:
         print(f"console: --keys: {error}", file=sys.stderr)
-        return 2
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
+        return None
     try:
         server.start()
     except OSError as error:
-        print(f"console: --listen {args.listen}: {error}", file=sys.stderr)
+        print(f"console: {listen}: {error}", file=sys.stderr)
         server.stop()
-        return 1
+        return None
     print(f"console on {server.url}", flush=True)
+    return server
+
+
+def console_command(args: argparse.Namespace) -> int:
+    """Serve the console until SIGINT/SIGTERM."""
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    server = start_console(args, args.listen)
+    if server is None:
+        return 2
     stopping.wait()
     server.stop()
     return 0
