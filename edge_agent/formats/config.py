@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -344,7 +345,21 @@ class MqttConfig(_Model):
     tls: TlsConfig | None = Field(None, title="TLS", description="Set to connect over TLS.")
     keepalive_s: int = Field(15, ge=5, le=600, title="Keep-alive", description="Seconds.")
     status_interval_s: float = Field(
-        30.0, ge=1, le=3600, title="Status interval", description="Seconds between status messages."
+        30.0,
+        ge=1,
+        le=3600,
+        title="Status check interval",
+        description="Seconds between checks of the status: it is published when something the CSU"
+        " watches changed (a camera's state, errors, the clip URL), else only at the heartbeat.",
+    )
+    status_heartbeat_s: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        title="Status heartbeat",
+        description="Longest time between two status messages of an unchanged device (its figures:"
+        " uptime, disk, load). Set it equal to the check interval for a status every interval;"
+        " raise it on a metered link (nomad kits on 4G).",
     )
     outbox_path: Path = Field(
         Path("/var/lib/edge-agent/outbox.sqlite"),
@@ -420,12 +435,53 @@ class ClipServerConfig(_Model):
         description="Append-only, hash-chained log of every request; the journal of used request nonces"
         " (seen-nonces.log) is kept in the same folder.",
     )
+    collector_urls: list[str] = Field(
+        default_factory=list,
+        title="Collector upload URLs",
+        description="Base URLs of the CSU collectors this device may push clips to (nomad kits behind a"
+        " carrier NAT, which the CSU cannot reach): a signed `upload_clip` command is obeyed only when its"
+        " upload URL lies under one of them. Empty: push delivery is off.",
+    )
+    upload_kbps: int = Field(
+        0,
+        ge=0,
+        title="Upload rate cap",
+        description="Kilobits per second a pushed clip may use, so that an upload cannot fill a metered"
+        " or shared 4G link; 0 = no cap.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ClipServerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         return self
+
+    @field_validator("collector_urls")
+    @classmethod
+    def _base_urls(cls, urls: list[str]) -> list[str]:
+        for index, url in enumerate(urls):
+            problem = collector_url_problem(url)
+            if problem:
+                raise ValueError(f"[{index}] {url!r}: {problem}")
+        return urls
+
+
+def collector_url_problem(url: str) -> str:
+    """Why `url` cannot be a collector base URL ("" when it can): http(s), a host, nothing else."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return "not a URL with a valid port"
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname or not port_ok:
+        return "needs a host (and a valid port, if any)"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials"
+    if parts.query or parts.fragment:
+        return "must not have a query or a fragment"
+    return ""
 
 
 class KeysConfig(_Model):

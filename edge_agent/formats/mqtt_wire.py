@@ -30,7 +30,7 @@ from pydantic import (
 from edge_agent.formats.times import iso_ms, parse_iso
 
 SCHEMA: Final = 1
-COMMANDS = ("snapshot", "hold", "release", "reload")
+COMMANDS = ("snapshot", "hold", "release", "reload", "upload_clip")
 Phase = Literal["start", "update", "end"]
 Box = tuple[float, float, float, float]
 
@@ -294,9 +294,11 @@ class StatusMessage(_Payload):
     """The status document (built by `edge_agent.link.status`, parsed by the collector).
 
     Fields after `cameras` default to None for a status that lacks them (an older device, a simulator).
+    `delivery` is `push` when the CSU cannot reach the device and must ask it to upload clips (the
+    `upload_clip` command); `heartbeat_s` is the longest gap between two statuses of an unchanged device.
     """
 
-    _omit_when_none = frozenset({"status_error", "location"})
+    _omit_when_none = frozenset({"status_error", "location", "delivery", "heartbeat_s"})
 
     site: str
     device: str
@@ -313,6 +315,8 @@ class StatusMessage(_Payload):
     mqtt: MqttStatus | None = None
     status_error: str | None = None
     location: LocationStatus | None = None
+    delivery: str | None = None
+    heartbeat_s: float | None = None
 
     _ts = field_validator("ts", mode="before")(_time)
     _ts_text = field_serializer("ts")(_iso_text)
