@@ -27,22 +27,16 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from edge_agent.api.delivery import plan_clip, request_verifier
 from edge_agent.api.holds import HoldService
 from edge_agent.api.params import ClipQuery, ParamError, parse_clip_query
 from edge_agent.api.ratelimit import BucketMap
 from edge_agent.formats.audit import AuditLog
-from edge_agent.formats.bundle import (
-    BundlePlan,
-    build_manifest,
-    find_gaps,
-    plan_bundle,
-    read_part,
-    sign_manifest,
-)
+from edge_agent.formats.bundle import BundlePlan, read_part
 from edge_agent.formats.clip_url import local_clip_url
 from edge_agent.formats.config import AgentConfig
 from edge_agent.formats.mqtt_wire import CameraStatus
-from edge_agent.formats.signing import NONCE_JOURNAL_NAME, NonceCache, RequestVerifier, SignatureError
+from edge_agent.formats.signing import RequestVerifier, SignatureError
 from edge_agent.formats.times import Clock
 from edge_agent.storage.holds import Hold
 from edge_agent.storage.index import SegmentRecord
@@ -114,15 +108,18 @@ class ClipServer:
         collector_keys: Sequence[Ed25519PublicKey],
         stats: StatsProviders | None = None,
         clock: Clock = time.time,
+        verifier: RequestVerifier | None = None,
     ) -> None:
+        """`verifier`: the device's one verifier when another part (the uploader) shares it."""
         self.config = config
         self.settings = config.clip_server
         self.ring = ring
         self.audit = audit
         self.device_key = device_key
         self.clock = clock
-        seen = NonceCache(journal=self.settings.audit_log.with_name(NONCE_JOURNAL_NAME), now=clock())
-        self.verifier = RequestVerifier(collector_keys, self.settings.clock_skew_s, clock, seen)
+        self.verifier = (
+            request_verifier(self.settings, collector_keys, clock) if verifier is None else verifier
+        )
         self.holds = HoldService(ring, audit, [c.id for c in config.cameras], clock)
         self.stats = stats or StatsProviders()
         self.registry = CollectorRegistry()
@@ -291,47 +288,7 @@ class ClipServer:
             self._streams[exchange.client] -= 1
 
     def _plan(self, query: ClipQuery) -> BundlePlan:
-        # One segment length or two on each side: the neighbours tell a segment removed at an edge of
-        # the range (a skipped sequence) from a stretch the camera did not record.
-        margin = 2 * self.config.storage.segment_seconds
-        around = self.ring.segments(query.camera, query.start_ts - margin, query.end_ts + margin)
-        before = [r.sequence for r in around if r.end_ts <= query.start_ts]
-        after = [r.sequence for r in around if r.start_ts >= query.end_ts]
-        segments = []
-        for record in around:
-            if record.end_ts <= query.start_ts or record.start_ts >= query.end_ts:
-                continue
-            try:
-                size = record.path.stat().st_size
-            except OSError:
-                continue  # deleted by retention since the query: reported as a gap
-            segments.append(record.to_bundle_segment(size))
-        oldest, newest = self._camera_extent(query.camera)
-        manifest = build_manifest(
-            site=self.config.site_id,
-            device=self.config.device_id,
-            camera=query.camera,
-            requisition=query.requisition,
-            start_ts=query.start_ts,
-            end_ts=query.end_ts,
-            segments=segments,
-            gaps=find_gaps(
-                segments,
-                query.start_ts,
-                query.end_ts,
-                oldest,
-                newest,
-                sequence_before=max(before, default=None),
-                sequence_after=min(after, default=None),
-            ),
-            device_public_key=self.device_key.public_key(),
-        )
-        return plan_bundle(manifest, sign_manifest(manifest, self.device_key), segments)
-
-    def _camera_extent(self, camera: str) -> tuple[float | None, float | None]:
-        """Oldest kept start and newest end of a camera's segments, from the ring's stats."""
-        entry = (self.ring.stats() or {}).get(camera) or {}
-        return entry.get("oldest_ts"), entry.get("newest_ts")
+        return plan_clip(self.config, self.ring, self.device_key, query)
 
     async def _stream(
         self,
