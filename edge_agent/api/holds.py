@@ -23,8 +23,7 @@ from edge_agent.api.params import (
     parse_time,
 )
 from edge_agent.formats.audit import AuditLog
-from edge_agent.formats.signing import COMMAND_SIGNATURE_FIELDS as _SIGNATURE_FIELDS
-from edge_agent.formats.signing import RequestVerifier, SignatureError, signed_command
+from edge_agent.formats.signing import RequestVerifier, SignatureError, signed_command, verify_command
 from edge_agent.formats.times import Clock
 
 if TYPE_CHECKING:
@@ -116,10 +115,7 @@ class HoldService:
         """
         actor = "-"
         try:
-            fields = {k: v for k, v in payload.items() if k not in _SIGNATURE_FIELDS}
-            headers = {h: str(payload[k]) for k, h in _SIGNATURE_FIELDS.items() if k in payload}
-            query = sorted((k, str(v)) for k, v in fields.items())
-            actor = verifier.verify("MQTT", f"/cmd/{name}", query, headers)
+            actor, fields = verify_command(name, payload, verifier)
             if name == "hold":
                 return {"ok": True, "hold": self.hold(fields, actor)}
             if name == "release":

@@ -282,3 +282,14 @@ def signed_command(name: str, fields: Mapping[str, Any], signer: RequestSigner) 
     query = sorted((k, str(v)) for k, v in fields.items())
     headers = signer.headers("MQTT", f"/cmd/{name}", query)
     return {**fields, **{k: headers[h] for k, h in COMMAND_SIGNATURE_FIELDS.items()}}
+
+
+def verify_command(
+    name: str, payload: Mapping[str, Any], verifier: RequestVerifier
+) -> tuple[str, dict[str, Any]]:
+    """Check a signed MQTT command `name` (the device side of `signed_command`): (signer's key id, its
+    fields without the signature); SignatureError like an HTTP request."""
+    fields = {k: v for k, v in payload.items() if k not in COMMAND_SIGNATURE_FIELDS}
+    headers = {h: str(payload[k]) for k, h in COMMAND_SIGNATURE_FIELDS.items() if k in payload}
+    query = sorted((k, str(v)) for k, v in fields.items())
+    return verifier.verify("MQTT", f"/cmd/{name}", query, headers), fields
