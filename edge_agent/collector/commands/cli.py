@@ -15,8 +15,6 @@ COMMAND_MODULES: list[str] = [
     "edge_agent.collector.commands.registry_cmd",
     "edge_agent.collector.commands.user_cmd",
     "edge_agent.collector.commands.console_cmd",
-    "edge_agent.collector.commands.user_cmd",
-    "edge_agent.collector.commands.console_cmd",
     "edge_agent.collector.commands.db_cmd",
 ]
 
