@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import queue
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +80,7 @@ class CommandLink:
     def __init__(self, broker: BrokerAddress, topic_root: str, signer: RequestSigner, client_id: str) -> None:
         self.topic_root = topic_root.rstrip("/")
         self.signer = signer
-        self._pending: dict[str, tuple[threading.Event, list[dict[str, Any]]]] = {}
+        self._pending: dict[str, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.ready = threading.Event()
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -117,8 +120,26 @@ class CommandLink:
         with self._lock:
             waiting = self._pending.get(str(request_id))
         if waiting is not None:
-            waiting[1].append(reply)
-            waiting[0].set()
+            waiting.put(reply)
+
+    @contextmanager
+    def send(
+        self, site: str, device: str, name: str, fields: dict[str, Any]
+    ) -> Iterator[queue.Queue[dict[str, Any]]]:
+        """Send a signed command; its replies (a command like `upload_clip` sends several) arrive on the
+        queue until the block ends."""
+        request_id = uuid.uuid4().hex
+        replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            self._pending[request_id] = replies
+        try:
+            payload = signed_command(name, {**fields, "request_id": request_id}, self.signer)
+            topic = f"{Topics(self.topic_root, site, device).base}/cmd/{name}"
+            self._client.publish(topic, json.dumps(payload).encode(), qos=1)
+            yield replies
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
 
     def call(
         self, site: str, device: str, name: str, fields: dict[str, Any], timeout_s: float
@@ -126,20 +147,11 @@ class CommandLink:
         """Send a signed command and wait for its reply's `result`; DeviceError on refusal or silence."""
         if not self.ready.wait(min(timeout_s, 5.0)):
             raise DeviceError("the console is not connected to the broker")
-        request_id = uuid.uuid4().hex
-        done: tuple[threading.Event, list[dict[str, Any]]] = (threading.Event(), [])
-        with self._lock:
-            self._pending[request_id] = done
-        try:
-            payload = signed_command(name, {**fields, "request_id": request_id}, self.signer)
-            topic = f"{Topics(self.topic_root, site, device).base}/cmd/{name}"
-            self._client.publish(topic, json.dumps(payload).encode(), qos=1)
-            if not done[0].wait(timeout_s):
-                raise DeviceError(f"{site}/{device} did not answer {name} within {timeout_s:g} s")
-        finally:
-            with self._lock:
-                self._pending.pop(request_id, None)
-        reply = done[1][0]
+        with self.send(site, device, name, fields) as replies:
+            try:
+                reply = replies.get(timeout=timeout_s)
+            except queue.Empty:
+                raise DeviceError(f"{site}/{device} did not answer {name} within {timeout_s:g} s") from None
         if not reply.get("ok"):
             raise DeviceError(f"{site}/{device} refused {name}: {reply.get('error', 'no reason given')}")
         result: dict[str, Any] = reply.get("result") or {}
