@@ -184,3 +184,10 @@ def login(driver: Any, site: ConsoleSite, name: str, password: str = PASSWORD) -
     driver.find_element(By.ID, "name").send_keys(name)
     driver.find_element(By.ID, "password").send_keys(password)
     driver.find_element(By.ID, "login-button").click()
+    # The answer (a new page, or the form again with its error) must be there before the next step.
+    wait_until(
+        lambda: (
+            driver.execute_script("return document.readyState") == "complete"
+            and (not driver.current_url.endswith("/login") or driver.find_elements(By.ID, "login-error"))
+        )
+    )

@@ -121,7 +121,7 @@ def test_a_motion_event_appears_without_reloading(site: ConsoleSite, browser: An
 def test_an_operator_cannot_open_clips_and_an_investigator_can(site: ConsoleSite, browser: Any) -> None:
     login(browser, site, "olivia")
     browser.get(site.url + "/clips")
-    assert _text(browser, "h1") == "403"
+    wait_until(lambda: _text(browser, "h1") == "403")
     assert "operator" in _text(browser, "#error-message")
     login(browser, site, "ines")
     browser.get(site.url + "/clips")
@@ -173,10 +173,8 @@ def test_bad_form_fields_are_named(site: ConsoleSite, browser: Any) -> None:
     )
     browser.find_element(_by("ID"), "clip-requisition").send_keys("../etc/passwd")
     browser.find_element(_by("ID"), "clip-submit").click()
-    fields = {
-        e.get_attribute("data-field"): e.text
-        for e in browser.find_elements(_by("CSS_SELECTOR"), ".form-error")
-    }
+    errors = wait_until(lambda: browser.find_elements(_by("CSS_SELECTOR"), ".form-error"))
+    fields = {e.get_attribute("data-field"): e.text for e in errors}
     assert fields["requisition"].startswith("requisition:")
     assert fields["end"] == "end: in the future (nothing recorded yet)"
     assert not list((site.root / "csu" / "exports").glob("*")) or "/clips/" not in browser.current_url
@@ -205,7 +203,7 @@ def test_missing_csrf_token_and_expired_session_are_refused(site: ConsoleSite, b
     browser.execute_script("document.querySelector('#clip-form input[name=csrf]').remove();")
     browser.find_element(_by("ID"), "clip-requisition").send_keys("PV-1")
     browser.find_element(_by("ID"), "clip-submit").click()
-    assert _text(browser, "h1") == "403"
+    wait_until(lambda: _text(browser, "h1") == "403")
     assert "CSRF" in _text(browser, "#error-message")
     with sqlite3.connect(site.db) as db:
         db.execute("UPDATE console_sessions SET last_seen = 0")
