@@ -130,9 +130,12 @@ def test_an_operator_cannot_open_clips_and_an_investigator_can(site: ConsoleSite
 
 def test_a_clip_request_ends_in_a_playing_verified_video(site: ConsoleSite, browser: Any) -> None:
     login(browser, site, "ines")
-    wait_until(lambda: list((site.root / "device" / "segments").rglob("*.seg")), timeout=40)
-    # Recorded 5 s segments: ask for 6 s that ended a segment ago, so they are sealed.
-    wait_until(lambda: len(list((site.root / "device" / "segments").rglob("*.seg"))) >= 3, timeout=40)
+
+    def entrance_segments() -> int:
+        return sum("entrance" in str(p) for p in (site.root / "device" / "segments").rglob("*.seg"))
+
+    # 5 s segments: with 4 sealed, the 6 s that ended 7 s ago are recorded and sealed.
+    wait_until(lambda: entrance_segments() >= 4, timeout=60)
     end = time.time() - 7
     start = end - 6
     browser.get(site.url + "/clips")
