@@ -2,6 +2,8 @@
 
 The pieces live in `download` (signed resumable HTTP), `evidence` (verification, MP4 export, evidence
 manifest) and `mp4` (remux); this module strings them together for `csu-collector fetch-clip`.
+`export_bundle` is the tail a pushed bundle shares (`edge_agent.collector.push`): whichever way a bundle
+came, it is verified, checked to answer the request, exported and audited alike.
 """
 
 from __future__ import annotations
@@ -85,33 +87,63 @@ def fetch_clip(
     Every outcome (exported, rejected, failed) leaves a line in the collector's audit log.
     """
     export_dir.mkdir(parents=True, exist_ok=True)
-    who = {
-        "site": request.site,
-        "device": request.device,
-        "camera": request.camera,
-        "start_ts": request.start_ts,
-        "end_ts": request.end_ts,
-        "requisition": request.requisition,
-        "source": endpoint.base_url,
-    }
-    if request.officer:
-        who["officer"] = request.officer
+    started = time.perf_counter()
     try:
-        started = time.perf_counter()
-        result = download_bundle(endpoint, request.query(), export_dir / BUNDLE_FILE, progress)
-        downloaded = time.perf_counter()
-        check = process_bundle(result.path, keys.device, keys.sealing, export_dir / CLIP_FILE, allow_partial)
+        download_bundle(endpoint, request.query(), export_dir / BUNDLE_FILE, progress)
     except FetchError as error:
-        audit.append(
-            action="fetch-clip", outcome="failed", reason=error.reason or "fetch", detail=str(error), **who
-        )
+        audit_failure(audit, request, endpoint.base_url, error)
         raise
+    download_s = time.perf_counter() - started
+    return export_bundle(
+        request, keys, export_dir, audit, endpoint.base_url, allow_partial, clock, download_s
+    )
+
+
+def audit_failure(
+    audit: AuditLog, request: ClipRequest, source: str, error: FetchError, via: str = ""
+) -> None:
+    """The collector's audit line of a clip that never arrived (refused, unreachable, out of time)."""
+    audit.append(
+        action="fetch-clip",
+        outcome="failed",
+        reason=error.reason or "fetch",
+        detail=str(error),
+        **_who(request, source, via),
+    )
+
+
+def export_bundle(
+    request: ClipRequest,
+    keys: CollectorKeys,
+    export_dir: Path,
+    audit: AuditLog,
+    source: str,
+    allow_partial: bool = False,
+    clock: Clock = time.time,
+    transfer_s: float = 0.0,
+    via: str = "",
+) -> FetchOutcome:
+    """Verify the bundle received in `export_dir` (pulled or pushed: the same checks), export the MP4,
+    write the signed evidence, audit; ClipRejected when it cannot be trusted or does not answer `request`.
+
+    `source` is where the bundle came from (the device's clip URL, or the upload URL of a push) and `via`
+    says how when it was not a pull.
+    """
+    who = _who(request, source, via)
+    started = time.perf_counter()
+    try:
+        check = process_bundle(
+            export_dir / BUNDLE_FILE, keys.device, keys.sealing, export_dir / CLIP_FILE, allow_partial
+        )
+        problem = _answer_problem(check.manifest, request)
+        if problem:
+            (export_dir / CLIP_FILE).unlink(missing_ok=True)
+            raise ClipRejected(check, f"the bundle does not answer the request: {problem}")
     except ClipRejected as error:
         audit.append(action="fetch-clip", outcome="rejected", reason="verification", detail=str(error), **who)
         raise
-    evidence = build_evidence(check, export_dir, keys.device, keys.signing, clock(), endpoint.base_url)
+    evidence = build_evidence(check, export_dir, keys.device, keys.signing, clock(), source)
     write_evidence(export_dir, evidence, keys.signing)
-    finished = time.perf_counter()
     audit.append(
         action="fetch-clip",
         outcome="exported",
@@ -122,4 +154,45 @@ def fetch_clip(
         gaps=len(evidence["gaps"]),
         **who,
     )
-    return FetchOutcome(evidence, export_dir, downloaded - started, finished - downloaded)
+    return FetchOutcome(evidence, export_dir, transfer_s, time.perf_counter() - started)
+
+
+def _who(request: ClipRequest, source: str, via: str) -> dict[str, Any]:
+    """What every audit line of a fetch names."""
+    who: dict[str, Any] = {
+        "site": request.site,
+        "device": request.device,
+        "camera": request.camera,
+        "start_ts": request.start_ts,
+        "end_ts": request.end_ts,
+        "requisition": request.requisition,
+        "source": source,
+    }
+    if request.officer:
+        who["officer"] = request.officer
+    if via:
+        who["via"] = via
+    return who
+
+
+# The device writes the requested times as it parsed them from ISO 8601 with milliseconds.
+_TIME_TOLERANCE_S = 0.0015
+
+
+def _answer_problem(manifest: dict[str, Any], request: ClipRequest) -> str:
+    """Why a (device-signed) manifest is not the answer to `request` ("" when it is): another site,
+    device, camera, requisition or range."""
+    for name, wanted in (
+        ("site", request.site),
+        ("device", request.device),
+        ("camera", request.camera),
+        ("requisition", request.requisition),
+    ):
+        if manifest.get(name) != wanted:
+            return f"{name} {manifest.get(name)!r}, asked {wanted!r}"
+    requested = manifest.get("requested") or {}
+    for name, wanted_ts in (("start_ts", request.start_ts), ("end_ts", request.end_ts)):
+        got = requested.get(name)
+        if not isinstance(got, int | float) or abs(float(got) - wanted_ts) > _TIME_TOLERANCE_S:
+            return f"requested {name} {got!r}, asked {wanted_ts!r}"
+    return ""
