@@ -2,7 +2,9 @@
 
 Each area keeps its measurements in its own `scripts/bench_<area>.py`, exposing
 `run(quick: bool) -> dict`; this runner imports them all (or those named with `--only`), runs
-each on one core (the agent's per-camera worker budget) and merges the results under the area's name.
+each on one core (the agent's per-camera worker budget), except an area that sets `ALL_CORES = True`
+(the collector at scale: broker, database and collectors are separate processes), and merges the
+results under the area's name.
 Figures are medians of several repetitions: the machine is shared, so single runs are noisy.
 """
 
@@ -30,9 +32,17 @@ def _run_area(area: str, quick: bool) -> dict[str, Any]:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    started = time.perf_counter()
-    result: dict[str, Any] = module.run(quick=quick)
-    result["bench_seconds"] = round(time.perf_counter() - started, 2)
+    pinned = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    # An area of several processes (broker, database, collectors) declares ALL_CORES: it gets them all.
+    if pinned is not None and getattr(module, "ALL_CORES", False):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    try:
+        started = time.perf_counter()
+        result: dict[str, Any] = module.run(quick=quick)
+        result["bench_seconds"] = round(time.perf_counter() - started, 2)
+    finally:
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
     return result
 
 

@@ -95,6 +95,7 @@ class Fleet:
         self._pending: list[mqtt.MQTTMessageInfo] = []
         self._selector = selectors.DefaultSelector()
         self._last_misc = 0.0
+        self._written: set[mqtt.Client] = set()
 
     def connect(self, timeout_s: float = 60.0) -> None:
         """Connect every device, publish `online`, and wait for every CONNACK."""
@@ -103,7 +104,7 @@ class Fleet:
             sock = dev.client.socket()
             assert isinstance(sock, socket.socket)
             self._selector.register(sock, selectors.EVENT_READ, dev.client)
-            dev.client.publish(dev.topics.availability, b'"online"', qos=1, retain=True)
+            self._publish(dev, dev.topics.availability, b'"online"', retain=True)
             self._network(0)
         deadline = time.monotonic() + timeout_s
         while not all(d.client.is_connected() for d in self.devices):
@@ -115,9 +116,7 @@ class Fleet:
         """Publish `offline` and disconnect every device (after the queued messages are sent)."""
         self.wait_acknowledged(60)
         for dev in self.devices:
-            self._pending.append(
-                dev.client.publish(dev.topics.availability, b'"offline"', qos=1, retain=True)
-            )
+            self._pending.append(self._publish(dev, dev.topics.availability, b'"offline"', retain=True))
         self.wait_acknowledged(30)
         for dev in self.devices:
             sock = dev.client.socket()
@@ -131,14 +130,25 @@ class Fleet:
         watch the 1,000+ descriptors of a large fleet; one epoll loop also spares 400 threads)."""
         for key, _ in self._selector.select(max(0.0, timeout_s)):
             key.data.loop_read(100)
-        for dev in self.devices:
-            if dev.client.want_write():
-                dev.client.loop_write()
+        # Only the clients that published since the last call can have bytes left to send (a full
+        # socket buffer); looking at all 20,000 cameras' clients each time cost half a core.
+        for client in self._written:
+            if client.want_write():
+                client.loop_write()
+        self._written.clear()
         now = time.monotonic()
         if now - self._last_misc >= 1.0:
             self._last_misc = now
             for dev in self.devices:
                 dev.client.loop_misc()
+                if dev.client.want_write():
+                    dev.client.loop_write()
+
+    def _publish(
+        self, dev: _Device, topic: str, payload: bytes, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        self._written.add(dev.client)
+        return dev.client.publish(topic, payload, qos=1, retain=retain)
 
     def _status(self, dev: _Device, now: float) -> bytes:
         cameras = [
@@ -197,7 +207,7 @@ class Fleet:
             now = time.time()
             if kind == 0:
                 dev = self.devices[index]
-                dev.client.publish(dev.topics.status, self._status(dev, now), qos=1, retain=True)
+                self._publish(dev, dev.topics.status, self._status(dev, now), retain=True)
                 report.status_messages += 1
                 heapq.heappush(schedule, (due + status_interval_s, 0, index))
             else:
@@ -206,9 +216,7 @@ class Fleet:
                 payload = motion_payload(event)
                 ts = parse_iso(payload["ts"])  # as the collector will store it (millisecond precision)
                 report.sent_at[(dev.site, dev.device, event.event_id, event.phase, ts)] = time.time()
-                self._pending.append(
-                    dev.client.publish(dev.topics.motion(event.camera_id), encode(payload), qos=1)
-                )
+                self._pending.append(self._publish(dev, dev.topics.motion(event.camera_id), encode(payload)))
                 report.motion_messages += 1
                 heapq.heappush(schedule, (due + 1.0 / motion_rate, 1, -1))
         report.seconds = time.monotonic() - start

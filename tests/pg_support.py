@@ -129,6 +129,10 @@ class LocalPostgres:
         self._running = True
         return self
 
+    def postmaster_pid(self) -> int:
+        """The server's main process (its first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def create_database(self, name: str) -> str:
         """A new empty database; its URL."""
         with psycopg.connect(self.url(), autocommit=True) as conn:
