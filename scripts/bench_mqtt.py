@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from simulate_fleet import Fleet  # noqa: E402
 
-from edge_agent.collector.store import Store  # noqa: E402
+from edge_agent.collector.store import open_store  # noqa: E402
 from edge_agent.link.localbroker import LocalBroker  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _rows(db: Path) -> list[Any]:
-    store = Store(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         return store.events(limit=10_000_000)
     finally:
