@@ -64,9 +64,7 @@ def test_a_clip_request_without_officer_still_works(served, keys) -> None:
 @pytest.mark.parametrize("officer", ["../etc/passwd", "<script>", "/root", "x" * 129])
 def test_a_bad_officer_is_refused_and_named(served, keys, officer: str) -> None:
     server, _ = served
-    response = endpoint(server, keys["collector"]).request(
-        "GET", "/v1/clips", [*CLIP, ("officer", officer)]
-    )
+    response = endpoint(server, keys["collector"]).request("GET", "/v1/clips", [*CLIP, ("officer", officer)])
     body = json.loads(response.content)
     assert response.status_code == 400 and body["error"] == "bad-officer"
     assert body["message"].startswith("officer:")
@@ -78,6 +76,7 @@ def test_a_hold_carries_its_officer_to_the_device_audit(served, keys) -> None:
     ep = endpoint(server, keys["collector"])
     body = {"camera": "cam1", "start": T0, "end": T0 + 10, "requisition": "PV-1", "officer": "jdupont"}
     ep.call_json("POST", "/v1/holds", body=json.dumps(body).encode())
+    assert [h.requisition for h in ring.holds()] == ["PV-1"]
     hold_line = next(e for e in audit_lines(server.config) if e["action"] == "hold")
     assert hold_line["officer"] == "jdupont" and hold_line["requisition"] == "PV-1"
     with pytest.raises(FetchError) as bad:
