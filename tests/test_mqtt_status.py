@@ -129,6 +129,7 @@ def test_the_status_document_on_the_wire() -> None:
         "clip_url": "http://10.1.2.3:8480",
         "outbox": {"pending": 4, "dropped": 1, "corrupt_files": 0},
         "mqtt": {"connections": 2, "rejected": 1, "commands": 3, "command_errors": 1},
+        "heartbeat_s": 300.0,
     }
     assert status["version"]
 

@@ -21,7 +21,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
+from edge_agent.api.delivery import request_verifier
+from edge_agent.api.uploader import Uploader
 from edge_agent.camera.pipeline import CameraWorker, FrameSink
 from edge_agent.camera.sources import open_source
 from edge_agent.device.hotplug import CameraIdentity, HotplugTracker, UdevWatcher
@@ -43,6 +45,7 @@ from edge_agent.formats.keys import (
     load_x25519_public,
 )
 from edge_agent.formats.mqtt_wire import CameraStatus
+from edge_agent.formats.signing import RequestVerifier
 from edge_agent.formats.times import Clock
 from edge_agent.link.mqtt import ClientSetupError, CommandError, MqttLink
 from edge_agent.link.status import CameraReport, DeviceReport, camera_status, camera_statuses
@@ -119,6 +122,8 @@ class Agent:
         self.keys: DeviceKeys | None = None
         self.ring: RingBuffer | None = None
         self.audit: AuditLog | None = None
+        self.verifier: RequestVerifier | None = None
+        self.uploader: Uploader | None = None
         self.clip_server: ClipServer | None = None
         self._clip_thread: ClipServerThread | None = None
         self.mqtt: MqttLink | None = None
@@ -151,6 +156,16 @@ class Agent:
             self.audit = AuditLog(self.config.clip_server.audit_log, self._clock)
         except OSError as error:
             raise AgentError(f"clip_server.audit_log: {error}") from None
+        self.verifier = request_verifier(self.config.clip_server, self.keys.collectors, self._clock)
+        self.uploader = Uploader(
+            self.config,
+            self.ring,
+            self.audit,
+            self.keys.device,
+            self.verifier,
+            self._publish_upload,
+            self._clock,
+        )
         clip_port = self._start_clip_server(self.keys, self.ring, self.audit)
         if self.config.mqtt.enabled:
             try:
@@ -185,6 +200,7 @@ class Agent:
             keys.collectors,
             StatsProviders(cameras=self._running_camera_statuses, outbox_depth=self._outbox_depth),
             self._clock,
+            self.verifier,
         )
         thread = ClipServerThread(self.clip_server)
         try:
@@ -208,6 +224,8 @@ class Agent:
         with self._lock:
             for slot in self._slots.values():
                 _stop_part(f"camera {slot.config.id}", functools.partial(self._stop_camera, slot))
+        if self.uploader is not None:
+            _stop_part("uploader", self.uploader.stop)
         if self.mqtt is not None:
             _stop_part("MQTT link", self.mqtt.stop)
             self.mqtt = None
@@ -355,6 +373,8 @@ class Agent:
 
     def _command_handlers(self) -> dict[str, Any]:
         handlers: dict[str, Any] = {"snapshot": self.snapshot, "reload": self.reload_command}
+        if self.uploader is not None:
+            handlers["upload_clip"] = self.uploader.handle_command
         if self.clip_server is not None:
             server = self.clip_server
             handlers["hold"] = lambda payload: server.holds.handle_command("hold", payload, server.verifier)
@@ -362,6 +382,11 @@ class Agent:
                 "release", payload, server.verifier
             )
         return handlers
+
+    def _publish_upload(self, result: Mapping[str, Any], request_id: str | None) -> None:
+        """An upload's progress or outcome, on `cmd_result` (kept in the audit log whatever happens)."""
+        if self.mqtt is not None:
+            self.mqtt.publish_result("upload_clip", result, request_id)
 
     def snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
         """`snapshot` command: the camera's latest masked frame as a base64 JPEG (never stored here)."""

@@ -5,8 +5,9 @@ Topics and payloads are those of DESIGN.md section 4 (`mqtt_wire`; the status do
 used by `edge-agent doctor`. Guarantees:
 - availability is retained, `online` on every connection and `offline` from the last will (a killed
   process, a cut fiber) or from a clean `stop()`;
-- status is retained, published on connection, every `status_interval_s`, and soon after
-  `status_changed()` (at most one per second);
+- status is retained, published on connection, soon after `status_changed()` (at most one per second),
+  when a check every `status_interval_s` finds that something the CSU watches changed (`change_key`),
+  and at least every `status_heartbeat_s` (a metered 4G link pays for every status);
 - motion events go through the SQLite outbox: stored before sending, removed on PUBACK, resent after a
   reconnect or an agent restart, in order (the collector deduplicates a redelivered message);
 - a command is answered on `.../cmd_result`; a malformed or unknown command, a missing, failing or
@@ -49,7 +50,7 @@ from edge_agent.formats.mqtt_wire import (
 from edge_agent.formats.times import Clock
 from edge_agent.link import health
 from edge_agent.link.outbox import Outbox
-from edge_agent.link.status import DeviceReport, LinkStats, build_status
+from edge_agent.link.status import DeviceReport, LinkStats, build_status, change_key
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ class MqttLink:
         self._cursor = 0  # highest outbox id handed to paho
         self._status_due = True
         self._last_status = 0.0
+        self._last_check = 0.0
+        self._published_key: tuple[object, ...] | None = None
         self._commands: queue.Queue[tuple[str, bytes, Properties | None] | None] = queue.Queue()
         self._command_timeout_s = config.mqtt.command_timeout_s
         self._running_handlers: dict[str, threading.Thread] = {}  # command thread only
@@ -250,6 +253,12 @@ class MqttLink:
             command_errors=self._command_errors,
             last_error=self._last_error,
         )
+
+    def publish_result(self, command: str, result: Mapping[str, Any], request_id: Any = None) -> None:
+        """A further reply on `cmd_result` of a command that goes on after its handler returned (the
+        progress and outcome of `upload_clip`)."""
+        payload = cmd_result_payload(command, self._clock(), request_id, result)
+        self.client.publish(self.topics.cmd_result, encode(payload), qos=1)
 
     def wait_delivered(self, timeout_s: float) -> bool:
         """Block until the outbox is empty (every event acknowledged); False on timeout."""
@@ -363,12 +372,19 @@ class MqttLink:
 
     def _maybe_publish_status(self) -> None:
         now = time.monotonic()
-        interval_due = now - self._last_status >= self.mqtt_config.status_interval_s
-        if not (interval_due or (self._status_due and now - self._last_status >= MIN_STATUS_GAP_S)):
+        since = now - self._last_status
+        asked = self._status_due and since >= MIN_STATUS_GAP_S
+        if not (asked or now - self._last_check >= self.mqtt_config.status_interval_s):
+            return
+        self._last_check = now
+        message = self.build_status()
+        key = change_key(message)
+        if not asked and key == self._published_key and since < self.mqtt_config.status_heartbeat_s:
             return
         self._status_due = False
         self._last_status = now
-        self.client.publish(self.topics.status, encode(self.build_status().wire()), qos=1, retain=True)
+        self._published_key = key
+        self.client.publish(self.topics.status, encode(message.wire()), qos=1, retain=True)
 
     # --- command thread -------------------------------------------------------------------------
 

@@ -158,4 +158,34 @@ def build_status(
             command_errors=link.command_errors,
         ),
         status_error=error or None,
+        # A device the CSU cannot reach (no clip URL) but that may push to a collector says so.
+        delivery="push" if not clip_url and config.clip_server.collector_urls else None,
+        heartbeat_s=config.mqtt.status_heartbeat_s,
     )
+
+
+def change_key(message: StatusMessage) -> tuple[object, ...]:
+    """What of a status the CSU must see at once when it changes; the rest waits for the heartbeat.
+
+    Camera states and set-up, errors and losses, the clip URL: yes. Figures that move all the time
+    (uptime, fps, frames, drops, bytes, load, disk, pending events) would make every status "changed"
+    and cost a metered link 700 bytes each: they ride on the heartbeat.
+    """
+    cameras = tuple(
+        (
+            c.id,
+            c.state,
+            c.resolution,
+            c.masks,
+            c.recording,
+            c.last_error,
+            c.device,
+            c.recorder.errors if c.recorder else None,
+            bool(c.recorder and c.recorder.frames_dropped_disk),
+        )
+        for c in message.cameras
+    )
+    outbox = (message.outbox.dropped, message.outbox.corrupt_files) if message.outbox else None
+    rejected = message.mqtt.rejected if message.mqtt else None
+    days = message.retention.days if message.retention else None
+    return (cameras, message.clip_url, message.delivery, message.status_error, outbox, rejected, days)

@@ -5,7 +5,9 @@ Keys come from the CSU key directory (`--keys`, default `$CSU_KEYS_DIR` or `./ke
 segments.
 The device's public key (`--device-key`) is the one from provisioning: it is what makes a bundle
 trustworthy, so it is never taken from the bundle itself. The device's address is its last status's
-`clip_url` in the collector store (`--store`), or `--url`.
+`clip_url` in the collector store (`--store`), or `--url`. A device the CSU cannot reach (its status says
+`delivery: push`, or has no clip URL; or `--via push`) is asked over MQTT (`--broker`) to upload the clip
+to an endpoint this command runs (`--upload-listen`, reached by devices as `--upload-url`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from pathlib import Path
 from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.collector.evidence import ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
+from edge_agent.collector.ingest import parse_broker_url
 from edge_agent.collector.progress import ProgressBar
+from edge_agent.collector.push import PushSettings, push_clip
 from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.config import collector_url_problem
 from edge_agent.formats.keys import (
     CSU_SEALING_NAME,
     CSU_SIGNING_NAME,
@@ -46,6 +51,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fetch.add_argument("-o", "--output", type=Path, required=True, help="export directory")
     fetch.add_argument("--partial", action="store_true", help="export the verified segments when some fail")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    push = fetch.add_argument_group(
+        "push delivery", "for devices the CSU cannot reach (nomad kits on 4G): the device uploads the clip"
+    )
+    push.add_argument(
+        "--via",
+        choices=("auto", "pull", "push"),
+        default="auto",
+        help="auto (default): push when the device's last status says so (delivery: push, or no clip_url)",
+    )
+    push.add_argument(
+        "--broker", help="mqtt://[user:pass@]host[:port] (mqtts:// for TLS) to publish the command"
+    )
+    push.add_argument("--topic-root", default="csu/v1", help="topic root of the devices")
+    push.add_argument("--upload-listen", help="HOST:PORT where the upload endpoint listens")
+    push.add_argument("--upload-url", default="", help="the endpoint's base URL as devices reach it")
+    push.add_argument(
+        "--push-timeout",
+        type=float,
+        default=PushSettings.order_ttl_s,
+        help="seconds the upload order stays valid (default: %(default)g)",
+    )
     fetch.set_defaults(handler=fetch_clip_command)
 
     verify = subparsers.add_parser("verify", help="re-check an exported clip directory")
@@ -115,6 +141,55 @@ def _device_url(args: argparse.Namespace) -> str:
         raise _UsageError(str(error)) from None
 
 
+def _delivery(args: argparse.Namespace) -> str:
+    """`pull` or `push`: as asked, else what the device's last status says (push when it publishes
+    `delivery: push` or no clip URL: the CSU cannot reach it)."""
+    if args.via != "auto":
+        return str(args.via)
+    if args.url or args.store is None:
+        return "pull"
+    from edge_agent.collector.store import open_store
+
+    try:
+        store = open_store(args.store, readonly=True, pool_size=1)
+    except (OSError, ValueError) as error:
+        raise _UsageError(f"--store: {error}") from None
+    try:
+        status = store.device_status(args.site, args.device)
+    finally:
+        store.close()
+    if status is None:
+        raise _UsageError(f"device {args.site}/{args.device} has never been heard by this collector")
+    pushed = (status.status or {}).get("delivery") == "push" or not status.clip_url
+    return "push" if pushed else "pull"
+
+
+def _push_settings(args: argparse.Namespace) -> PushSettings:
+    if not args.broker:
+        raise _UsageError("--broker: push delivery publishes its command through the broker")
+    if not args.upload_listen:
+        raise _UsageError("--upload-listen: push delivery needs HOST:PORT for its upload endpoint")
+    host, _, port = args.upload_listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _UsageError(f"--upload-listen {args.upload_listen!r}: expected HOST:PORT")
+    if args.upload_url and collector_url_problem(args.upload_url):
+        raise _UsageError(f"--upload-url {args.upload_url!r}: {collector_url_problem(args.upload_url)}")
+    if args.push_timeout <= 0:
+        raise _UsageError("--push-timeout: must be positive")
+    try:
+        broker = parse_broker_url(args.broker)
+    except ValueError as error:
+        raise _UsageError(f"--broker: {error}") from None
+    return PushSettings(
+        broker,
+        host.strip("[]"),
+        int(port),
+        upload_url=args.upload_url,
+        topic_root=args.topic_root,
+        order_ttl_s=args.push_timeout,
+    )
+
+
 def _endpoint(args: argparse.Namespace) -> DeviceEndpoint:
     signing = load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}")
     return DeviceEndpoint(_device_url(args), RequestSigner(signing), args.ca_file)
@@ -128,13 +203,16 @@ def _time(name: str, raw: str) -> float:
 
 
 def fetch_clip_command(args: argparse.Namespace) -> int:
-    """Fetch, verify, export; exit 0 verified, 3 partial export, 1 rejected or failed, 2 usage."""
+    """Fetch (pull) or have pushed, verify, export; exit 0 verified, 3 partial export, 1 rejected or
+    failed, 2 usage."""
     try:
         if args.device_key is None:
             raise _UsageError("--device-key: the device's public key from provisioning is required")
-        endpoint = _endpoint(args)
+        via = _delivery(args)
+        push = _push_settings(args) if via == "push" else None
+        endpoint = _endpoint(args) if push is None else None
         keys = CollectorKeys(
-            signing=endpoint.signer.private_key,
+            signing=load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}"),
             sealing=load_x25519_private(args.keys / f"{CSU_SEALING_NAME}{PRIVATE_SUFFIX}"),
             device=load_ed25519_public(args.device_key),
         )
@@ -150,11 +228,14 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
         print(f"fetch-clip: {error}", file=sys.stderr)
         return 2
     progress = ProgressBar(f"{args.camera}", enabled=False if args.no_progress else None)
+    audit = AuditLog(args.audit)
     try:
-        with endpoint:
-            outcome = fetch_clip(
-                endpoint, request, keys, args.output, AuditLog(args.audit), progress, args.partial
-            )
+        if endpoint is not None:
+            with endpoint:
+                outcome = fetch_clip(endpoint, request, keys, args.output, audit, progress, args.partial)
+        else:
+            assert push is not None
+            outcome = push_clip(push, request, keys, args.output, audit, progress, args.partial)
     except FetchError as error:
         print(f"fetch-clip: {error}", file=sys.stderr)
         return 1

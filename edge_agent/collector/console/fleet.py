@@ -23,7 +23,7 @@ CRITICAL, WARNING, NOTICE = 0, 1, 2
 class FleetRules:
     """When a device or camera counts as a problem."""
 
-    status_interval_s: float = 30.0  # the devices' mqtt.status_interval_s (stale after 3 of them)
+    status_interval_s: float = 30.0  # the devices' status period when they do not say (stale after 3)
     legal_retention_days: float = 0.0  # the CSU's legal days; 0 judges each device by its own setting
     disk_full_fraction: float = 0.9
     outbox_backlog: int = 100
@@ -196,7 +196,8 @@ def device_view(row: DeviceStatus, now: float, rules: FleetRules) -> DeviceView:
         problems.append(Problem(CRITICAL, "offline", "offline"))
     elif age is None:
         problems.append(Problem(WARNING, "stale", "no status yet"))
-    elif age > 3 * rules.status_interval_s:
+    elif age > 3 * (_number(status.get("heartbeat_s")) or rules.status_interval_s):
+        # A device that publishes on change plus a heartbeat says how long its silences may last.
         problems.append(Problem(WARNING, "stale", f"status {age:.0f} s old"))
     for judged in (
         _disk_problem(status.get("disk"), rules),

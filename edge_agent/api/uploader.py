@@ -1,0 +1,472 @@
+"""Push delivery, the device side: upload a clip bundle to the collector that asked (DESIGN.md section 4).
+
+A nomad kit behind a carrier NAT can connect out but nobody can connect in, so the collector publishes a
+signed `upload_clip` command instead of fetching. The command is checked as strictly as a
+`GET /v1/clips`: collector signature, freshness and replay (the device's one verifier, its nonces
+journalled), then the clip parameters (camera of this device, range within `max_clip_seconds`, a
+requisition), then the upload URL, which must lie under one of `clip_server.collector_urls`: a URL taken
+from a command alone is never enough, so that a leaked collector key cannot send footage elsewhere.
+
+The bundle is the one the clip server would stream (`edge_agent.api.delivery.plan_clip`), sent with the
+protocol of `edge_agent.formats.upload` in 1 MiB chunks, paced at `clip_server.upload_kbps`. After a cut
+the device asks the collector how many bytes it holds and goes on from there: acknowledged bytes are never
+sent twice. Progress (every tenth of the bundle) and the outcome go to `cmd_result` with the command's
+`request_id`; every command, accepted or refused, and every outcome is written to the audit log. The
+upload runs in a thread of its own: the command is answered (accepted or refused) at once.
+
+Nothing here depends on the clip server: a kit with `clip_server.enabled: false` still delivers by push.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.api.delivery import FootageIndex, plan_clip
+from edge_agent.api.params import ClipQuery, ParamError, parse_clip_query, parse_time
+from edge_agent.api.ratelimit import TokenBucket
+from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.bundle import BundlePlan, read_part
+from edge_agent.formats.config import AgentConfig, collector_url_problem
+from edge_agent.formats.signing import RequestVerifier, SignatureError, verify_command
+from edge_agent.formats.times import Clock
+from edge_agent.formats.upload import TOKEN_RE, UploadAck, content_range
+
+log = logging.getLogger(__name__)
+
+COMMAND = "upload_clip"
+CHUNK_BYTES = 1 << 20
+"""Bytes per PUT: each is acknowledged, so at most this much is in doubt when a link drops."""
+PIECE_BYTES = 16 * 1024
+"""Pacing granularity within a chunk (the rate cap holds within a chunk, not only between chunks)."""
+MAX_EXPIRY_S = 2 * 86400.0
+"""An upload order valid for longer than this is refused (a command must not outlive its purpose)."""
+PROGRESS_STEPS = 10
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 30.0
+TIMEOUTS = (10.0, 60.0)
+"""Connect and read time limits of one PUT (seconds)."""
+
+_CLIP_FIELDS = ("camera", "start", "end", "requisition", "officer")
+_REQUIRED = ("camera", "start", "end", "requisition", "upload_url", "token", "expires")
+_OPTIONAL = ("officer", "request_id")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Replies that a new attempt cannot change: the upload is given up.
+_FINAL_STATUSES = {400: "bad-request", 401: "token-refused", 403: "forbidden", 404: "unknown-upload"}
+_FINAL_STATUSES |= {410: "upload-closed", 413: "too-large"}
+
+ResultPublisher = Callable[[Mapping[str, Any], str | None], None]
+"""Publishes one `upload_clip` result (progress or outcome) on `cmd_result` with the command's request id."""
+
+
+@dataclass(frozen=True)
+class UploadOrder:
+    """A checked `upload_clip` command."""
+
+    query: ClipQuery
+    upload_url: str
+    token: str
+    expires_at: float
+    request_id: str | None
+    client: str
+
+    def audit_fields(self) -> dict[str, Any]:
+        """What the device's audit line records of it (never the token)."""
+        fields: dict[str, Any] = {
+            "camera": self.query.camera,
+            "start_ts": self.query.start_ts,
+            "end_ts": self.query.end_ts,
+            "requisition": self.query.requisition,
+            "upload_url": self.upload_url,
+        }
+        if self.query.officer:
+            fields["officer"] = self.query.officer
+        if self.request_id:
+            fields["request_id"] = self.request_id
+        return fields
+
+
+@dataclass
+class UploadCounters:
+    """What one upload cost: bytes put on the wire, PUTs, cut links."""
+
+    sent: int = 0
+    puts: int = 0
+    retries: int = 0
+
+
+class _Failed(Exception):
+    """An upload that will not succeed by retrying; `reason` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Stopped(Exception):
+    """The agent is stopping: the upload ends where it is (the collector keeps what it holds)."""
+
+
+def upload_url_allowed(url: str, bases: list[str]) -> bool:
+    """Whether `url` lies under one of the collector base URLs: same scheme, host and port, and a path
+    inside the base's path (segment-wise: `https://csu/up` does not cover `https://csu/upload-evil`)."""
+    parts = urlsplit(url)
+    segments = unquote(parts.path).split("/")
+    if any(s in (".", "..") for s in segments) or "\\" in parts.path:
+        return False
+    for base in bases:
+        allowed = urlsplit(base)
+        if (parts.scheme, parts.hostname, _port(parts.scheme, parts.port)) != (
+            allowed.scheme,
+            allowed.hostname,
+            _port(allowed.scheme, allowed.port),
+        ):
+            continue
+        prefix = allowed.path.rstrip("/")
+        if parts.path == prefix or parts.path.startswith(prefix + "/"):
+            return True
+    return False
+
+
+def _port(scheme: str, port: int | None) -> int:
+    return port if port is not None else (443 if scheme == "https" else 80)
+
+
+@dataclass
+class _Upload:
+    """One running upload."""
+
+    order: UploadOrder
+    plan: BundlePlan
+    counters: UploadCounters = field(default_factory=UploadCounters)
+    reported_step: int = 0
+
+
+class Uploader:
+    """Obeys signed `upload_clip` commands: one upload at a time, each in its own thread."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        ring: FootageIndex,
+        audit: AuditLog,
+        device_key: Ed25519PrivateKey,
+        verifier: RequestVerifier,
+        publish: ResultPublisher,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config
+        self.settings = config.clip_server
+        self.ring = ring
+        self.audit = audit
+        self.device_key = device_key
+        self.verifier = verifier
+        self.publish = publish
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._running: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.last_counters: UploadCounters | None = None
+
+    @property
+    def cameras(self) -> list[str]:
+        """Camera ids this device records."""
+        return [c.id for c in self.config.cameras]
+
+    # -- the command ------------------------------------------------------------------------------
+
+    def handle_command(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a signed `upload_clip` and start the upload; the reply for `.../cmd_result`.
+
+        Never raises for a bad command: the refusal is audited and returned as `{"ok": false, ...}`.
+        """
+        actor = "-"
+        try:
+            actor, fields = verify_command(COMMAND, payload, self.verifier)
+            order = self.check(fields, actor)
+            plan = plan_clip(self.config, self.ring, self.device_key, order.query)
+            self._start(_Upload(order, plan))
+        except (SignatureError, ParamError) as error:
+            self.audit.append(
+                action=f"mqtt-{COMMAND}",
+                outcome="refused",
+                reason=error.reason,
+                detail=str(error),
+                client=actor,
+            )
+            log.info("upload_clip refused: %s", error)
+            return {"ok": False, "error": error.reason, "message": str(error)}
+        self.audit.append(
+            action=COMMAND,
+            outcome="accepted",
+            client=actor,
+            bundle_id=plan.bundle_id,
+            size=plan.size,
+            segments=len(plan.manifest["segments"]),
+            gaps=len(plan.manifest["gaps"]),
+            **order.audit_fields(),
+        )
+        return {
+            "ok": True,
+            "phase": "accepted",
+            "bundle_id": plan.bundle_id,
+            "size": plan.size,
+            "segments": len(plan.manifest["segments"]),
+            "gaps": len(plan.manifest["gaps"]),
+        }
+
+    def check(self, fields: Mapping[str, Any], client: str) -> UploadOrder:
+        """The command's fields, checked; ParamError naming the first bad one."""
+        unknown = sorted(set(fields) - set(_REQUIRED) - set(_OPTIONAL))
+        if unknown:
+            raise ParamError("unknown-parameter", f"unknown field(s): {', '.join(unknown)}")
+        not_text = sorted(k for k, v in fields.items() if not isinstance(v, str))
+        if not_text:
+            raise ParamError("malformed-body", f"field(s) {', '.join(not_text)}: must be strings")
+        missing = [name for name in _REQUIRED if not fields.get(name)]
+        if missing:
+            raise ParamError("missing-parameter", f"missing field(s): {', '.join(missing)}")
+        pairs = [(name, fields[name]) for name in _CLIP_FIELDS if name in fields]
+        query = parse_clip_query(pairs, self.cameras, self.settings.max_clip_seconds, True)
+        upload_url = self._check_upload_url(fields["upload_url"])
+        token = fields["token"]
+        if not TOKEN_RE.match(token):
+            raise ParamError("bad-token", "token: 22 to 128 characters of [A-Za-z0-9_-]")
+        expires_at = parse_time("expires", fields["expires"])
+        now = self.clock()
+        if expires_at <= now:
+            raise ParamError("expired", "expires: already in the past")
+        if expires_at > now + MAX_EXPIRY_S:
+            raise ParamError("bad-expiry", f"expires: more than {MAX_EXPIRY_S / 3600:g} h ahead")
+        request_id = fields.get("request_id")
+        if request_id is not None and not _REQUEST_ID_RE.match(request_id):
+            raise ParamError("bad-request-id", "request_id: 1 to 64 characters of [A-Za-z0-9_-]")
+        return UploadOrder(query, upload_url, token, expires_at, request_id, client)
+
+    def _check_upload_url(self, url: str) -> str:
+        bases = self.settings.collector_urls
+        if not bases:
+            raise ParamError(
+                "push-disabled",
+                "upload_url: clip_server.collector_urls is empty, this device pushes nowhere",
+                403,
+            )
+        problem = collector_url_problem(url)
+        if problem:
+            raise ParamError("bad-upload-url", f"upload_url: {problem}")
+        if not upload_url_allowed(url, bases):
+            raise ParamError(
+                "upload-url-not-allowed",
+                f"upload_url: {url[:200]!r} is not under a collector URL of clip_server.collector_urls",
+                403,
+            )
+        return url
+
+    def _start(self, upload: _Upload) -> None:
+        with self._lock:
+            if self._running is not None and self._running.is_alive():
+                raise ParamError("busy", "another upload is running; ask again when it has ended", 503)
+            if self._stopping.is_set():
+                raise ParamError("stopping", "the agent is stopping", 503)
+            thread = threading.Thread(target=self._run, args=(upload,), name="clip-upload", daemon=True)
+            self._running = thread
+            thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End a running upload (the collector keeps what it holds; the CSU may ask again)."""
+        self._stopping.set()
+        with self._lock:
+            thread = self._running
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until no upload runs; False on timeout (tests and tools)."""
+        with self._lock:
+            thread = self._running
+        if thread is not None:
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        return True
+
+    # -- the upload -------------------------------------------------------------------------------
+
+    def _run(self, upload: _Upload) -> None:
+        started = time.monotonic()
+        outcome: dict[str, Any]
+        try:
+            self._deliver(upload)
+        except _Failed as failure:
+            outcome = {"ok": False, "phase": "failed", "error": failure.reason, "message": str(failure)}
+        except _Stopped:
+            outcome = {"ok": False, "phase": "failed", "error": "stopped", "message": "the agent stopped"}
+        except Exception as failure:  # a bug must still end the upload with an answer and an audit line
+            log.exception("upload of %s failed", upload.plan.bundle_id)
+            outcome = {"ok": False, "phase": "failed", "error": "internal", "message": repr(failure)}
+        else:
+            outcome = {"ok": True, "phase": "delivered", "held": upload.plan.size}
+        counters = upload.counters
+        self.last_counters = counters
+        figures = {
+            "bundle_id": upload.plan.bundle_id,
+            "size": upload.plan.size,
+            "sent": counters.sent,
+            "puts": counters.puts,
+            "retries": counters.retries,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        self.audit.append(
+            action=COMMAND,
+            outcome=outcome["phase"],
+            client=upload.order.client,
+            **({"reason": outcome["error"], "detail": outcome["message"]} if not outcome["ok"] else {}),
+            **figures,
+            **upload.order.audit_fields(),
+        )
+        self._publish(upload, {**outcome, **figures})
+
+    def _publish(self, upload: _Upload, result: Mapping[str, Any]) -> None:
+        try:
+            self.publish(result, upload.order.request_id)
+        except Exception:  # the link is the agent's: an upload's outcome is in the audit log anyway
+            log.exception("could not publish the upload result")
+
+    def _deliver(self, upload: _Upload) -> None:
+        """Send every byte the collector does not hold yet, resuming after each cut until it expires."""
+        order, size = upload.order, upload.plan.size
+        kbps = self.settings.upload_kbps
+        bucket = TokenBucket(kbps * 1000 / 8, PIECE_BYTES) if kbps else None
+        delay = RETRY_MIN_S
+        held: int | None = None
+        with _session(order.token) as session:
+            while True:
+                if self._stopping.is_set():
+                    raise _Stopped()
+                if self.clock() >= order.expires_at:
+                    raise _Failed(
+                        "expired", f"the upload order expired with {held or 0} of {size} bytes held"
+                    )
+                try:
+                    if held is None:
+                        held = self._put(session, upload, 0, 0, None).held
+                    if held >= size:
+                        return
+                    end = min(held + CHUNK_BYTES, size)
+                    held = self._put(session, upload, held, end, bucket).held
+                    delay = RETRY_MIN_S
+                    self._progress(upload, held)
+                except requests.RequestException as error:
+                    upload.counters.retries += 1
+                    log.warning(
+                        "upload of %s cut at %s bytes (%s); resuming", upload.plan.bundle_id, held, error
+                    )
+                    held = None  # ask the collector: it may hold more than it could acknowledge
+                    if self._stopping.wait(delay):
+                        raise _Stopped() from None
+                    delay = min(RETRY_MAX_S, delay * 2)
+
+    def _put(
+        self, session: requests.Session, upload: _Upload, first: int, end: int, bucket: TokenBucket | None
+    ) -> UploadAck:
+        """PUT bytes [first, end) (none: ask the count held); the acknowledgement. A 409 also carries it."""
+        size = upload.plan.size
+        body = _PacedBody(_read(upload.plan, first, end), bucket, upload.counters, self._stopping)
+        upload.counters.puts += 1
+        response = session.put(
+            upload.order.upload_url,
+            data=body,
+            headers={"Content-Range": content_range(first, end, size)},
+            timeout=TIMEOUTS,
+            allow_redirects=False,
+        )
+        if response.status_code in (200, 409):
+            try:
+                ack = UploadAck.parse(response.content)
+            except ValueError as error:
+                raise requests.RequestException(str(error)) from None
+            if ack.size != size:
+                raise _Failed(
+                    "size-mismatch", f"the collector expects {ack.size} bytes, the bundle has {size}"
+                )
+            return ack
+        reason = _FINAL_STATUSES.get(response.status_code)
+        if reason is not None:
+            raise _Failed(
+                reason, f"the collector refused the upload: HTTP {response.status_code} {response.text[:200]}"
+            )
+        # 5xx, 429, a proxy's answer: worth another attempt.
+        raise requests.RequestException(f"HTTP {response.status_code} from the collector")
+
+    def _progress(self, upload: _Upload, held: int) -> None:
+        """One result per tenth of the bundle: enough to follow on a metered link, not more."""
+        size = upload.plan.size
+        step = held * PROGRESS_STEPS // size if size else PROGRESS_STEPS
+        if step <= upload.reported_step or held >= size:
+            return
+        upload.reported_step = step
+        self._publish(
+            upload,
+            {"ok": True, "phase": "progress", "held": held, "size": size, "bundle_id": upload.plan.bundle_id},
+        )
+
+
+def _read(plan: BundlePlan, first: int, end: int) -> bytes:
+    """Bytes [first, end) of the bundle; _Failed when a segment vanished or changed meanwhile."""
+    try:
+        return b"".join(read_part(part, offset, length) for part, offset, length in plan.chunks(first, end))
+    except OSError as error:
+        raise _Failed("footage-changed", f"a segment of the bundle changed on the device: {error}") from None
+
+
+@contextmanager
+def _session(token: str) -> Iterator[requests.Session]:
+    """A requests Session for one upload: the bearer token, bytes as stored, nothing from the environment."""
+    session = requests.Session()
+    # No proxy variables or ~/.netrc: the device talks to the configured collector, directly.
+    session.trust_env = False
+    session.headers["Authorization"] = f"Bearer {token}"
+    session.headers["Accept-Encoding"] = "identity"
+    session.headers["Content-Type"] = "application/x-tar"
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+class _PacedBody:
+    """A request body sent in pieces, each paid for in the rate bucket first; counts what it hands over.
+
+    `requests` sends an iterable with a length as a plain `Content-Length` body, piece by piece.
+    """
+
+    def __init__(
+        self, data: bytes, bucket: TokenBucket | None, counters: UploadCounters, stopping: threading.Event
+    ) -> None:
+        self._data = data
+        self._bucket = bucket
+        self._counters = counters
+        self._stopping = stopping
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        view = memoryview(self._data)
+        for offset in range(0, len(view), PIECE_BYTES):
+            piece = view[offset : offset + PIECE_BYTES]
+            if self._bucket is not None:
+                delay = self._bucket.delay_for(len(piece))
+                if delay > 0 and self._stopping.wait(delay):
+                    raise _Stopped()
+            self._counters.sent += len(piece)
+            yield bytes(piece)
