@@ -42,7 +42,7 @@ class CollectingSink:
         self._delay_s = delay_s
         self._fail = fail
 
-    def on_frame(self, frame: MaskedFrame, event_open: bool) -> None:
+    def on_frame(self, frame: MaskedFrame, event_open: bool, event_start: float | None = None) -> None:
         if self._fail:
             raise RuntimeError("disk on fire")
         time.sleep(self._delay_s)

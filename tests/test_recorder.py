@@ -70,8 +70,9 @@ def test_motion_mode_keeps_only_pre_roll_event_and_post_roll(tmp_path: Path) -> 
     recorder = record(ring, cam, st, keys, synthetic_frames(cam, 200, T0), events=(T0 + 5, T0 + 7))
     packets = [opened.stream.seconds(p.pts) - T0 for opened in _opened(ring, keys) for p in opened.packets]
     assert recorder.stats().segments == 1
-    # Pre-roll starts at the keyframe before event start - 1 s (GOP 0.5 s); post-roll ends 1 s after.
-    assert 3.5 <= min(packets) <= 4.0 and 7.9 <= max(packets) <= 8.1
+    # Pre-roll starts at the keyframe at or before event start - 1 s (GOP 0.5 s); the post-roll runs
+    # 1 s after the event, on to the next keyframe.
+    assert 3.5 <= min(packets) <= 4.0 and 7.9 <= max(packets) <= 8.5
     assert len(packets) == len(set(packets))
     assert recorder.stats().packets == len(packets)
 
@@ -91,7 +92,90 @@ def test_motion_mode_with_two_events_makes_two_segments(tmp_path: Path) -> None:
     assert len(spans) == 2
     for (start, end), (event_start, event_end) in zip(spans, [(3, 4), (10, 11)], strict=True):
         assert event_start - 1.0 <= start <= event_start - 0.5  # pre-roll, from a keyframe
-        assert event_end + 0.4 <= end <= event_end + 0.7  # post-roll
+        assert event_end + 0.4 <= end <= event_end + 1.1  # post-roll, on to the next keyframe
+
+
+def _recorded_times(ring: RingBuffer, keys) -> list[float]:  # type: ignore[no-untyped-def]
+    """Capture times (from T0) of every packet kept, in order, each segment starting on a keyframe."""
+    times = []
+    for opened in _opened(ring, keys):
+        assert opened.packets[0].keyframe
+        times += [opened.stream.seconds(p.pts) - T0 for p in opened.packets]
+    return times
+
+
+@pytest.mark.parametrize(
+    ("pre_roll", "gop", "event_start"),
+    [(3.0, 2.0, 4.9), (3.0, 2.0, 5.0), (3.0, 2.0, 5.9), (3.0, 1.0, 6.45), (1.0, 0.5, 3.05)],
+)
+def test_pre_roll_is_never_shorter_than_configured(
+    tmp_path: Path, pre_roll: float, gop: float, event_start: float
+) -> None:
+    """The tracker opens an event a few frames after its first moving frame (`start_frames`): the
+    pre-roll counts back from that first frame, and starts on the keyframe at or before it."""
+    keys = make_keys()
+    cam = camera("motion", pre_roll=pre_roll, post_roll=0.5)
+    st = storage(tmp_path, segment_seconds=30.0, gop_seconds=gop)
+    ring = RingBuffer(tmp_path, st)
+    recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key())
+    opened_at = event_start + 0.2  # start_frames = 3 at 10 fps
+    for _, masked in synthetic_frames(cam, 120, T0):
+        t = masked.captured_at - T0
+        recorder.on_frame(masked, opened_at <= t < event_start + 2, T0 + event_start)
+    recorder.close()
+    times = _recorded_times(ring, keys)
+    assert event_start - times[0] >= pre_roll - 1e-6
+    assert event_start - times[0] < pre_roll + gop  # from the keyframe at or before, not earlier
+    assert all(b - a == pytest.approx(0.1, abs=0.002) for a, b in itertools.pairwise(times))
+
+
+def test_an_event_close_behind_another_finds_its_whole_pre_roll(tmp_path: Path) -> None:
+    """The second event starts 1.2 s after the first one's post-roll ended, with a 3 s pre-roll: the
+    footage before it was partly sealed in the first segment, the rest must follow without a hole."""
+    keys = make_keys()
+    cam = camera("motion", pre_roll=3.0, post_roll=1.0)
+    st = storage(tmp_path, segment_seconds=30.0, gop_seconds=2.0)
+    ring = RingBuffer(tmp_path, st)
+    recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key())
+    events = [(4.0, 5.0), (7.2, 8.0)]  # post-roll of the first ends at 6.0
+    for _, masked in synthetic_frames(cam, 130, T0):
+        t = masked.captured_at - T0
+        current = [start for start, end in events if start <= t < end]
+        recorder.on_frame(masked, bool(current), T0 + current[0] if current else None)
+    recorder.close()
+    times = _recorded_times(ring, keys)
+    second = events[1][0]
+    kept = [t for t in times if second - 3.0 - 0.01 <= t <= second + 0.01]
+    assert kept[0] == pytest.approx(second - 3.0, abs=0.002) and kept[-1] == pytest.approx(second, abs=0.002)
+    assert all(b - a == pytest.approx(0.1, abs=0.002) for a, b in itertools.pairwise(kept))
+
+
+def test_pre_roll_through_the_live_stage_starts_before_the_first_moving_frame(tmp_path: Path) -> None:
+    """The real mask -> motion stage decides the event and its start; the recorder keeps the pre-roll."""
+    from edge_agent.camera.stage import MotionStage
+
+    keys = make_keys()
+    cam = camera("motion", pre_roll=2.0, post_roll=0.5, size=(240, 180))
+    cam = cam.model_copy(update={"motion": cam.motion.model_copy(update={"start_frames": 4})})
+    st = storage(tmp_path, segment_seconds=30.0, gop_seconds=1.0)
+    ring = RingBuffer(tmp_path, st)
+    recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key())
+    stage = MotionStage.for_camera(cam)
+    rng = np.random.default_rng(5)
+    base = rng.integers(80, 120, (180, 240, 3)).astype(np.uint8)
+    starts = []
+    for seq in range(90):
+        image = base.copy()
+        if 50 <= seq < 70:  # a bright square walks across the unmasked right part from frame 50
+            x = 100 + 5 * (seq - 50)
+            image[60:90, x : x + 30] = 230
+        output = stage.step(Frame("cam1", seq, T0 + seq / 10, image))
+        starts += [e.start_ts - T0 for e in output.events if e.phase == "start"]
+        recorder.on_frame(output.frame, stage.event_open, stage.event_start)
+    recorder.close()
+    assert starts and 5.0 <= starts[0] <= 5.2
+    times = _recorded_times(ring, keys)
+    assert 2.0 <= starts[0] - times[0] < 3.0
 
 
 def test_a_resolution_change_seals_the_segment_and_starts_a_new_stream(tmp_path: Path) -> None:

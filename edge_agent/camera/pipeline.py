@@ -37,8 +37,9 @@ EventSink = Callable[[MotionEvent], object]
 class FrameSink(Protocol):
     """A consumer of masked frames (the recorder, a preview)."""
 
-    def on_frame(self, frame: MaskedFrame, event_open: bool) -> None:
-        """Called for every frame the processing thread takes, with whether a motion event is open."""
+    def on_frame(self, frame: MaskedFrame, event_open: bool, event_start: float | None = None) -> None:
+        """Called for every frame the processing thread takes, with whether a motion event is open and,
+        when one is, the time of its first moving frame."""
         ...
 
     def close(self) -> None:
@@ -266,7 +267,7 @@ class CameraWorker:
             with self._lock:
                 self._event_open = stage.event_open
             for sink in self._frame_sinks:
-                self._call_sink(sink.on_frame, frame, stage.event_open)
+                self._call_sink(sink.on_frame, frame, stage.event_open, stage.event_start)
         self._emit(stage.close())
         for sink in self._frame_sinks:
             self._call_sink(sink.close)

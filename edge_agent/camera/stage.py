@@ -38,6 +38,7 @@ class MotionStage:
         self._tracker = EventTracker(camera_id, motion)
         self._detector: MotionDetector | None = None
         self._last_ts = 0.0
+        self._event_start: float | None = None
 
     @classmethod
     def for_camera(cls, camera: CameraConfig) -> MotionStage:
@@ -48,6 +49,12 @@ class MotionStage:
     def event_open(self) -> bool:
         """Whether a motion event is in progress."""
         return self._tracker.is_open
+
+    @property
+    def event_start(self) -> float | None:
+        """When the open event started (its first moving frame, before the event was confirmed); None
+        when no event is open. The recorder counts its pre-roll back from there."""
+        return self._event_start if self._tracker.is_open else None
 
     def mask(self, frame: Frame) -> MaskedFrame:
         """Mask the raw frame in place (the raw Frame must not be used afterwards)."""
@@ -62,7 +69,11 @@ class MotionStage:
             # A source reopened at another resolution needs a background model (and mask) of that size.
             self._detector = MotionDetector(self.motion, frame.size, self.masker.mask_for(frame.size))
         result = self._detector.detect(frame)
-        return StageOutput(frame, result, self._tracker.update(result, frame.captured_at))
+        events = self._tracker.update(result, frame.captured_at)
+        for event in events:
+            if event.phase == "start":
+                self._event_start = event.start_ts
+        return StageOutput(frame, result, events)
 
     def step(self, frame: Frame) -> StageOutput:
         """`mask` then `observe`, for a caller that does both on one thread."""

@@ -5,8 +5,12 @@ Segments are cut on encoded packets: a new one starts at the first keyframe pack
 has `segment_seconds` of footage (a keyframe is requested at that moment), so each segment decodes alone.
 
 Modes (`camera.recording`): `continuous` records everything; `motion` encodes all the time but keeps
-only the last `pre_roll_seconds` (from a keyframe) of ENCODED packets in memory, and seals from there
-while an event is open and for `post_roll_seconds` after it closes; `off` encodes nothing.
+the last few seconds of ENCODED packets in memory (from a keyframe), and seals while an event is open,
+from the keyframe at or before `event start - pre_roll_seconds` until `post_roll_seconds` after it
+closes; `off` encodes nothing. The event start is the time of its first moving frame (the tracker opens
+an event only some frames later), so the pre-roll is never shorter than configured. A motion segment
+ends on a keyframe (the post-roll runs on to the next one), so that the memory buffer starts where the
+segment stopped and a new event close behind finds its whole pre-roll.
 
 A write error (full disk, I/O error) never leaves `on_frame`: the segment in progress is dropped, the
 error is counted and logged, retention is asked to make room, and recording resumes at the next keyframe.
@@ -65,17 +69,22 @@ class PreRoll:
         if not self._packets and not packet.keyframe:
             return
         self._packets.append((t, packet))
+        self._trim(t - self._seconds)
+
+    def _trim(self, since: float) -> None:
+        """Drop the oldest GOPs while the next one still starts at or before `since`."""
         keyframes = [i for i, (_, p) in enumerate(self._packets) if p.keyframe]
-        # Drop the oldest GOP while the next one still starts early enough to cover the pre-roll.
         drop = 0
         for index in keyframes[1:]:
-            if self._packets[index][0] <= t - self._seconds:
+            if self._packets[index][0] <= since:
                 drop = index
         for _ in range(drop):
             self._packets.popleft()
 
-    def drain(self) -> list[tuple[float, EncodedPacket]]:
-        """Everything kept, oldest first; the buffer is empty afterwards."""
+    def drain(self, since: float) -> list[tuple[float, EncodedPacket]]:
+        """The packets from the keyframe at or before `since` on (all, when none is that old), oldest
+        first; the buffer is empty afterwards."""
+        self._trim(since)
         packets = list(self._packets)
         self._packets.clear()
         return packets
@@ -83,6 +92,12 @@ class PreRoll:
     def clear(self) -> None:
         """Forget everything (the stream changed)."""
         self._packets.clear()
+
+
+def _confirmation_margin(camera: CameraConfig) -> float:
+    """Seconds the memory buffer keeps beyond the pre-roll: an event opens `start_frames` frames after
+    its first moving frame, and the encoder hands packets out a few frames late."""
+    return max(1.0, 2 * camera.motion.start_frames / camera.fps)
 
 
 class Recorder:
@@ -112,7 +127,7 @@ class Recorder:
         self._pending: PendingSegment | None = None
         self._writer: SegmentWriter | None = None
         self._segment_start = 0.0
-        self._preroll = PreRoll(camera.motion.pre_roll_seconds)
+        self._preroll = PreRoll(camera.motion.pre_roll_seconds + _confirmation_margin(camera))
         self._in_event = False
         self._event_start = math.inf
         self._wanted_until = -math.inf
@@ -127,13 +142,17 @@ class Recorder:
 
     # ---- frames ------------------------------------------------------------------------------------
 
-    def on_frame(self, frame: MaskedFrame, event_open: bool) -> None:
-        """Take one masked frame; never raises (errors are counted, logged, and recording goes on)."""
+    def on_frame(self, frame: MaskedFrame, event_open: bool, event_start: float | None = None) -> None:
+        """Take one masked frame; never raises (errors are counted, logged, and recording goes on).
+
+        `event_start` is when the open event started (its first moving frame), when the caller knows
+        it: the pre-roll counts back from there rather than from the frame that opened the event.
+        """
         if self._mode is RecordingMode.OFF:
             return
         with self._lock:
             try:
-                self._track_event(frame.captured_at, event_open)
+                self._track_event(frame.captured_at, event_open, event_start)
                 for packet in self._encode(frame):
                     self._on_packet(packet)
             except EncoderError as error:
@@ -143,13 +162,13 @@ class Recorder:
                 self._fail(f"{self.camera.id}: writing a segment: {error}")
                 self._drop_segment()
 
-    def _track_event(self, t: float, event_open: bool) -> None:
+    def _track_event(self, t: float, event_open: bool, event_start: float | None) -> None:
         if self._mode is not RecordingMode.MOTION:
             return
         if event_open:
             if not self._in_event:
                 self._in_event = True
-                self._event_start = t
+                self._event_start = t if event_start is None else min(t, event_start)
             self._wanted_until = math.inf
         elif self._in_event:
             self._in_event = False
@@ -187,6 +206,10 @@ class Recorder:
         t = stream.seconds(packet.pts)
         wanted = self._wanted(t)
         if self._writer is not None:
+            if not wanted and not packet.keyframe:
+                # Past the post-roll: run on to the next keyframe, where the memory buffer takes over.
+                self._append(packet)
+                return
             if not wanted:
                 self._close_segment()
             elif packet.keyframe and t - self._segment_start >= self._storage.segment_seconds:
@@ -201,7 +224,7 @@ class Recorder:
         if not wanted:
             return
         if self._mode is RecordingMode.MOTION:
-            backlog = self._preroll.drain()
+            backlog = self._preroll.drain(self._event_start - self.camera.motion.pre_roll_seconds)
         else:
             backlog = [(t, packet)] if packet.keyframe else []
         if backlog:
