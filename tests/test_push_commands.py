@@ -1,4 +1,4 @@
-"""upload_clip is checked as strictly as GET /v1/clips, and the upload endpoint refuses what is not its own."""
+"""upload_clip is checked as strictly as GET /v1/clips; the upload endpoint refuses what is not its own."""
 
 from __future__ import annotations
 
