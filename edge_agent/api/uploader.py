@@ -98,11 +98,13 @@ class UploadOrder:
 
 @dataclass
 class UploadCounters:
-    """What one upload cost: bytes put on the wire, PUTs, cut links."""
+    """What one upload cost: bytes put on the wire, PUTs, cut links, and bytes sent again although the
+    collector had acknowledged them (the resume rule makes that 0; it is counted to show it)."""
 
     sent: int = 0
     puts: int = 0
     retries: int = 0
+    resent: int = 0
 
 
 class _Failed(Exception):
@@ -150,6 +152,7 @@ class _Upload:
     plan: BundlePlan
     counters: UploadCounters = field(default_factory=UploadCounters)
     reported_step: int = 0
+    acknowledged: int = 0  # the highest count the collector acknowledged
 
 
 class Uploader:
@@ -323,6 +326,7 @@ class Uploader:
             "sent": counters.sent,
             "puts": counters.puts,
             "retries": counters.retries,
+            "resent": counters.resent,
             "seconds": round(time.monotonic() - started, 3),
         }
         self.audit.append(
@@ -382,6 +386,7 @@ class Uploader:
         size = upload.plan.size
         body = _PacedBody(_read(upload.plan, first, end), bucket, upload.counters, self._stopping)
         upload.counters.puts += 1
+        upload.counters.resent += max(0, min(end, upload.acknowledged) - first)
         response = session.put(
             upload.order.upload_url,
             data=body,
@@ -398,6 +403,7 @@ class Uploader:
                 raise _Failed(
                     "size-mismatch", f"the collector expects {ack.size} bytes, the bundle has {size}"
                 )
+            upload.acknowledged = max(upload.acknowledged, ack.held)
             return ack
         reason = _FINAL_STATUSES.get(response.status_code)
         if reason is not None:
