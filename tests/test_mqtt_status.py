@@ -130,6 +130,7 @@ def test_the_status_document_on_the_wire() -> None:
         "outbox": {"pending": 4, "dropped": 1, "corrupt_files": 0},
         "mqtt": {"connections": 2, "rejected": 1, "commands": 3, "command_errors": 1},
         "heartbeat_s": 300.0,
+        "max_clip_seconds": 14400.0,
     }
     assert status["version"]
 
@@ -141,6 +142,18 @@ def test_the_collector_parses_what_the_device_builds() -> None:
     assert [c.state for c in parsed.cameras] == ["running", "stopped", "disconnected", "unconfigured"]
     assert parsed.cameras[0].recorder is not None and parsed.cameras[0].recorder.segments == 3
     assert parsed.wire() == json.loads(raw), "a parsed status writes back the same document"
+
+
+def test_the_status_says_where_the_device_stands_when_the_config_does() -> None:
+    located = _config().model_copy(
+        update={"location": parse_config({"site_id": "s", "device_id": "d", "location": {
+            "lat": 43.6047, "lon": 1.4442, "label": "place du Capitole"}}).location}
+    )  # fmt: skip
+    status = _status(located)
+    assert status["location"] == {"lat": 43.6047, "lon": 1.4442, "label": "place du Capitole"}
+    parsed = parse_status(encode(status), TopicInfo("status", "ville-01", "pi-07"))
+    assert parsed.location is not None and parsed.location.label == "place du Capitole"
+    assert "location" not in _status(_config())  # omitted, not null, when the config has none
 
 
 def test_a_failed_agent_part_is_named() -> None:

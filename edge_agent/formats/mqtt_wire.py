@@ -295,10 +295,11 @@ class StatusMessage(_Payload):
 
     Fields after `cameras` default to None for a status that lacks them (an older device, a simulator).
     `delivery` is `push` when the CSU cannot reach the device and must ask it to upload clips (the
-    `upload_clip` command); `heartbeat_s` is the longest gap between two statuses of an unchanged device.
+    `upload_clip` command); `heartbeat_s` is the longest gap between two statuses of an unchanged device;
+    `max_clip_seconds` lets the console refuse a longer range before asking.
     """
 
-    _omit_when_none = frozenset({"status_error", "location", "delivery", "heartbeat_s"})
+    _omit_when_none = frozenset({"status_error", "location", "delivery", "heartbeat_s", "max_clip_seconds"})
 
     site: str
     device: str
@@ -317,6 +318,7 @@ class StatusMessage(_Payload):
     location: LocationStatus | None = None
     delivery: str | None = None
     heartbeat_s: float | None = None
+    max_clip_seconds: float | None = Field(None, gt=0)  # the longest clip the device serves in one request
 
     _ts = field_validator("ts", mode="before")(_time)
     _ts_text = field_serializer("ts")(_iso_text)

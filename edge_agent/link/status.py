@@ -18,6 +18,7 @@ from edge_agent.formats.config import AgentConfig, CameraConfig
 from edge_agent.formats.mqtt_wire import (
     SCHEMA,
     CameraStatus,
+    LocationStatus,
     MqttStatus,
     OutboxStatus,
     RecorderStatus,
@@ -161,7 +162,14 @@ def build_status(
         # A device the CSU cannot reach (no clip URL) but that may push to a collector says so.
         delivery="push" if not clip_url and config.clip_server.collector_urls else None,
         heartbeat_s=config.mqtt.status_heartbeat_s,
+        location=_location(config),
+        max_clip_seconds=config.clip_server.max_clip_seconds,
     )
+
+
+def _location(config: AgentConfig) -> LocationStatus | None:
+    where = config.location
+    return None if where is None else LocationStatus(lat=where.lat, lon=where.lon, label=where.label)
 
 
 def change_key(message: StatusMessage) -> tuple[object, ...]:
