@@ -122,6 +122,23 @@ def _write_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
             tmp.unlink()
 
 
+def write_key_file(path: Path, data: bytes, *, private: bool, overwrite: bool = False) -> None:
+    """Write a key or certificate file: 0600 when `private`, else 0644; never clobbers unless `overwrite`.
+
+    KeyFileError when the file exists and `overwrite` is false.
+    """
+    path = Path(path)
+    if not overwrite:
+        _refuse_existing([path])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(path, data, 0o600 if private else 0o644, overwrite)
+
+
+def read_key_file(path: Path, *, private: bool) -> bytes:
+    """The bytes of a key or certificate file; a private one must not be readable by group or others."""
+    return _read(Path(path), private)
+
+
 def _read(path: Path, private: bool) -> bytes:
     path = Path(path)
     try:

@@ -11,6 +11,7 @@ from edge_agent.formats.cli import run_command
 COMMAND_MODULES: list[str] = [
     "edge_agent.collector.commands.clip_cmd",
     "edge_agent.collector.commands.keygen_cmd",
+    "edge_agent.collector.commands.pki_cmd",
     "edge_agent.collector.ingest",
     "edge_agent.collector.commands.registry_cmd",
     "edge_agent.collector.commands.user_cmd",
