@@ -20,7 +20,7 @@ from edge_agent.collector.console.data import (
     DuplicateError,
     open_console_data,
 )
-from edge_agent.collector.console.fleet import CRITICAL, FleetRules, fleet_view
+from edge_agent.collector.console.fleet import CRITICAL, HEALTHY_ROWS, FleetRules, fleet_view
 from edge_agent.collector.console.forms import Form
 from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer
 from edge_agent.collector.store import DeviceStatus, MotionRecord, StatusRecord, open_store, upgrade_schema
@@ -63,6 +63,17 @@ def test_fleet_puts_problems_first_and_names_them() -> None:
     assert texts["dropping"] == ["camera c1 dropped 200 frames"]
     assert view.counts["offline"] == 1 and view.counts["with_problems"] == 7
     assert fleet_view(rows, NOW, FleetRules(), site="s2").devices == []
+
+
+def test_a_large_fleet_lists_every_problem_and_counts_the_healthy_rest() -> None:
+    healthy = [_device(f"ok-{n:04d}") for n in range(HEALTHY_ROWS + 50)]
+    troubled = [_device(f"down-{n}", online=False) for n in range(3)]
+    view = fleet_view(healthy + troubled, NOW, FleetRules())
+    assert [d.device for d in view.devices[:3]] == ["down-0", "down-1", "down-2"]
+    assert len(view.devices) == 3 + HEALTHY_ROWS and view.healthy_not_listed == 50
+    assert view.counts["devices"] == HEALTHY_ROWS + 53 and len(view.plan) == 0  # counts cover everyone
+    site_view = fleet_view(healthy + troubled, NOW, FleetRules(), site="s1")
+    assert len(site_view.devices) == HEALTHY_ROWS + 53 and site_view.healthy_not_listed == 0
 
 
 def test_plan_places_located_devices_north_up() -> None:
