@@ -92,18 +92,22 @@ def test_signed_clip_is_a_tar_bundle_with_signed_manifest(served, keys) -> None:
 def test_same_request_gives_same_bytes_and_ranges_resume(served, keys) -> None:
     server, _ = served
     ep = endpoint(server, keys["collector"])
-    _, headers, whole = _get(ep, "/v1/clips", CLIP)
-    _, _, again = _get(ep, "/v1/clips", CLIP)
+    # The later requests of one download name the nonce the bundle answers (issue 13 item 2).
+    same = [*CLIP, ("request_nonce", "first-request-nonce-0001")]
+    _, headers, whole = _get(ep, "/v1/clips", same)
+    _, _, again = _get(ep, "/v1/clips", same)
     assert again == whole
+    _, _, other = _get(ep, "/v1/clips", CLIP)
+    assert other != whole and len(other) == len(whole)  # bound to that request's own nonce
     etag = headers["ETag"]
-    status, part_headers, tail = _get(ep, "/v1/clips", CLIP, {"Range": "bytes=70000-", "If-Range": etag})
+    status, part_headers, tail = _get(ep, "/v1/clips", same, {"Range": "bytes=70000-", "If-Range": etag})
     assert status == 206 and tail == whole[70000:]
     assert part_headers["Content-Range"] == f"bytes 70000-{len(whole) - 1}/{len(whole)}"
-    status, _, middle = _get(ep, "/v1/clips", CLIP, {"Range": "bytes=600-1700"})
+    status, _, middle = _get(ep, "/v1/clips", same, {"Range": "bytes=600-1700"})
     assert status == 206 and middle == whole[600:1701]
-    status, _, changed = _get(ep, "/v1/clips", CLIP, {"Range": "bytes=10-", "If-Range": '"other"'})
+    status, _, changed = _get(ep, "/v1/clips", same, {"Range": "bytes=10-", "If-Range": '"other"'})
     assert status == 200 and changed == whole
-    status, _, _ = _get(ep, "/v1/clips", CLIP, {"Range": f"bytes={len(whole)}-"})
+    status, _, _ = _get(ep, "/v1/clips", same, {"Range": f"bytes={len(whole)}-"})
     assert status == 416
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.api.delivery import plan_clip
+from edge_agent.api.params import parse_clip_query
 from edge_agent.collector.download import DeviceEndpoint, FetchError, download_bundle
 from edge_agent.collector.progress import ProgressBar
+from edge_agent.formats.bundle import write_bundle
 from edge_agent.formats.signing import RequestSigner
 from tests.clip_support import CuttingProxy, audit_lines, device_config, random_ring, running_server
 from tests.test_clip_server import CLIP, T0
@@ -35,8 +39,12 @@ def test_cut_download_resumes_to_the_same_bytes(tmp_path: Path, keys, capsys) ->
         finally:
             proxy.close()
     assert resumed.attempts == 3 and resumed.restarts == 0
-    assert (tmp_path / "resumed.tar").read_bytes() == (tmp_path / "whole.tar").read_bytes()
-    assert resumed.bundle_id == whole.bundle_id
+    # The parts fit: together they are the very bundle the device plans for the download's one nonce.
+    query = parse_clip_query([*CLIP, ("request_nonce", resumed.nonce)], ["cam1"], 60, True)
+    planned = io.BytesIO()
+    write_bundle(plan_clip(config, ring, keys["device"], query), planned)
+    assert (tmp_path / "resumed.tar").read_bytes() == planned.getvalue()
+    assert resumed.bundle_id != whole.bundle_id  # another download: another request nonce
     assert not list(tmp_path.glob("*.part*"))
     assert "100%" in capsys.readouterr().err
     served = [e for e in audit_lines(config) if e["action"] == "clip" and e["outcome"] != "accepted"]

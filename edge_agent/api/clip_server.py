@@ -11,6 +11,7 @@ Run it inside an asyncio loop (`await server.start()`), or from threaded code wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -36,7 +37,7 @@ from edge_agent.formats.bundle import BundlePlan, read_part
 from edge_agent.formats.clip_url import local_clip_url
 from edge_agent.formats.config import AgentConfig
 from edge_agent.formats.mqtt_wire import CameraStatus
-from edge_agent.formats.signing import RequestVerifier, SignatureError
+from edge_agent.formats.signing import HEADER_NONCE, RequestVerifier, SignatureError
 from edge_agent.formats.times import Clock
 from edge_agent.storage.holds import Hold
 from edge_agent.storage.index import SegmentRecord
@@ -272,6 +273,8 @@ class ClipServer:
 
     async def _clip(self, request: web.Request, exchange: _Exchange) -> web.StreamResponse:
         query = parse_clip_query(request.query.items(), self.cameras, self.settings.max_clip_seconds, True)
+        # The bundle answers this request: bound to its nonce (a resumed download names its first one's).
+        query = dataclasses.replace(query, nonce=query.nonce or request.headers[HEADER_NONCE])
         exchange.fields = _query_fields(query)
         plan = await asyncio.get_running_loop().run_in_executor(None, self._plan, query)
         exchange.fields["bundle_id"] = plan.bundle_id
@@ -390,6 +393,8 @@ def _query_fields(query: ClipQuery) -> dict[str, Any]:
         fields["requisition"] = query.requisition
     if query.officer:
         fields["officer"] = query.officer
+    if query.nonce:
+        fields["request_nonce"] = query.nonce
     return fields
 
 

@@ -41,7 +41,8 @@ def request_verifier(
 def plan_clip(
     config: AgentConfig, ring: FootageIndex, device_key: Ed25519PrivateKey, query: ClipQuery
 ) -> BundlePlan:
-    """The signed bundle of the segments overlapping `query`'s range, with its gaps and their reasons."""
+    """The signed bundle of the segments overlapping `query`'s range, with its gaps and their reasons,
+    bound to the request (its officer and nonce are in the manifest)."""
     # One segment length or two on each side: the neighbours tell a segment removed at an edge of
     # the range (a skipped sequence) from a stretch the camera did not record.
     margin = 2 * config.storage.segment_seconds
@@ -76,5 +77,7 @@ def plan_clip(
             sequence_after=min(after, default=None),
         ),
         device_public_key=device_key.public_key(),
+        officer=query.officer,
+        request_nonce=query.nonce,
     )
     return plan_bundle(manifest, sign_manifest(manifest, device_key), segments)

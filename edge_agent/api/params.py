@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from edge_agent.formats import times
 from edge_agent.formats.references import reference_problem
+from edge_agent.formats.signing import NONCE_RE
 from edge_agent.formats.times import TimeFormatError
 
 _CAMERA_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -35,6 +36,10 @@ class ClipQuery:
     end_ts: float
     requisition: str = ""
     officer: str = ""
+    nonce: str = ""
+    """The request nonce the bundle answers (`edge_agent.formats.bundle`): the `request_nonce` parameter
+    when given (the later requests of a resumed download name their first one's), else the request's
+    own signature nonce, which the server fills in."""
 
 
 def parse_time(name: str, raw: str) -> float:
@@ -87,6 +92,13 @@ def check_officer(raw: str) -> str:
     return raw
 
 
+def check_request_nonce(raw: str) -> str:
+    """A `request_nonce`: shaped like a signature nonce (`X-CSU-Nonce`)."""
+    if not NONCE_RE.match(raw):
+        raise ParamError("bad-request-nonce", "request_nonce: 16 to 64 characters of [A-Za-z0-9_-]")
+    return raw
+
+
 def check_range(start_ts: float, end_ts: float, max_seconds: float) -> None:
     """Start before end, and no longer than the configured maximum."""
     if end_ts <= start_ts:
@@ -104,10 +116,10 @@ def parse_clip_query(
     max_seconds: float,
     need_requisition: bool,
 ) -> ClipQuery:
-    """Validate `camera`, `start`, `end` (and `requisition`, optional `officer`) of a segments or clips
-    request."""
+    """Validate `camera`, `start`, `end` (and `requisition`, optional `officer` and `request_nonce`) of a
+    segments or clips request."""
     required = ("camera", "start", "end", "requisition") if need_requisition else ("camera", "start", "end")
-    values = single_values(pairs, required, optional=("requisition", "officer"))
+    values = single_values(pairs, required, optional=("requisition", "officer", "request_nonce"))
     camera = check_camera(values["camera"], cameras)
     start_ts = parse_time("start", values["start"])
     end_ts = parse_time("end", values["end"])
@@ -118,4 +130,7 @@ def parse_clip_query(
     officer = values.get("officer", "")
     if officer:
         check_officer(officer)
-    return ClipQuery(camera, start_ts, end_ts, requisition, officer)
+    nonce = values.get("request_nonce", "")
+    if nonce:
+        check_request_nonce(nonce)
+    return ClipQuery(camera, start_ts, end_ts, requisition, officer, nonce)

@@ -9,6 +9,10 @@ The bundle goes to `<dest>.part` while it arrives; the ETag of the first respons
 `Range: bytes=<have>-` and `If-Range: <etag>`: the device answers 206 with the rest when the bundle is
 unchanged, or 200 with a new bundle (its index changed) and the download starts over. Memory stays at
 one chunk whatever the bundle size.
+
+A bundle answers one request: the device writes the request's nonce into its signed manifest. The first
+request of a download is signed with the download's nonce; every later one (signed afresh, as always)
+names it as `request_nonce`, so that the device builds the very same bytes and the parts fit together.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from edge_agent.collector.progress import ProgressBar
-from edge_agent.formats.signing import RequestSigner
+from edge_agent.formats.signing import RequestSigner, new_nonce
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +55,14 @@ class _TransferError(OSError):
 
 @dataclass(frozen=True)
 class DownloadResult:
-    """A complete bundle on disk."""
+    """A complete bundle on disk; `nonce` is the request nonce its manifest must name."""
 
     path: Path
     bundle_id: str
     size: int
     attempts: int
     restarts: int
+    nonce: str
 
 
 def _new_session() -> requests.Session:
@@ -129,10 +134,12 @@ class DeviceEndpoint:
         body: bytes = b"",
         extra_headers: dict[str, str] | None = None,
         stream: bool = False,
+        nonce: str | None = None,
     ) -> requests.Response:
-        """Send one signed request; the caller closes the response (`with`), which matters with `stream`."""
+        """Send one signed request (with `nonce`, else a fresh one: never one sent before); the caller
+        closes the response (`with`), which matters with `stream`."""
         url = self.url(path, query)
-        headers = self.signer.headers(method, self.path(path), query, body)
+        headers = self.signer.headers(method, self.path(path), query, body, nonce)
         headers.update(extra_headers or {})
         if body:
             headers["Content-Type"] = "application/json"
@@ -179,18 +186,26 @@ def download_bundle(
     max_attempts: int = 8,
     backoff_s: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    nonce: str = "",
 ) -> DownloadResult:
-    """Fetch `GET /v1/clips?query` into `dest`, resuming after interruptions."""
+    """Fetch `GET /v1/clips?query` into `dest`, resuming after interruptions; the bundle answers `nonce`
+    (a fresh one unless given, which must never have been sent before)."""
     part = dest.with_name(dest.name + ".part")
     etag_file = part.with_name(part.name + ".etag")
+    nonce = nonce or new_nonce()
     attempts = restarts = 0
     last_error: Exception | None = None
     while attempts < max_attempts:
         attempts += 1
         have = part.stat().st_size if part.exists() and etag_file.exists() else 0
         etag = etag_file.read_text().strip() if have else ""
+        # The first request carries the nonce itself; a later one cannot (a nonce is never sent twice).
+        first = attempts == 1
+        asked = list(query) if first else [*query, ("request_nonce", nonce)]
         try:
-            outcome = _attempt(endpoint, query, part, etag_file, have, etag, progress)
+            outcome = _attempt(
+                endpoint, asked, part, etag_file, have, etag, progress, nonce if first else None
+            )
         except OSError as error:  # every requests error, a cut transfer, a local write that failed
             last_error = error
             log.warning("fetch interrupted (%s); attempt %d/%d", error, attempts, max_attempts)
@@ -202,7 +217,7 @@ def download_bundle(
             progress.finish()
         part.replace(dest)
         etag_file.unlink(missing_ok=True)
-        return DownloadResult(dest, bundle_id, size, attempts, restarts)
+        return DownloadResult(dest, bundle_id, size, attempts, restarts, nonce)
     raise FetchError(f"download failed after {attempts} attempts: {last_error}")
 
 
@@ -214,10 +229,13 @@ def _attempt(
     have: int,
     etag: str,
     progress: ProgressBar | None,
+    nonce: str | None,
 ) -> tuple[str, int, int]:
     """One request: returns (bundle id, size, 1 if the bundle changed and restarted from 0)."""
     extra = {"Range": f"bytes={have}-", "If-Range": etag} if have else {}
-    with endpoint.request("GET", "/v1/clips", query, extra_headers=extra, stream=True) as response:
+    with endpoint.request(
+        "GET", "/v1/clips", query, extra_headers=extra, stream=True, nonce=nonce
+    ) as response:
         if response.status_code == 416 and have:
             # What we have may already be everything: the device says there is nothing after it.
             total = int(response.headers.get("Content-Range", "*/0").rpartition("/")[2] or 0)

@@ -95,11 +95,23 @@ class BundleCheck:
 
 
 class ClipRejected(Exception):
-    """The bundle cannot be trusted; the message names the segments at fault."""
+    """The bundle cannot be trusted, or does not answer the request; the message names what is at fault.
 
-    def __init__(self, check: BundleCheck | None, message: str) -> None:
+    `reason` is the short code of the collector's audit line (`verification`, `mismatch`), `details`
+    the fields it adds.
+    """
+
+    def __init__(
+        self,
+        check: BundleCheck | None,
+        message: str,
+        reason: str = "verification",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.check = check
+        self.reason = reason
+        self.details = details or {}
 
 
 def check_segment(
@@ -252,6 +264,8 @@ def build_evidence(
         "device": manifest["device"],
         "camera": manifest["camera"],
         "requisition": manifest["requisition"],
+        "officer": manifest.get("officer", ""),
+        "request_nonce": manifest.get("request_nonce", ""),
         "requested": {"start": iso_ms(start), "end": iso_ms(end), "start_ts": start, "end_ts": end},
         "covered": _covered(check.segments, start, end),
         "gaps": check.gaps(),

@@ -4,10 +4,16 @@ The pieces live in `download` (signed resumable HTTP), `evidence` (verification,
 manifest) and `mp4` (remux); this module strings them together for `csu-collector fetch-clip`.
 `export_bundle` is the tail a pushed bundle shares (`edge_agent.collector.push`): whichever way a bundle
 came, it is verified, checked to answer the request, exported and audited alike.
+
+Answering the request means that the device's signed manifest names exactly what was asked: site,
+device, camera, range, requisition, officer, and the request's nonce (the `X-CSU-Nonce` of the GET that
+started the download, or the nonce of the `upload_clip` command). An older bundle of the same camera,
+a bundle of another camera, anything a man in the middle kept from an earlier answer, is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,8 @@ from edge_agent.collector.evidence import (
 )
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.formats.audit import AuditLog
+from edge_agent.formats.bundle import BundleError, BundleReader
+from edge_agent.formats.signing import new_nonce
 from edge_agent.formats.times import Clock, iso_ms
 
 
@@ -41,6 +49,9 @@ class ClipRequest:
     end_ts: float
     requisition: str
     officer: str = ""
+    nonce: str = ""
+    """The request nonce the answer must name: a pull draws a fresh one (`fetch_clip`); a push uses the
+    nonce of its signed command."""
 
     def query(self) -> list[tuple[str, str]]:
         """The clip API query (`officer` only when known: older devices refuse unknown parameters)."""
@@ -87,9 +98,10 @@ def fetch_clip(
     Every outcome (exported, rejected, failed) leaves a line in the collector's audit log.
     """
     export_dir.mkdir(parents=True, exist_ok=True)
+    request = dataclasses.replace(request, nonce=new_nonce())
     started = time.perf_counter()
     try:
-        download_bundle(endpoint, request.query(), export_dir / BUNDLE_FILE, progress)
+        download_bundle(endpoint, request.query(), export_dir / BUNDLE_FILE, progress, nonce=request.nonce)
     except FetchError as error:
         audit_failure(audit, request, endpoint.base_url, error)
         raise
@@ -132,15 +144,20 @@ def export_bundle(
     who = _who(request, source, via)
     started = time.perf_counter()
     try:
+        # Whether it answers the request is read first: footage that does not is never decrypted.
+        _check_answers(export_dir, keys.device, request)
         check = process_bundle(
             export_dir / BUNDLE_FILE, keys.device, keys.sealing, export_dir / CLIP_FILE, allow_partial
         )
-        problem = _answer_problem(check.manifest, request)
-        if problem:
-            (export_dir / CLIP_FILE).unlink(missing_ok=True)
-            raise ClipRejected(check, f"the bundle does not answer the request: {problem}")
     except ClipRejected as error:
-        audit.append(action="fetch-clip", outcome="rejected", reason="verification", detail=str(error), **who)
+        audit.append(
+            action="fetch-clip",
+            outcome="rejected",
+            reason=error.reason,
+            detail=str(error),
+            **error.details,
+            **who,
+        )
         raise
     evidence = build_evidence(check, export_dir, keys.device, keys.signing, clock(), source)
     write_evidence(export_dir, evidence, keys.signing)
@@ -157,6 +174,24 @@ def export_bundle(
     return FetchOutcome(evidence, export_dir, transfer_s, time.perf_counter() - started)
 
 
+def _check_answers(export_dir: Path, device_key: Ed25519PublicKey, request: ClipRequest) -> None:
+    """ClipRejected unless the bundle's device-signed manifest answers `request` (then no MP4 is left
+    in `export_dir`: one from an earlier request would pass for this one's)."""
+    try:
+        manifest = BundleReader.open(export_dir / BUNDLE_FILE, device_key).manifest
+    except BundleError as error:
+        raise ClipRejected(None, str(error)) from None
+    mismatch = answer_mismatch(manifest, request)
+    if mismatch is not None:
+        (export_dir / CLIP_FILE).unlink(missing_ok=True)
+        raise ClipRejected(
+            None,
+            f"the bundle does not answer the request: {mismatch}",
+            reason="mismatch",
+            details={**mismatch.audit_fields(), "bundle_id": manifest.get("bundle_id", "")},
+        )
+
+
 def _who(request: ClipRequest, source: str, via: str) -> dict[str, Any]:
     """What every audit line of a fetch names."""
     who: dict[str, Any] = {
@@ -170,6 +205,8 @@ def _who(request: ClipRequest, source: str, via: str) -> dict[str, Any]:
     }
     if request.officer:
         who["officer"] = request.officer
+    if request.nonce:
+        who["request_nonce"] = request.nonce
     if via:
         who["via"] = via
     return who
@@ -179,20 +216,48 @@ def _who(request: ClipRequest, source: str, via: str) -> dict[str, Any]:
 _TIME_TOLERANCE_S = 0.0015
 
 
-def _answer_problem(manifest: dict[str, Any], request: ClipRequest) -> str:
-    """Why a (device-signed) manifest is not the answer to `request` ("" when it is): another site,
-    device, camera, requisition or range."""
+@dataclass(frozen=True)
+class Mismatch:
+    """What a bundle names that the request did not ask: the manifest field, what was asked, what came."""
+
+    field: str
+    asked: Any
+    received: Any
+
+    def __str__(self) -> str:
+        return f"{self.field} {_shown(self.received)}, asked {_shown(self.asked)}"
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The refusal as the collector's audit line records it."""
+        return {"mismatch": self.field, "asked": self.asked, "received": _shown(self.received)}
+
+
+def _shown(value: Any) -> str:
+    """A manifest value as text of bounded length (it came from the device, or from whoever stood between)."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def answer_mismatch(manifest: dict[str, Any], request: ClipRequest) -> Mismatch | None:
+    """The first field in which a (device-signed) manifest is not the answer to `request`, or None:
+    another site, device, camera, requisition, officer or range, else another request nonce (an older
+    answer to the same question)."""
     for name, wanted in (
         ("site", request.site),
         ("device", request.device),
         ("camera", request.camera),
         ("requisition", request.requisition),
+        ("officer", request.officer),
     ):
-        if manifest.get(name) != wanted:
-            return f"{name} {manifest.get(name)!r}, asked {wanted!r}"
+        got = manifest.get(name, "") if name == "officer" else manifest.get(name)
+        if got != wanted:
+            return Mismatch(name, wanted, got)
     requested = manifest.get("requested") or {}
     for name, wanted_ts in (("start_ts", request.start_ts), ("end_ts", request.end_ts)):
-        got = requested.get(name)
+        got = requested.get(name) if isinstance(requested, dict) else None
         if not isinstance(got, int | float) or abs(float(got) - wanted_ts) > _TIME_TOLERANCE_S:
-            return f"requested {name} {got!r}, asked {wanted_ts!r}"
-    return ""
+            return Mismatch(f"requested.{name}", wanted_ts, got)
+    got = manifest.get("request_nonce", "")
+    if got != request.nonce:
+        return Mismatch("request_nonce", request.nonce, got)
+    return None

@@ -10,14 +10,19 @@ this order:
    `end_ts`, `reason`}: `retention` before the oldest kept segment, `missing` where sequence numbers
    skip or a file is gone, `not-recorded` where the camera did not record, `not-yet-recorded` after
    the newest segment).
+   Added later, so that a bundle answers one request and no other: `officer` (who asked, "" when the
+   request named nobody) and `request_nonce` (the `X-CSU-Nonce` of the signed GET the bundle answers,
+   or the nonce of a signed `upload_clip` command). Older bundles have neither; a collector fetching
+   afresh requires both to match what it sent (`edge_agent.collector.fetch`).
 2. `manifest.sig`: the device's Ed25519 signature (64 raw bytes) of `manifest.json`'s bytes.
 3. `segments/<sequence, 12 digits>.seg`: each sealed segment file exactly as stored, in sequence
    order; each carries its own device signature and the SHA-256 of its predecessor (the chain).
 
-The bytes are a pure function of the request and the segment files (fixed member metadata, Ed25519
-signatures are deterministic), so two requests for the same range give identical bundles while the
-index is unchanged: `bundle_id` (also the HTTP ETag) changes when it is not, and a resumed download
-then starts again. A bundle is planned without reading footage, and served in chunks by offset.
+The bytes are a pure function of the request (its nonce included) and the segment files (fixed member
+metadata, Ed25519 signatures are deterministic), so the requests of one download (the later ones name
+the first one's nonce, see `edge_agent.api.params`) give identical bundles while the index is
+unchanged: `bundle_id` (also the HTTP ETag) changes when it is not, and a resumed download then starts
+again. A bundle is planned without reading footage, and served in chunks by offset.
 """
 
 from __future__ import annotations
@@ -93,10 +98,17 @@ def member_name(sequence: int) -> str:
 
 
 def bundle_id(
-    camera: str, start_ts: float, end_ts: float, requisition: str, segments: Sequence[BundleSegment]
+    camera: str,
+    start_ts: float,
+    end_ts: float,
+    requisition: str,
+    segments: Sequence[BundleSegment],
+    officer: str = "",
+    request_nonce: str = "",
 ) -> str:
-    """A stable id of what a bundle holds: changes whenever the segment list or a hash does."""
-    digest = hashlib.sha256(json.dumps([camera, start_ts, end_ts, requisition]).encode())
+    """A stable id of what a bundle holds: changes whenever the request, the segment list or a hash does."""
+    asked = [camera, start_ts, end_ts, requisition, officer, request_nonce]
+    digest = hashlib.sha256(json.dumps(asked).encode())
     for segment in segments:
         digest.update(f"\n{segment.sequence}:{segment.sha256}:{segment.size}".encode())
     return digest.hexdigest()[:32]
@@ -118,17 +130,21 @@ def build_manifest(
     segments: Sequence[BundleSegment],
     gaps: Sequence[Gap],
     device_public_key: Ed25519PublicKey,
+    officer: str = "",
+    request_nonce: str = "",
 ) -> dict[str, Any]:
-    """The manifest document of a bundle."""
+    """The manifest document of a bundle, bound to the request it answers (`officer`, `request_nonce`)."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "schema": 1,
-        "bundle_id": bundle_id(camera, start_ts, end_ts, requisition, segments),
+        "bundle_id": bundle_id(camera, start_ts, end_ts, requisition, segments, officer, request_nonce),
         "site": site,
         "device": device,
         "camera": camera,
         "requisition": requisition,
+        "officer": officer,
+        "request_nonce": request_nonce,
         "requested": {"start_ts": start_ts, "end_ts": end_ts},
         "device_key_id": public_key_id(device_public_key),
         "segments": [s.to_manifest() for s in segments],

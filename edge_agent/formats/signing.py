@@ -46,7 +46,8 @@ HEADER_NONCE = "X-CSU-Nonce"
 HEADER_SIGNATURE = "X-CSU-Signature"
 SIGNED_HEADERS = (HEADER_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 
-_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+"""The shape of a nonce (`X-CSU-Nonce`)."""
 _KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 _TIMESTAMP_RE = re.compile(r"^[0-9]{1,12}$")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -81,6 +82,11 @@ def string_to_sign(
     return "\n".join(lines).encode("utf-8")
 
 
+def new_nonce() -> str:
+    """A fresh nonce (24 characters of `[A-Za-z0-9_-]`: 144 random bits)."""
+    return secrets.token_urlsafe(18)
+
+
 @dataclass(frozen=True)
 class RequestSigner:
     """The collector side: signs requests with its Ed25519 private key."""
@@ -103,7 +109,7 @@ class RequestSigner:
     ) -> dict[str, str]:
         """The four signature headers for one request (a fresh nonce unless one is given)."""
         timestamp = str(int(self.clock()))
-        nonce = nonce or secrets.token_urlsafe(18)
+        nonce = nonce or new_nonce()
         message = string_to_sign(method, path, query, timestamp, nonce, body)
         signature = base64.b64encode(self.private_key.sign(message)).decode("ascii")
         return {
@@ -241,7 +247,7 @@ class RequestVerifier:
             raise SignatureError("malformed-signature", f"{HEADER_KEY}: not a 16-hex-digit key id")
         if not _TIMESTAMP_RE.match(timestamp):
             raise SignatureError("malformed-signature", f"{HEADER_TIMESTAMP}: not epoch seconds")
-        if not _NONCE_RE.match(nonce):
+        if not NONCE_RE.match(nonce):
             raise SignatureError(
                 "malformed-signature", f"{HEADER_NONCE}: 16 to 64 characters of [A-Za-z0-9_-]"
             )
