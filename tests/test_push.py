@@ -3,6 +3,7 @@ the collector's upload endpoint on loopback; the collector verifies and exports 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -189,3 +190,66 @@ def test_a_device_that_refuses_the_command_fails_the_fetch_at_once(
         ("mqtt-upload_clip", "refused", "upload-url-not-allowed")
     ]
     assert [e["outcome"] for e in audit_entries(tmp_path / "csu-audit.jsonl")] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("clip_url", "delivery", "chosen"),
+    [
+        ("https://pt-042.ville-01:8480", None, "pull"),
+        ("", None, "push"),
+        ("https://nomad-01.ville-01:8480", "push", "push"),
+    ],
+)
+def test_fetch_clip_chooses_push_from_the_last_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], clip_url: str, delivery: str | None, chosen: str
+) -> None:
+    from edge_agent.collector.store import StatusRecord, open_store
+    from edge_agent.formats.mqtt_wire import SCHEMA, StatusMessage
+
+    now = time.time()
+    message = StatusMessage(
+        schema=SCHEMA, site=SITE, device=DEVICE, ts=now, clip_url=clip_url, delivery=delivery
+    )
+    store = open_store(tmp_path / "collector.sqlite")
+    store.write([StatusRecord(message, json.dumps(message.wire()), now)], now)
+    store.close()
+    (tmp_path / "keys").mkdir()  # empty: a pull stops at the missing signing key, a push at --broker
+    code = collector_main(
+        [
+            "fetch-clip", "--site", SITE, "--device", DEVICE, "--camera", "cam1",
+            "--start", iso_ms(now - 60), "--end", iso_ms(now - 30), "--requisition", "PV-1",
+            "--keys", str(tmp_path / "keys"), "--device-key", str(tmp_path / "device.pub"),
+            "--store", str(tmp_path / "collector.sqlite"), "-o", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 2
+    assert ("--broker" in error) == (chosen == "push"), error
+    assert ("csu_ed25519" in error) == (chosen == "pull"), error
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ([], "--broker"),
+        (["--broker", "mqtt://127.0.0.1"], "--upload-listen"),
+        (["--broker", "http://127.0.0.1", "--upload-listen", "127.0.0.1:8490"], "--broker"),
+        (["--broker", "mqtt://127.0.0.1", "--upload-listen", "8490"], "HOST:PORT"),
+        (["--broker", "mqtt://127.0.0.1", "--upload-listen", "h:99999"], "HOST:PORT"),
+        (["--broker", "mqtt://b", "--upload-listen", "h:1", "--upload-url", "ftp://x"], "--upload-url"),
+        (["--broker", "mqtt://b", "--upload-listen", "h:1", "--push-timeout", "0"], "--push-timeout"),
+    ],
+)
+def test_bad_push_options_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], words: str
+) -> None:
+    code = collector_main(
+        [
+            "fetch-clip", "--site", SITE, "--device", DEVICE, "--camera", "cam1",
+            "--start", "2024-05-01T12:00:00Z", "--end", "2024-05-01T12:01:00Z", "--requisition", "PV-1",
+            "--device-key", str(tmp_path / "device.pub"), "-o", str(tmp_path / "out"), "--via", "push",
+            *options,
+        ]
+    )  # fmt: skip
+    assert code == 2
+    assert words in capsys.readouterr().err
