@@ -31,6 +31,7 @@ def _run_area(area: str, quick: bool) -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location(f"bench_{area}", SCRIPTS / f"bench_{area}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     pinned = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     # An area of several processes (broker, database, collectors) declares ALL_CORES: it gets them all.
