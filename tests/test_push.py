@@ -145,7 +145,7 @@ def test_a_bundle_altered_during_upload_is_rejected_by_the_collector(
     request = ClipRequest(SITE, DEVICE, "cam1", t0 + 1, t0 + 19, "PV 2024/118", "OPJ Martin")
     audit = AuditLog(tmp_path / "csu-audit.jsonl")
     try:
-        with pytest.raises(ClipRejected, match=r"tampered|not listed|signature"):
+        with pytest.raises(ClipRejected, match=r"tampered|missing|not listed|signature"):
             push_clip(settings, request, keys, tmp_path / "export", audit)
     finally:
         agent.stop()

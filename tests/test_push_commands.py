@@ -273,3 +273,23 @@ def test_expired_and_oversized_uploads_are_refused(tmp_path: Path, endpoint: Upl
         endpoint.register(small, TOKEN, time.time() + 60, 1000)
     with pytest.raises(ValueError, match="hex"):
         endpoint.register("../x", TOKEN, time.time() + 60, 1000)
+
+
+def test_one_upload_at_a_time_and_stop_ends_it(
+    tmp_path: Path, ring: RingBuffer, keys: dict[str, Any], endpoint: UploadEndpoint
+) -> None:
+    side = _side(tmp_path, ring, keys, [_base(endpoint)], upload_kbps=800)  # 100 kB/s: seconds of work
+    signer = RequestSigner(keys["collector"])
+    assert side.uploader.handle_command(upload_command(signer, T0, T0 + 20, _url(endpoint), TOKEN))["ok"]
+    second = side.uploader.handle_command(upload_command(signer, T0, T0 + 20, _url(endpoint), TOKEN))
+    assert (second["ok"], second["error"]) == (False, "busy")
+    side.uploader.stop()
+    assert side.uploader.wait(5)
+    assert [r["error"] for r in side.published("failed")] == ["stopped"]
+    assert 0 < endpoint.held(UPLOAD_ID) < 500_000
+    outcomes = [(e["action"], e["outcome"]) for e in audit_entries(tmp_path / "audit.jsonl")]
+    assert outcomes == [
+        ("upload_clip", "accepted"),
+        ("mqtt-upload_clip", "refused"),
+        ("upload_clip", "failed"),
+    ]

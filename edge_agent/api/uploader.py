@@ -209,16 +209,6 @@ class Uploader:
             )
             log.info("upload_clip refused: %s", error)
             return {"ok": False, "error": error.reason, "message": str(error)}
-        self.audit.append(
-            action=COMMAND,
-            outcome="accepted",
-            client=actor,
-            bundle_id=plan.bundle_id,
-            size=plan.size,
-            segments=len(plan.manifest["segments"]),
-            gaps=len(plan.manifest["gaps"]),
-            **order.audit_fields(),
-        )
         return {
             "ok": True,
             "phase": "accepted",
@@ -281,6 +271,18 @@ class Uploader:
                 raise ParamError("busy", "another upload is running; ask again when it has ended", 503)
             if self._stopping.is_set():
                 raise ParamError("stopping", "the agent is stopping", 503)
+            # Written before the upload starts, so that its outcome always comes after it in the log.
+            plan = upload.plan
+            self.audit.append(
+                action=COMMAND,
+                outcome="accepted",
+                client=upload.order.client,
+                bundle_id=plan.bundle_id,
+                size=plan.size,
+                segments=len(plan.manifest["segments"]),
+                gaps=len(plan.manifest["gaps"]),
+                **upload.order.audit_fields(),
+            )
             thread = threading.Thread(target=self._run, args=(upload,), name="clip-upload", daemon=True)
             self._running = thread
             thread.start()
