@@ -4,6 +4,10 @@ Packets keep their capture times: pts 0 of the MP4 is the requested start, a gap
 gap in the timeline. A clip that starts between keyframes begins at the keyframe before the start and
 the pre-roll packets get negative timestamps, which the MP4 muxer turns into an edit list: players and
 decoders show the clip from the requested start, and no frame is re-encoded.
+
+Each packet may carry a reference to where it came from (segment sequence, index in the segment); the
+summary lists them in the order the MP4 holds its samples, so that the export can say which of the
+device's signed packets each sample is (`provenance`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,21 @@ class Mp4Error(Exception):
 
 
 @dataclass(frozen=True)
+class PacketRef:
+    """Where a packet of the MP4 came from: its segment's sequence and its index in that segment."""
+
+    sequence: int
+    index: int
+
+
+@dataclass(frozen=True)
 class Mp4Summary:
-    """What was written."""
+    """What was written; `samples` holds the given references in the MP4's sample order."""
 
     packets: int
     first_ts: float | None
     last_ts: float | None
+    samples: tuple[PacketRef, ...] = ()
 
 
 class Mp4Writer:
@@ -47,14 +60,15 @@ class Mp4Writer:
         self._info: StreamInfo | None = None
         self._time_base = Fraction(1, 90_000)
         self._seconds_per_tick = float(self._time_base)
-        self._pending: list[tuple[StreamInfo, EncodedPacket]] = []
+        self._pending: list[tuple[StreamInfo, EncodedPacket, PacketRef | None]] = []
+        self._samples: list[PacketRef] = []
         self._started = False
         self._last_dts: int | None = None
         self.packets = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
 
-    def add(self, info: StreamInfo, packet: EncodedPacket) -> None:
+    def add(self, info: StreamInfo, packet: EncodedPacket, ref: PacketRef | None = None) -> None:
         """One packet in decode order; packets before the start wait for the first one inside."""
         at = info.pts_epoch + packet.pts * float(info.time_base)
         if at >= self.end_ts:
@@ -65,21 +79,21 @@ class Mp4Writer:
                 if packet.keyframe:
                     self._pending = []
                 if self._pending or packet.keyframe:
-                    self._pending.append((info, packet))
+                    self._pending.append((info, packet, ref))
                 return
             if not self._pending and not packet.keyframe:
                 return  # cannot decode without its keyframe: a gap until the next one
             self._started = True
-            for early_info, early in self._pending:
-                self._mux(early_info, early)
+            for early_info, early, early_ref in self._pending:
+                self._mux(early_info, early, early_ref)
             self._pending = []
-        self._mux(info, packet)
+        self._mux(info, packet, ref)
 
     def close(self) -> Mp4Summary:
         """Finish the file (no file at all when no packet fell in the range)."""
         if self._container is not None:
             self._container.close()
-        return Mp4Summary(self.packets, self.first_ts, self.last_ts)
+        return Mp4Summary(self.packets, self.first_ts, self.last_ts, tuple(self._samples))
 
     def _open(self, info: StreamInfo, first: EncodedPacket) -> None:
         raw_format = _RAW_FORMATS.get(info.codec)
@@ -106,7 +120,7 @@ class Mp4Writer:
                 f" -> {info.codec} {info.width}x{info.height}): fetch the two parts separately"
             )
 
-    def _mux(self, info: StreamInfo, packet: EncodedPacket) -> None:
+    def _mux(self, info: StreamInfo, packet: EncodedPacket, ref: PacketRef | None) -> None:
         if self._container is None:
             self._open(info, packet)
         else:
@@ -128,6 +142,8 @@ class Mp4Writer:
         out.stream = self._stream
         self._container.mux(out)
         self.packets += 1
+        if ref is not None:
+            self._samples.append(ref)
         self.first_ts = at if self.first_ts is None else min(self.first_ts, at)
         self.last_ts = at if self.last_ts is None else max(self.last_ts, at)
 

@@ -82,10 +82,11 @@ class PkiPaths:
 
 @dataclass(frozen=True)
 class CollectorCredential:
-    """The collector's signing key and certificate chain (leaf first), as C2PA signing needs them."""
+    """The collector's signing key, its certificate chain (leaf first) and the CSU CA above it."""
 
     key: SigningKey
     chain: tuple[x509.Certificate, ...]
+    ca: x509.Certificate
 
     @property
     def algorithm(self) -> str:
@@ -95,6 +96,10 @@ class CollectorCredential:
     def chain_pem(self) -> str:
         """The certificate chain as concatenated PEM."""
         return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
+
+    def ca_pem(self) -> str:
+        """The CSU CA certificate as PEM (the trust anchor exports are checked against)."""
+        return self.ca.public_bytes(serialization.Encoding.PEM).decode()
 
     def sign(self, data: bytes) -> bytes:
         """A signature of `data` in the form C2PA expects for the algorithm."""
@@ -339,7 +344,7 @@ def load_credential(directory: Path) -> CollectorCredential:
     chain = _load_certificates(paths.collector_cert)
     if not chain:
         raise PkiError(f"{paths.collector_cert}: no certificate in the file")
-    return CollectorCredential(_load_key(paths.collector_key), tuple(chain))
+    return CollectorCredential(_load_key(paths.collector_key), tuple(chain), load_ca(paths.ca_cert))
 
 
 def load_ca(path: Path) -> x509.Certificate:

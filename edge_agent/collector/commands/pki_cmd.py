@@ -17,11 +17,9 @@ from cryptography import x509
 
 from edge_agent.collector.pki import (
     PkiError,
-    PkiPaths,
     credential_problems,
     import_credential,
     init_pki,
-    load_ca,
     load_credential,
 )
 
@@ -92,16 +90,14 @@ def import_command(args: argparse.Namespace) -> int:
 
 def show_command(args: argparse.Namespace) -> int:
     """Print the CA and collector certificates; exit 1 when they cannot sign exports."""
-    paths = PkiPaths(args.keys)
     try:
-        ca = load_ca(paths.ca_cert)
         credential = load_credential(args.keys)
     except PkiError as error:
         print(f"pki show: {error}", file=sys.stderr)
         return 1
-    print(f"CA: {_describe(ca)}")
+    print(f"CA: {_describe(credential.ca)}")
     print(f"collector ({credential.algorithm}): {_describe(credential.chain[0])}")
-    problems = credential_problems(list(credential.chain), credential.key, ca, _now())
+    problems = credential_problems(list(credential.chain), credential.key, credential.ca, _now())
     for problem in problems:
         print(f"  cannot sign exports: {problem}")
     return 1 if problems else 0
