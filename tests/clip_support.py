@@ -145,10 +145,11 @@ class CuttingProxy:
         self._listener.close()
 
 
-def sealed_ring(root: Path, device_key: Ed25519PrivateKey) -> RingBuffer:
-    """An empty real ring buffer under `root` (no free-space floor: tests must not lose segments)."""
+def sealed_ring(root: Path, device_key: Ed25519PrivateKey, now: float) -> RingBuffer:
+    """An empty real ring buffer under `root` (no free-space floor: tests must not lose segments),
+    whose clock stands at `now`: footage simulated years ago would be past retention, hidden."""
     storage = StorageConfig(path=root, min_free_bytes=0)
-    return RingBuffer(root, storage, device_public_key=device_key.public_key())
+    return RingBuffer(root, storage, lambda: now, device_public_key=device_key.public_key())
 
 
 def seal_segment(
@@ -188,7 +189,7 @@ def random_ring(
     fps = 10
     stream = StreamInfo("h264", "random", 160, 120, "yuv420p", Fraction(1, fps), fps, start_ts)
     csu_public_key = X25519PrivateKey.generate().public_key()
-    ring = sealed_ring(root, device_key)
+    ring = sealed_ring(root, device_key, start_ts + count * seconds)
     per_segment = seconds * fps
     for index in range(count):
         packets = [
@@ -246,7 +247,7 @@ def encode_segments(
     stream = StreamInfo(
         "h264", "libx264", width, height, "yuv420p", Fraction(1, fps), fps, start_ts, extradata
     )
-    ring = sealed_ring(root, device_key)
+    ring = sealed_ring(root, device_key, start_ts + seconds)
     for packets in segments:
         seal_segment(ring, stream, packets, device_key, csu_public_key)
     return ring

@@ -31,6 +31,15 @@ from edge_agent.storage.ringbuffer import RingBuffer
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+FOOTAGE_T0 = 1_700_000_000.0
+
+
+def footage_clock() -> float:
+    """The ring buffer's clock for footage simulated from FOOTAGE_T0 (2023) on, minutes or hours of it:
+    a day later, so that none of it is past retention, which reads hide."""
+    return FOOTAGE_T0 + 86400.0
+
+
 # The left third of the picture is private (a fill mask); colour chosen to stand out after decoding.
 MASK_POINTS = [(0.0, 0.0), (0.34, 0.0), (0.34, 1.0), (0.0, 1.0)]
 MASK_COLOR = (40, 200, 90)
@@ -193,8 +202,8 @@ def writer_main(root: Path, key_dir: Path) -> None:
     csu_public = load_x25519_private(key_dir / "csu_x25519.pem").public_key()
     cam = camera(size=(160, 120))
     st = storage(root, segment_seconds=1.0, gop_seconds=0.5)
-    ring = RingBuffer(root, st, device_public_key=device.public_key())
-    last = ring.stats().get(cam.id, {}).get("newest_ts") or 1_700_000_000.0
+    ring = RingBuffer(root, st, footage_clock, device_public_key=device.public_key())
+    last = ring.stats().get(cam.id, {}).get("newest_ts") or FOOTAGE_T0
     recorder = Recorder(cam, st, ring, device, csu_public, device_id="dev1")
     print("ready", flush=True)
     committed = recorder.stats().segments

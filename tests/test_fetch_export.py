@@ -103,7 +103,9 @@ def test_tampered_segment_on_device_becomes_a_named_gap_with_partial(tmp_path: P
     # A copy of the device's ring where one stored segment had a byte flipped in place (same size,
     # so the device's start-up recovery does not look at it: only the collector can notice).
     shutil.copytree(root / "ring", tmp_path / "ring")
-    ring = RingBuffer(tmp_path / "ring", site_ring.storage, device_public_key=keys["device"].public_key())
+    ring = RingBuffer(
+        tmp_path / "ring", site_ring.storage, lambda: T0 + 60, device_public_key=keys["device"].public_key()
+    )
     tampered = ring.segments("cam1")[4]
     data = bytearray(tampered.path.read_bytes())
     data[3000] ^= 1
@@ -180,7 +182,9 @@ def test_segment_removed_from_the_device_is_a_missing_gap(tmp_path: Path, site) 
     shutil.copytree(root / "ring", tmp_path / "ring")
     removed = site_ring.segments("cam1")[4]
     (tmp_path / "ring" / removed.path.relative_to(root / "ring")).unlink()
-    ring = RingBuffer(tmp_path / "ring", site_ring.storage, device_public_key=keys["device"].public_key())
+    ring = RingBuffer(
+        tmp_path / "ring", site_ring.storage, lambda: T0 + 60, device_public_key=keys["device"].public_key()
+    )
     assert any("gone from disk" in line for line in ring.recovery)
     try:
         outcome = _fetch(tmp_path, site, _request(T0 + 2, T0 + 16), ring=ring)
@@ -200,7 +204,9 @@ def test_segments_removed_at_both_edges_of_the_range_are_missing_not_unrecorded(
     first, last = rows[1], rows[7]  # sequences 2 and 8: the first and last of [T0+2, T0+16)
     for removed in (first, last):
         (tmp_path / "ring" / removed.path.relative_to(root / "ring")).unlink()
-    ring = RingBuffer(tmp_path / "ring", site_ring.storage, device_public_key=keys["device"].public_key())
+    ring = RingBuffer(
+        tmp_path / "ring", site_ring.storage, lambda: T0 + 60, device_public_key=keys["device"].public_key()
+    )
     try:
         outcome = _fetch(tmp_path, site, _request(T0 + 2, T0 + 16), ring=ring)
     finally:

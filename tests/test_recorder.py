@@ -20,6 +20,7 @@ from tests.storage_support import (
     MASK_COLOR,
     camera,
     files_under,
+    footage_clock,
     h264_start_codes,
     jpeg_markers,
     make_keys,
@@ -42,7 +43,7 @@ def test_continuous_recording_makes_chained_segments_that_each_decode_alone(tmp_
     keys = make_keys()
     cam = camera()
     st = storage(tmp_path)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = record(ring, cam, st, keys, synthetic_frames(cam, 75, T0))
     rows = ring.segments("cam1")
     stats = recorder.stats()
@@ -66,7 +67,7 @@ def test_motion_mode_keeps_only_pre_roll_event_and_post_roll(tmp_path: Path) -> 
     keys = make_keys()
     cam = camera("motion", pre_roll=1.0, post_roll=1.0)
     st = storage(tmp_path, segment_seconds=10.0, gop_seconds=0.5)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = record(ring, cam, st, keys, synthetic_frames(cam, 200, T0), events=(T0 + 5, T0 + 7))
     packets = [opened.stream.seconds(p.pts) - T0 for opened in _opened(ring, keys) for p in opened.packets]
     assert recorder.stats().segments == 1
@@ -81,7 +82,7 @@ def test_motion_mode_with_two_events_makes_two_segments(tmp_path: Path) -> None:
     keys = make_keys()
     cam = camera("motion", pre_roll=0.5, post_roll=0.5)
     st = storage(tmp_path, gop_seconds=0.5, segment_seconds=10.0)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key())
     for _, masked in synthetic_frames(cam, 150, T0):
         t = masked.captured_at - T0
@@ -116,7 +117,7 @@ def test_pre_roll_is_never_shorter_than_configured(
     keys = make_keys()
     cam = camera("motion", pre_roll=pre_roll, post_roll=0.5)
     st = storage(tmp_path, segment_seconds=30.0, gop_seconds=gop)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key())
     opened_at = event_start + 0.2  # start_frames = 3 at 10 fps
     for _, masked in synthetic_frames(cam, 120, T0):
@@ -135,7 +136,7 @@ def test_an_event_close_behind_another_finds_its_whole_pre_roll(tmp_path: Path) 
     keys = make_keys()
     cam = camera("motion", pre_roll=3.0, post_roll=1.0)
     st = storage(tmp_path, segment_seconds=30.0, gop_seconds=2.0)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key())
     events = [(4.0, 5.0), (7.2, 8.0)]  # post-roll of the first ends at 6.0
     for _, masked in synthetic_frames(cam, 130, T0):
@@ -158,7 +159,7 @@ def test_pre_roll_through_the_live_stage_starts_before_the_first_moving_frame(tm
     cam = camera("motion", pre_roll=2.0, post_roll=0.5, size=(240, 180))
     cam = cam.model_copy(update={"motion": cam.motion.model_copy(update={"start_frames": 4})})
     st = storage(tmp_path, segment_seconds=30.0, gop_seconds=1.0)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = Recorder(cam, st, ring, keys.device, keys.csu.public_key())
     stage = MotionStage.for_camera(cam)
     rng = np.random.default_rng(5)
@@ -182,7 +183,7 @@ def test_a_resolution_change_seals_the_segment_and_starts_a_new_stream(tmp_path:
     keys = make_keys()
     small, large = camera(size=(160, 120)), camera(size=(320, 240))
     st = storage(tmp_path, segment_seconds=10.0)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = Recorder(small, st, ring, keys.device, keys.csu.public_key())
     frames = [m for _, m in synthetic_frames(small, 15, T0)]
     frames += [m for _, m in synthetic_frames(large, 15, T0 + 1.5)]
@@ -203,7 +204,7 @@ def test_off_mode_writes_nothing(tmp_path: Path) -> None:
     keys = make_keys()
     cam = camera("off")
     st = storage(tmp_path)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     record(ring, cam, st, keys, synthetic_frames(cam, 30, T0))
     assert ring.segments("cam1") == [] and not list(tmp_path.glob("cam1/*"))
 
@@ -213,7 +214,7 @@ def test_masked_region_is_constant_after_decryption(tmp_path: Path, codec: str) 
     keys = make_keys()
     cam = camera()
     st = storage(tmp_path, codec=codec)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     record(ring, cam, st, keys, synthetic_frames(cam, 40, T0))
     mask = masker(cam).mask_for(cam.resolution)
     # A coding block (16x16: H.264 macroblock, MJPEG chroma MCU) straddling the border mixes in visible
@@ -256,7 +257,7 @@ def test_no_plaintext_on_disk_after_recording_real_footage(tmp_path: Path, datas
     masked_frames: list[MaskedFrame] = []
     for codec in ("h264", "mjpeg"):
         st = storage(tmp_path, codec=codec)
-        ring = RingBuffer(tmp_path, st)
+        ring = RingBuffer(tmp_path, st, footage_clock)
         frames = list(
             video_frames(datasets / "video" / "vtest.avi", cam, 40, T0 if codec == "h264" else T0 + 60)
         )
@@ -271,7 +272,7 @@ def test_no_plaintext_on_disk_after_recording_real_footage(tmp_path: Path, datas
     # The detectors work: they fire on the plaintext packets and on raw pixels.
     plaintext = b"".join(
         p.data
-        for r in RingBuffer(tmp_path, storage(tmp_path)).segments("cam1")
+        for r in RingBuffer(tmp_path, storage(tmp_path), footage_clock).segments("cam1")
         for p in open_segment(r.path, keys.csu, keys.device.public_key()).packets
     )
     assert h264_start_codes(plaintext) > 0 and jpeg_markers(plaintext) > 0
@@ -290,7 +291,7 @@ def test_full_quota_never_stops_capture_nor_corrupts_the_index(tmp_path: Path) -
     keys = make_keys()
     cam = camera()
     st = storage(tmp_path, codec="mjpeg", max_bytes=600_000, segment_seconds=1.0)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = record(ring, cam, st, keys, synthetic_frames(cam, 120, T0))
     stats = recorder.stats()
     assert stats.segments == 12 and stats.errors == 0
@@ -332,7 +333,7 @@ def test_a_really_full_disk_never_stops_capture_nor_corrupts_the_index(tiny_disk
     full = recorder.stats()
     assert full.errors > 0 and full.frames_dropped_disk > 0 and "No space left" in full.last_error
     # The index still opens, and every row it has is a whole, verified segment.
-    check = RingBuffer(tiny_disk, st, recover=False)
+    check = RingBuffer(tiny_disk, st, footage_clock, recover=False)
     with closing(sqlite3.connect(tiny_disk / "index.sqlite")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     rows = check.segments("cam1")
@@ -345,7 +346,7 @@ def test_a_really_full_disk_never_stops_capture_nor_corrupts_the_index(tiny_disk
         recorder.on_frame(masked, False)
     recorder.close()
     assert recorder.stats().segments > full.segments
-    reopened = RingBuffer(tiny_disk, st, device_public_key=keys.device.public_key())
+    reopened = RingBuffer(tiny_disk, st, footage_clock, device_public_key=keys.device.public_key())
     rows = reopened.segments("cam1")
     infos = [verify_segment(r.path, keys.device.public_key()) for r in rows]
     assert verify_chain(infos) == [] and {p for p in tiny_disk.glob("*/*.seg")} == {r.path for r in rows}
@@ -356,12 +357,12 @@ def test_index_rows_match_files_after_interrupted_index_write(tmp_path: Path) ->
     keys = make_keys()
     cam = camera()
     st = storage(tmp_path, segment_seconds=1.0)
-    ring = RingBuffer(tmp_path, st)
+    ring = RingBuffer(tmp_path, st, footage_clock)
     recorder = record(ring, cam, st, keys, synthetic_frames(cam, 25, T0))
     ring.close()
     db = sqlite3.connect(tmp_path / "index.sqlite")
     db.execute("DELETE FROM segments")
     db.commit()
     db.close()
-    reopened = RingBuffer(tmp_path, st, device_public_key=keys.device.public_key())
+    reopened = RingBuffer(tmp_path, st, footage_clock, device_public_key=keys.device.public_key())
     assert len(reopened.segments("cam1")) == recorder.stats().segments

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sqlite3
+import tarfile
 import threading
 from contextlib import closing
 from fractions import Fraction
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.commands import cli
+from edge_agent.formats.bundle import MANIFEST_NAME
 from edge_agent.formats.media import EncodedPacket, StreamInfo
 from edge_agent.formats.sealing import SegmentWriter, verify_chain, verify_segment
 from edge_agent.storage.index import SegmentRecord
@@ -360,17 +364,69 @@ def test_maintenance_thread_applies_retention(tmp_path: Path) -> None:
     keys = make_keys()
     clock = Clock(T0)
     ring = RingBuffer(tmp_path, storage(tmp_path, retention_days=1), clock, maintenance_interval_s=0.05)
-    _add(ring, keys, T0)
+    record = _add(ring, keys, T0)
     clock.now = T0 + 2 * DAY
     ring.start()
     try:
         for _ in range(100):
-            if not ring.segments("cam1"):
+            if not record.path.exists():
                 break
             __import__("time").sleep(0.02)
     finally:
         ring.stop()
-    assert ring.segments("cam1") == []
+    assert not record.path.exists() and ring.total_bytes() == 0
+
+
+def test_footage_past_the_cap_is_never_listed_nor_served_between_maintenance_passes(
+    tmp_path: Path,
+) -> None:
+    """A 43 s retention and an hour between passes: at T0 + 90 nothing starting before T0 + 47 may be
+    listed, counted or served, though its files wait for the next pass; a held segment stays."""
+    from tests.clip_support import device_config, endpoint, running_server
+
+    keys = make_keys()
+    collector = Ed25519PrivateKey.generate()
+    clock = Clock(T0)
+    root = tmp_path / "ring"
+    ring = RingBuffer(
+        root,
+        storage(root, retention_days=43 / DAY),
+        clock,
+        device_public_key=keys.device.public_key(),
+        maintenance_interval_s=3600.0,
+    )
+    ring.start()  # one pass now, the next in an hour
+    try:
+        records = [_add(ring, keys, T0 + 10 * i) for i in range(8)]  # T0 .. T0 + 80
+        ring.add_hold("cam1", T0 + 21, T0 + 22, "PV 2024/7", T0 + DAY)
+        clock.now = T0 + 90
+        assert all(r.path.exists() for r in records)  # no pass has run since
+        assert [r.sequence for r in ring.segments("cam1")] == [3, 6, 7, 8]
+        assert [r.sequence for r in ring.segments("cam1", T0, T0 + 45)] == [3]
+        stats = ring.stats()["cam1"]
+        assert stats["segments"] == 4 and stats["oldest_ts"] == T0 + 20 and stats["holds"] == 1
+        assert stats["bytes"] == sum(records[i].size for i in (2, 5, 6, 7))
+        ring.release_hold(ring.holds()[0].id)
+        assert [r.sequence for r in ring.segments("cam1")] == [6, 7, 8]
+        assert ring.stats()["cam1"]["oldest_ts"] == T0 + 50
+        config = device_config(tmp_path, max_clip_seconds=120)
+        query = [("camera", "cam1"), ("start", "2023-11-14T22:13:20Z"), ("end", "2023-11-14T22:14:50Z")]
+        with running_server(config, ring, keys.device, collector) as server:
+            client = endpoint(server, collector)
+            listed = client.call_json("GET", "/v1/segments", query)["segments"]
+            with client.request("GET", "/v1/clips", [*query, ("requisition", "PV 2024/8")]) as response:
+                assert response.status_code == 200
+                bundle = response.content
+        assert [s["sequence"] for s in listed] == [6, 7, 8]
+        with tarfile.open(fileobj=io.BytesIO(bundle)) as archive:
+            manifest = json.loads(archive.extractfile(MANIFEST_NAME).read())  # type: ignore[union-attr]
+            assert len(archive.getnames()) == 2 + 3
+        assert [s["sequence"] for s in manifest["segments"]] == [6, 7, 8]
+        assert manifest["gaps"][0]["reason"] == "retention"
+        # The data of the hidden segments does not change what a later pass deletes.
+        assert [d.segment.sequence for d in ring.enforce_retention()] == [1, 2, 3, 4, 5]
+    finally:
+        ring.close()
 
 
 def test_a_failing_maintenance_pass_is_logged_and_the_next_one_runs(caplog: pytest.LogCaptureFixture) -> None:
@@ -425,7 +481,7 @@ def test_read_only_open_changes_nothing(tmp_path: Path) -> None:
     _add(ring, keys, T0)
     tmp = tmp_path / "cam1" / ".000000000002.seg.tmp"
     tmp.write_bytes(b"in flight")
-    look = RingBuffer(tmp_path, storage(tmp_path), recover=False)
+    look = RingBuffer(tmp_path, storage(tmp_path), Clock(T0), recover=False)
     assert look.stats()["cam1"]["segments"] == 1 and tmp.exists()
 
 

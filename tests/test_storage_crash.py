@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edge_agent.formats.sealing import verify_chain, verify_segment
 from edge_agent.storage.ringbuffer import RingBuffer
-from tests.storage_support import PROJECT_ROOT, make_writer_keys, storage
+from tests.storage_support import PROJECT_ROOT, footage_clock, make_writer_keys, storage
 
 
 def _run_and_kill(root: Path, key_dir: Path, delay: float) -> list[tuple[int, str]]:
@@ -42,7 +42,7 @@ def test_sigkill_at_random_points_loses_at_most_the_segment_in_flight(tmp_path: 
     durable: dict[int, str] = {}
     for _ in range(3):
         durable.update(_run_and_kill(root, tmp_path / "keys", rng.uniform(0.3, 1.5)))
-        ring = RingBuffer(root, storage(root), device_public_key=keys.device.public_key())
+        ring = RingBuffer(root, storage(root), footage_clock, device_public_key=keys.device.public_key())
         rows = ring.segments("cam1")
         # Consistent: no leftovers, every row a whole verified file, sequences contiguous, chain whole.
         assert not list(root.glob("cam1/.*.tmp"))

@@ -44,7 +44,7 @@ def show_storage(args: argparse.Namespace) -> int:
         return 1
     ring = RingBuffer(root, config.storage, recover=False)
     try:
-        stats = ring.stats()
+        stats = ring.stats(past_cap=True)  # what the disk holds, even past retention (agent stopped)
         holds = ring.holds()
     finally:
         ring.close()

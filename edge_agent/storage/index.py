@@ -256,13 +256,15 @@ class SegmentIndex:
         """Size of every indexed segment."""
         return int(self.query("SELECT COALESCE(SUM(size), 0) AS total FROM segments")[0]["total"])
 
-    def stats(self) -> dict[str, dict[str, float | int | None]]:
-        """Per camera: segments, partial, bytes, oldest_ts, newest_ts, holds."""
+    def stats(self, since: float = float("-inf")) -> dict[str, dict[str, float | int | None]]:
+        """Per camera: segments, partial, bytes, oldest_ts, newest_ts, holds; of the rows whose footage
+        starts at or after `since` only."""
         with self._lock:
             rows = self.query(
                 "SELECT camera, COUNT(*) AS segments, SUM(state = 'partial') AS partial,"
                 " SUM(size) AS bytes, MIN(start_ts) AS oldest_ts, MAX(end_ts) AS newest_ts"
-                " FROM segments GROUP BY camera"
+                " FROM segments WHERE start_ts >= :since GROUP BY camera",
+                {"since": since},
             )
             holds = self.query("SELECT camera, COUNT(*) AS holds FROM holds GROUP BY camera")
         hold_counts = {r["camera"]: r["holds"] for r in holds}

@@ -64,6 +64,20 @@ def _disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def _count_in(stats: dict[str, dict[str, float | int | None]], row: SegmentRecord) -> None:
+    """Add one row to the per-camera figures of `SegmentIndex.stats`."""
+    entry = stats.setdefault(
+        row.camera,
+        {"segments": 0, "partial": 0, "bytes": 0, "oldest_ts": None, "newest_ts": None, "holds": 0},
+    )
+    entry["segments"] = int(entry["segments"] or 0) + 1
+    entry["partial"] = int(entry["partial"] or 0) + (row.state == "partial")
+    entry["bytes"] = int(entry["bytes"] or 0) + row.size
+    oldest, newest = entry["oldest_ts"], entry["newest_ts"]
+    entry["oldest_ts"] = row.start_ts if oldest is None else min(oldest, row.start_ts)
+    entry["newest_ts"] = row.end_ts if newest is None else max(newest, row.end_ts)
+
+
 class RingBuffer:
     """Sealed segments of every camera of a device, their index, retention and holds. Thread-safe."""
 
@@ -164,26 +178,62 @@ class RingBuffer:
         pending.tmp_path.unlink(missing_ok=True)
 
     # ---- queries -----------------------------------------------------------------------------------
+    # Footage past the retention cap is never listed nor served, even before the maintenance pass that
+    # deletes it (up to one interval later): every read hides what `plan_retention` would delete by age.
 
     def segments(
         self, camera: str, start_ts: float | None = None, end_ts: float | None = None
     ) -> list[SegmentRecord]:
-        """Index rows of `camera` overlapping [start_ts, end_ts) (None = unbounded), in sequence order."""
+        """Index rows of `camera` overlapping [start_ts, end_ts) (None = unbounded), in sequence order;
+        footage past the retention cap (and not held) is left out."""
         lo = float("-inf") if start_ts is None else start_ts
         hi = float("inf") if end_ts is None else end_ts
-        return self._index.segments(camera, lo, hi)
+        rows = self._index.segments(camera, lo, hi)
+        cutoff = self._age_limits().oldest_allowed(self._clock())
+        if cutoff is None or all(r.start_ts >= cutoff for r in rows):
+            return rows
+        expired = self._past_the_cap([r for r in rows if r.start_ts < cutoff])
+        return [r for r in rows if (r.camera, r.sequence) not in expired]
 
     def cameras(self) -> list[str]:
         """Cameras with at least one segment or chain entry."""
         return self._index.cameras()
 
-    def stats(self) -> dict[str, dict[str, float | int | None]]:
-        """Per camera: segments, partial, bytes, oldest_ts, newest_ts, holds."""
-        return self._index.stats()
+    def stats(self, *, past_cap: bool = False) -> dict[str, dict[str, float | int | None]]:
+        """Per camera: segments, partial, bytes, oldest_ts, newest_ts, holds; of the footage that may
+        still be served (within the retention cap, or held), or with `past_cap` of everything the disk
+        holds (footage past the cap waits there for the next maintenance pass, or for a stopped agent)."""
+        cutoff = self._age_limits().oldest_allowed(self._clock())
+        if cutoff is None or past_cap:
+            return self._index.stats()
+        result = self._index.stats(since=cutoff)
+        old = self._index.segments_started_before(cutoff)
+        expired = self._past_the_cap(old)
+        for row in old:
+            if (row.camera, row.sequence) not in expired:
+                _count_in(result, row)
+        return result
 
     def total_bytes(self) -> int:
-        """Size of every indexed segment."""
+        """Size of every indexed segment (what the disk holds, served or not: the quota's measure)."""
         return self._index.total_bytes()
+
+    def _age_limits(self) -> RetentionLimits:
+        return RetentionLimits(self.storage.retention_days, 0, 0)
+
+    def _past_the_cap(self, rows: list[SegmentRecord]) -> set[tuple[str, int]]:
+        """(camera, sequence) of the rows that age retention deletes now, holds aside."""
+        if not rows:
+            return set()
+        plan = plan_retention(
+            rows,
+            self._holds.rows(),
+            now=self._clock(),
+            limits=self._age_limits(),
+            total_bytes=0,
+            free_bytes=0,
+        )
+        return {(d.segment.camera, d.segment.sequence) for d in plan.deletions}
 
     # ---- holds -------------------------------------------------------------------------------------
 
