@@ -175,7 +175,7 @@ def test_an_edited_evidence_file_is_named_not_a_traceback(tmp_path: Path, site, 
     assert collector_main(["verify", str(outcome.export_dir), "--collector-key", str(public_pem)]) == 1
 
 
-def test_segment_removed_from_the_device_is_a_missing_gap(tmp_path: Path, site) -> None:
+def test_segment_removed_from_the_device_is_a_chain_break(tmp_path: Path, site) -> None:
     root, keys, site_ring = site
     # Someone with the SD card deletes one segment file; the device's start-up recovery then drops
     # its index row. The clip must say that footage is missing, where, and not hide it in the MP4.
@@ -191,13 +191,22 @@ def test_segment_removed_from_the_device_is_a_missing_gap(tmp_path: Path, site) 
     finally:
         ring.close()
     evidence = outcome.evidence
-    assert evidence["gaps"] == [{"start_ts": removed.start_ts, "end_ts": removed.end_ts, "reason": "missing"}]
+    assert evidence["gaps"] == [
+        {"start_ts": removed.start_ts, "end_ts": removed.end_ts, "reason": "chain-break", "sequences": [5, 5]}
+    ]
+    assert evidence["verification"]["result"] == "incomplete"
+    assert evidence["completeness"] == (
+        "incomplete: segment 5 missing from 2023-11-14T22:13:28.000Z to 2023-11-14T22:13:30.000Z"
+        " (the device's hash chain is broken there)"
+    )
     assert [s["sequence"] for s in evidence["segments"]] == [2, 3, 4, 6, 7, 8]
     assert evidence["clip"]["frames"] == 140 - 20
     assert len(evidence["covered"]) == 2
 
 
-def test_segments_removed_at_both_edges_of_the_range_are_missing_not_unrecorded(tmp_path: Path, site) -> None:
+def test_segments_removed_at_both_edges_of_the_range_are_chain_breaks_not_unrecorded(
+    tmp_path: Path, site
+) -> None:
     root, keys, site_ring = site
     shutil.copytree(root / "ring", tmp_path / "ring")
     rows = site_ring.segments("cam1")
@@ -212,9 +221,10 @@ def test_segments_removed_at_both_edges_of_the_range_are_missing_not_unrecorded(
     finally:
         ring.close()
     assert outcome.evidence["gaps"] == [
-        {"start_ts": T0 + 2, "end_ts": first.end_ts, "reason": "missing"},
-        {"start_ts": last.start_ts, "end_ts": T0 + 16, "reason": "missing"},
+        {"start_ts": T0 + 2, "end_ts": first.end_ts, "reason": "chain-break", "sequences": [2, 2]},
+        {"start_ts": last.start_ts, "end_ts": T0 + 16, "reason": "chain-break", "sequences": [8, 8]},
     ]
+    assert outcome.evidence["verification"]["result"] == "incomplete"
 
 
 def test_bundle_with_an_unlisted_member_leaves_no_mp4(tmp_path: Path, site) -> None:

@@ -6,6 +6,11 @@ verified segments is checked at the end. A segment that fails is named; by defau
 clip (exit code, no MP4), with `allow_partial` the verified rest is exported and the failed segment is
 reported as a `tampered` gap.
 
+A break in the device's hash chain (sequence numbers that skip: segments removed on the device, or set
+aside there for being swapped, reordered or replayed) is a `chain-break` gap, whether the device's
+manifest says so or the bundle's own segments show it. The clip is then `incomplete`, and the evidence
+says, in words for a report, which segments are missing and when ("incomplete: segment 5 missing ...").
+
 An export directory holds `bundle.tar` (the sealed original, as served), `clip.mp4`, `evidence.json`
 (format `csu-clip-evidence` v1: request, coverage, gaps with reasons, each segment's hash and result,
 file hashes, the device key and the collector key id) and `evidence.sig` (the collector's Ed25519
@@ -17,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,9 +36,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.collector.mp4 import Mp4Error, Mp4Writer
-from edge_agent.formats.bundle import BundleError, BundleReader
+from edge_agent.formats.bundle import CHAIN_BREAK, BundleError, BundleReader, Gap
 from edge_agent.formats.keys import public_key_id
-from edge_agent.formats.sealing import SegmentError, SegmentInfo, iter_packets, verify_chain, verify_segment
+from edge_agent.formats.sealing import (
+    ChainBreak,
+    SegmentError,
+    SegmentInfo,
+    iter_packets,
+    verify_chain,
+    verify_segment,
+)
 from edge_agent.formats.times import iso_ms
 
 EVIDENCE_FORMAT = "csu-clip-evidence"
@@ -55,6 +68,10 @@ class SegmentCheck:
     problem: str = ""
 
 
+# Devices before `chain-break` named a skipped sequence `missing`.
+_CHAIN_BREAK_ALIASES = (CHAIN_BREAK, "missing")
+
+
 @dataclass
 class BundleCheck:
     """The verdict on a whole bundle."""
@@ -62,6 +79,8 @@ class BundleCheck:
     manifest: dict[str, Any]
     segments: list[SegmentCheck] = field(default_factory=list)
     chain: list[str] = field(default_factory=list)
+    removed: list[Gap] = field(default_factory=list)
+    """Breaks the bundle's own segments show (sequence numbers skip between two of them)."""
 
     @property
     def failed(self) -> list[SegmentCheck]:
@@ -69,20 +88,40 @@ class BundleCheck:
         return [s for s in self.segments if s.status in ("tampered", "missing")]
 
     @property
+    def chain_breaks(self) -> list[dict[str, Any]]:
+        """The gaps where the device's hash chain is broken."""
+        return [g for g in self.gaps() if g["reason"] == CHAIN_BREAK]
+
+    @property
     def result(self) -> str:
-        """`verified`, `partial` (failed segments left out) or `rejected` (chain broken)."""
+        """`verified`, `incomplete` (the device's chain breaks: segments missing there), `partial`
+        (failed segments left out) or `rejected` (the bundle's segments out of order or not chained)."""
         if self.chain:
             return "rejected"
-        return "partial" if self.failed else "verified"
+        if self.failed:
+            return "partial"
+        return "incomplete" if self.chain_breaks else "verified"
+
+    def completeness(self) -> str:
+        """`complete`, or what is missing in words for a report."""
+        return "; ".join(chain_break_words(g) for g in self.chain_breaks) or "complete"
 
     def problems(self) -> list[str]:
         """Human lines naming every failed segment and chain break."""
         lines = [f"{s.file} (#{s.sequence}): {s.status}: {s.problem}" for s in self.failed]
+        lines += [chain_break_words(g) for g in self.chain_breaks]
         return lines + [f"chain: {c}" for c in self.chain]
 
     def gaps(self) -> list[dict[str, Any]]:
-        """The device's gaps plus every failed segment, sorted by time."""
-        gaps = list(self.manifest.get("gaps", []))
+        """The device's gaps (a skipped sequence named `chain-break` whatever the device called it),
+        the chain breaks the device did not report, and every failed segment, sorted by time."""
+        gaps = [_device_gap(g) for g in self.manifest.get("gaps", [])]
+        reported = [g for g in gaps if g["reason"] == CHAIN_BREAK]
+        gaps += [
+            found.to_manifest()
+            for found in self.removed
+            if not any(_overlap(found.to_manifest(), g) for g in reported)
+        ]
         gaps += [
             {
                 "start_ts": s.start_ts,
@@ -92,6 +131,58 @@ class BundleCheck:
             for s in self.failed
         ]
         return sorted(gaps, key=lambda g: g["start_ts"])
+
+
+def _gap_problem(manifest: dict[str, Any]) -> str:
+    """What is wrong with the manifest's gap rows ("" if nothing): each is read before any footage."""
+    gaps = manifest.get("gaps", [])
+    if not isinstance(gaps, list):
+        return "gaps: not a list"
+    for number, row in enumerate(gaps):
+        times = [row.get(name) for name in ("start_ts", "end_ts")] if isinstance(row, dict) else []
+        if len(times) != 2 or not all(isinstance(t, int | float) and math.isfinite(t) for t in times):
+            return f"gaps[{number}]: start_ts and end_ts must be finite numbers"
+        if not isinstance(row.get("reason"), str):
+            return f"gaps[{number}]: reason must be text"
+    return ""
+
+
+def _device_gap(row: dict[str, Any]) -> dict[str, Any]:
+    gap = dict(row)
+    if gap.get("reason") in _CHAIN_BREAK_ALIASES:
+        gap["reason"] = CHAIN_BREAK
+    return gap
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["start_ts"] < b["end_ts"] and b["start_ts"] < a["end_ts"])
+
+
+def chain_break_words(gap: dict[str, Any]) -> str:
+    """A chain-break gap as an investigator can write it in a report."""
+    sequences = gap.get("sequences")
+    if isinstance(sequences, list) and len(sequences) == 2 and all(isinstance(n, int) for n in sequences):
+        first, last = sequences
+        what = f"segment {first} missing" if first == last else f"segments {first} to {last} missing"
+    else:
+        what = "footage missing"
+    when = f"from {iso_ms(float(gap['start_ts']))} to {iso_ms(float(gap['end_ts']))}"
+    return f"incomplete: {what} {when} (the device's hash chain is broken there)"
+
+
+def _removed(infos: list[SegmentInfo], breaks: list[ChainBreak], listed: set[int]) -> list[Gap]:
+    """The stretches between two verified segments whose sequence numbers skip, where the manifest
+    lists no segment either (one it lists but that failed here is a `tampered` or `missing` gap)."""
+    gaps = []
+    for found in breaks:
+        if found.kind != "removed":
+            continue
+        before = max((i for i in infos if i.sequence < found.sequence), key=lambda i: i.sequence)
+        after = min((i for i in infos if i.sequence > found.sequence), key=lambda i: i.sequence)
+        unlisted = [n for n in range(found.sequence, after.sequence) if n not in listed]
+        if unlisted:
+            gaps.append(Gap(before.end_ts, after.start_ts, CHAIN_BREAK, (unlisted[0], unlisted[-1])))
+    return gaps
 
 
 class ClipRejected(Exception):
@@ -158,6 +249,9 @@ def process_bundle(
     except BundleError as error:
         raise ClipRejected(None, str(error)) from None
     manifest = reader.manifest
+    bad_gap = _gap_problem(manifest)
+    if bad_gap:
+        raise ClipRejected(None, f"manifest.json: {bad_gap}")
     check = BundleCheck(manifest)
     writer = None
     if csu_key is not None and clip_path is not None:
@@ -185,7 +279,9 @@ def process_bundle(
     except (BundleError, SegmentError, Mp4Error) as error:
         rejection = ClipRejected(check, str(error))
     else:
-        check.chain = [b.message for b in verify_chain(infos) if b.kind != "removed"]
+        breaks = verify_chain(infos)
+        check.chain = [b.message for b in breaks if b.kind != "removed"]
+        check.removed = _removed(infos, breaks, {s.sequence for s in check.segments})
         if check.chain or (check.failed and not allow_partial):
             rejection = ClipRejected(check, "bundle rejected: " + "; ".join(check.problems()))
     if rejection is not None:
@@ -271,6 +367,7 @@ def build_evidence(
         "gaps": check.gaps(),
         "segments": [asdict(s) for s in check.segments],
         "verification": {"result": check.result, "problems": check.problems()},
+        "completeness": check.completeness(),
         "device_key": {"id": public_key_id(device_key), "ed25519_hex": raw_device.hex()},
         "bundle": {
             "file": BUNDLE_FILE,

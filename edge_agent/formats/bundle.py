@@ -7,9 +7,11 @@ this order:
    `bundle_id`, `site`, `device`, `camera`, `requisition`, `requested` {`start_ts`, `end_ts`} (UTC
    epoch seconds), `device_key_id`, `segments` (one row per member below: `file`, `sequence`,
    `start_ts`, `end_ts`, `size`, `sha256`, `prev_sha256`, `state`) and `gaps` ({`start_ts`,
-   `end_ts`, `reason`}: `retention` before the oldest kept segment, `missing` where sequence numbers
-   skip or a file is gone, `not-recorded` where the camera did not record, `not-yet-recorded` after
-   the newest segment).
+   `end_ts`, `reason`}: `retention` before the oldest kept segment, `chain-break` where sequence
+   numbers skip (a segment removed, or set aside at start for being swapped, reordered or replayed: the
+   hash chain is broken there; such a gap also names the `sequences` [first, last] missing; bundles
+   written before named it `missing`), `not-recorded` where the camera did not record,
+   `not-yet-recorded` after the newest segment).
    Added later, so that a bundle answers one request and no other: `officer` (who asked, "" when the
    request named nobody) and `request_nonce` (the `X-CSU-Nonce` of the signed GET the bundle answers,
    or the nonce of a signed `upload_clip` command). Older bundles have neither; a collector fetching
@@ -83,6 +85,10 @@ class BundleSegment:
         return row
 
 
+CHAIN_BREAK = "chain-break"
+"""The gap reason of a break in the hash chain (sequence numbers skip: segments removed or set aside)."""
+
+
 @dataclass(frozen=True)
 class Gap:
     """A stretch of the requested range with no segment, and why."""
@@ -90,6 +96,15 @@ class Gap:
     start_ts: float
     end_ts: float
     reason: str
+    sequences: tuple[int, int] | None = None
+    """For a `chain-break`: the first and last sequence numbers missing."""
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest row (`sequences` only where known)."""
+        row: dict[str, Any] = {"start_ts": self.start_ts, "end_ts": self.end_ts, "reason": self.reason}
+        if self.sequences is not None:
+            row["sequences"] = list(self.sequences)
+        return row
 
 
 def member_name(sequence: int) -> str:
@@ -148,7 +163,7 @@ def build_manifest(
         "requested": {"start_ts": start_ts, "end_ts": end_ts},
         "device_key_id": public_key_id(device_public_key),
         "segments": [s.to_manifest() for s in segments],
-        "gaps": [asdict(g) for g in gaps],
+        "gaps": [g.to_manifest() for g in gaps],
     }
 
 
@@ -169,15 +184,13 @@ def find_gaps(
 
     `oldest_kept_ts` / `newest_end_ts` are the camera's oldest retained segment start and newest
     segment end (None when it has none): before the first is `retention`, after the last is
-    `not-yet-recorded`. A skipped sequence number is `missing`, else `not-recorded`; at the edges of
-    the range the skip is seen against `sequence_before` / `sequence_after`, the sequences of the
-    nearest segments just outside the range (None when unknown).
+    `not-yet-recorded`. A skipped sequence number is a `chain-break` (naming the sequences missing),
+    else `not-recorded`; at the edges of the range the skip is seen against `sequence_before` /
+    `sequence_after`, the sequences of the nearest segments just outside the range (None when unknown).
     """
     gaps: list[Gap] = []
 
-    def reason(at: float, previous: int | None, following: int | None, inside: bool) -> str:
-        if previous is not None and following is not None and following != previous + 1:
-            return "missing"
+    def reason(at: float, inside: bool) -> str:
         if inside or oldest_kept_ts is None or newest_end_ts is None:
             return "not-recorded"
         if at < oldest_kept_ts:
@@ -186,19 +199,22 @@ def find_gaps(
             return "not-yet-recorded"
         return "not-recorded"
 
+    def gap(lo: float, hi: float, previous: int | None, following: int | None, inside: bool) -> Gap:
+        if previous is not None and following is not None and following > previous + 1:
+            return Gap(lo, hi, CHAIN_BREAK, (previous + 1, following - 1))
+        return Gap(lo, hi, reason(lo, inside))
+
     cursor = start_ts
     previous = sequence_before
     inside = False  # a segment of the range lies before the cursor
     for segment in sorted(segments, key=lambda s: s.sequence):
         if segment.start_ts > cursor + GAP_TOLERANCE_S:
-            gaps.append(
-                Gap(cursor, min(segment.start_ts, end_ts), reason(cursor, previous, segment.sequence, inside))
-            )
+            gaps.append(gap(cursor, min(segment.start_ts, end_ts), previous, segment.sequence, inside))
         cursor = max(cursor, segment.end_ts)
         previous = segment.sequence
         inside = True
     if cursor < end_ts - GAP_TOLERANCE_S:
-        gaps.append(Gap(cursor, end_ts, reason(cursor, previous, sequence_after, False)))
+        gaps.append(gap(cursor, end_ts, previous, sequence_after, False))
     return gaps
 
 

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fetch.add_argument("--requisition", required=True, help="the judicial requisition reference")
     fetch.add_argument("-o", "--output", type=Path, required=True, help="export directory")
     fetch.add_argument("--partial", action="store_true", help="export the verified segments when some fail")
+    _allow_gaps(fetch)
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     push = fetch.add_argument_group(
         "push delivery", "for devices the CSU cannot reach (nomad kits on 4G): the device uploads the clip"
@@ -83,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         help="collector public key(s) to accept (default: csu_ed25519.pub in --keys)",
     )
+    _allow_gaps(verify)
     verify.set_defaults(handler=verify_command)
 
     hold = subparsers.add_parser("hold", help="exempt a range from retention on a device")
@@ -98,6 +100,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _device_args(release)
     release.add_argument("hold_id")
     release.set_defaults(handler=release_command)
+
+
+# Exit code of a clip whose device's hash chain breaks (segments missing on the device).
+INCOMPLETE_EXIT = 4
+
+
+def _allow_gaps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help=f"exit 0, not {INCOMPLETE_EXIT}, for an incomplete clip (a break in the device's hash chain)",
+    )
+
+
+def _result_exit(result: str, allow_gaps: bool) -> int:
+    """The exit code of a verified, incomplete or partial clip."""
+    if result == "incomplete":
+        return 0 if allow_gaps else INCOMPLETE_EXIT
+    return 0 if result == "verified" else 3
 
 
 def _default_keys() -> Path:
@@ -203,8 +224,8 @@ def _time(name: str, raw: str) -> float:
 
 
 def fetch_clip_command(args: argparse.Namespace) -> int:
-    """Fetch (pull) or have pushed, verify, export; exit 0 verified, 3 partial export, 1 rejected or
-    failed, 2 usage."""
+    """Fetch (pull) or have pushed, verify, export; exit 0 verified, 3 partial export, 4 incomplete (0
+    with --allow-gaps), 1 rejected or failed, 2 usage."""
     try:
         if args.device_key is None:
             raise _UsageError("--device-key: the device's public key from provisioning is required")
@@ -252,11 +273,15 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
         print(f"  gap {gap['start_ts']:.3f}..{gap['end_ts']:.3f}: {gap['reason']}")
     for problem in evidence["verification"]["problems"]:
         print(f"  {problem}")
-    return 0 if evidence["verification"]["result"] == "verified" else 3
+    code = _result_exit(evidence["verification"]["result"], args.allow_gaps)
+    if code == INCOMPLETE_EXIT:
+        print("fetch-clip: the clip is incomplete (see above); --allow-gaps accepts it", file=sys.stderr)
+    return code
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    """Re-check an export: exit 0 intact, 1 with every problem listed."""
+    """Re-check an export: exit 0 intact, 1 with every problem listed, 4 intact but incomplete (0 with
+    --allow-gaps)."""
     paths = args.collector_key or [args.keys / f"{CSU_SIGNING_NAME}{PUBLIC_SUFFIX}"]
     try:
         keys = [load_ed25519_public(p) for p in paths]
@@ -270,11 +295,13 @@ def verify_command(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         return 1
     assert evidence is not None
-    print(
-        f"{args.directory}: intact ({evidence['verification']['result']}),"
-        f" {evidence['camera']} requisition {evidence['requisition']}"
-    )
-    return 0
+    result = evidence["verification"]["result"]
+    print(f"{args.directory}: intact ({result}), {evidence['camera']} requisition {evidence['requisition']}")
+    if result != "incomplete":
+        return 0
+    for problem in evidence["verification"]["problems"]:
+        print(f"  {problem}")
+    return _result_exit(result, args.allow_gaps)
 
 
 def hold_command(args: argparse.Namespace) -> int:
