@@ -1,11 +1,11 @@
-"""`edge-agent audit verify [LOG]`: re-check the hash chain of an audit log."""
+"""`edge-agent audit verify [LOG]`: re-check the hash chain of an audit log and its rotated files."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from edge_agent.formats.audit import verify_log
+from edge_agent.formats.audit import log_files, verify_log
 from edge_agent.formats.config import ConfigError, load_config
 
 
@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the `audit` command group (`audit verify`)."""
     parser = subparsers.add_parser("audit", help="inspect the audit log")
     actions = parser.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
-    verify = actions.add_parser("verify", help="detect edited, removed or reordered lines")
+    verify = actions.add_parser(
+        "verify", help="detect edited, removed or reordered lines (across the rotated files too)"
+    )
     verify.add_argument("log", type=Path, nargs="?", help="audit log (default: from --config)")
     verify.add_argument("--config", type=Path, help="device config naming clip_server.audit_log")
     verify.set_defaults(handler=audit_verify)
@@ -31,12 +33,14 @@ def audit_verify(args: argparse.Namespace) -> int:
         except ConfigError as error:
             print(error.report(args.config))
             return 2
-    if not path.exists():
+    files = log_files(path)
+    if not files:
         print(f"{path}: no such audit log")
         return 2
     report = verify_log(path)
+    across = f" in {len(files)} files" if len(files) > 1 else ""
     if report.ok:
-        print(f"{path}: ok, {report.entries} entries, chain intact")
+        print(f"{path}: ok, {report.entries} entries{across}, chain intact")
         return 0
     print(f"{path}: {len(report.problems)} problem(s) in {report.entries} entries")
     for problem in report.problems:

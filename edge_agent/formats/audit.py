@@ -8,6 +8,15 @@ caught by the head file beside the log (`<log>.head`: seq and hash of the last l
 atomically after every append); publish `head()` elsewhere (MQTT status) to anchor it off the device.
 
 Every line is flushed and fsynced before `append` returns: an access is on disk before it is answered.
+A write the disk refuses is cut back off, so that it never leaves a torn line.
+
+Quota and rotation: past `AuditQuota.rotate_bytes` the log is renamed `<log>.<first seq, 12 digits>`
+and a new one continues the same chain (its first line's `prev` is the hash of the last rotated line),
+so `verify_log` checks the rotated files and the log as one sequence and still sees any line or file
+removed. Rotated files are never deleted here. Lines that only record a refusal are written with
+`append_if_room`: once the log and its rotated files reach `AuditQuota.max_bytes` they are counted, not
+written (`usage().withheld`), and the next line written says how many were held back
+(`withheld_before`); accesses (`append`) are always written.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +36,8 @@ from edge_agent.formats.times import Clock, iso_ms
 
 GENESIS = "0" * 64
 _RESERVED = ("seq", "ts", "prev", "hash")
+WITHHELD_FIELD = "withheld_before"
+_ROTATED_SUFFIX = re.compile(r"^\.(\d{12})$")
 
 
 def _canonical(entry: dict[str, Any]) -> bytes:
@@ -46,42 +58,190 @@ class AuditHead:
     hash: str
 
 
+@dataclass(frozen=True)
+class AuditQuota:
+    """The audit log's own space: `max_bytes` for the log and its rotated files together (refusal lines
+    stop there), and the size past which the log is rotated."""
+
+    max_bytes: int = 64 << 20
+    rotate_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rotate_bytes <= self.max_bytes:
+            raise ValueError("audit quota: 0 < rotate_bytes <= max_bytes")
+
+
+@dataclass(frozen=True)
+class AuditUsage:
+    """What the audit log holds, its quota, and the refusal lines withheld since start (quota or a disk
+    that refused them)."""
+
+    bytes: int
+    max_bytes: int
+    withheld: int
+    last_error: str = ""
+
+    @property
+    def full(self) -> bool:
+        """True when refusal lines are no longer written."""
+        return self.bytes >= self.max_bytes
+
+
 class AuditLog:
     """Appends hash-chained entries to a JSON-lines file; safe to share between threads."""
 
-    def __init__(self, path: Path, clock: Clock = time.time) -> None:
+    def __init__(self, path: Path, clock: Clock = time.time, quota: AuditQuota | None = None) -> None:
         self.path = Path(path)
+        self.quota = quota or AuditQuota()
         self._clock = clock
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._head = _read_tail_head(self.path)
+        rotated = rotated_files(self.path)
+        self._head = _read_tail_head(self.path, rotated)
+        self._rotated_bytes = sum(f.stat().st_size for f in rotated)
+        self._active_bytes = self.path.stat().st_size if self.path.exists() else 0
+        self._active_first_seq = _first_seq(self.path)
+        self._withheld = 0
+        self._withheld_unsaid = 0
+        self._last_error = ""
 
     def head(self) -> AuditHead:
         """The current end of the chain."""
         with self._lock:
             return self._head
 
-    def append(self, **fields: Any) -> dict[str, Any]:
-        """Write one entry (fields must be JSON-serializable) and return it as written."""
-        clash = [k for k in fields if k in _RESERVED]
-        if clash:
-            raise ValueError(f"audit fields {clash} are reserved")
+    def usage(self) -> AuditUsage:
+        """Bytes held (the log and its rotated files), the quota, the refusal lines withheld."""
         with self._lock:
-            entry: dict[str, Any] = {
-                "seq": self._head.seq + 1,
-                "ts": iso_ms(self._clock()),
-                "prev": self._head.hash,
-                **fields,
-            }
-            entry["hash"] = entry_hash(entry)
-            line = _canonical(entry) + b"\n"
-            with self.path.open("ab") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._head = AuditHead(entry["seq"], entry["hash"])
+            return AuditUsage(
+                self._rotated_bytes + self._active_bytes,
+                self.quota.max_bytes,
+                self._withheld,
+                self._last_error,
+            )
+
+    def append(self, **fields: Any) -> dict[str, Any]:
+        """Write one entry (fields must be JSON-serializable) and return it as written; OSError when the
+        disk refuses it (nothing of it is left in the log then)."""
+        _check_fields(fields)
+        with self._lock:
+            return self._write(fields)
+
+    def append_if_room(self, **fields: Any) -> dict[str, Any] | None:
+        """Write one entry of the kind that may be withheld (a refusal): None, and counted, when the
+        quota is reached or the disk refuses it."""
+        _check_fields(fields)
+        with self._lock:
+            if self._rotated_bytes + self._active_bytes >= self.quota.max_bytes:
+                self._withhold("quota reached")
+                return None
+            try:
+                return self._write(fields)
+            except OSError as error:
+                self._withhold(str(error))
+                return None
+
+    def _withhold(self, why: str) -> None:
+        self._withheld += 1
+        self._withheld_unsaid += 1
+        self._last_error = why
+
+    def _write(self, fields: dict[str, Any]) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "seq": self._head.seq + 1,
+            "ts": iso_ms(self._clock()),
+            "prev": self._head.hash,
+            **fields,
+        }
+        if self._withheld_unsaid:
+            entry[WITHHELD_FIELD] = self._withheld_unsaid
+        entry["hash"] = entry_hash(entry)
+        line = _canonical(entry) + b"\n"
+        if self._active_bytes and self._active_bytes + len(line) > self.quota.rotate_bytes:
+            self._rotate()
+        start = _append_durably(self.path, line)
+        self._active_bytes = start + len(line)
+        if self._active_first_seq is None:
+            self._active_first_seq = entry["seq"]
+        self._head = AuditHead(entry["seq"], entry["hash"])
+        self._withheld_unsaid = 0
+        try:
             _write_head(head_path(self.path), self._head)
-            return entry
+        except OSError as error:
+            # The line is written; a head file behind the log reads as a crash, and the next append
+            # writes it again.
+            self._last_error = f"head file: {error}"
+        return entry
+
+    def _rotate(self) -> None:
+        first = self._active_first_seq if self._active_first_seq is not None else self._head.seq
+        target = self.path.with_name(f"{self.path.name}.{first:012d}")
+        os.replace(self.path, target)
+        _fsync_dir(self.path.parent)
+        self._rotated_bytes += self._active_bytes
+        self._active_bytes = 0
+        self._active_first_seq = None
+
+
+def _append_durably(path: Path, line: bytes) -> int:
+    """Append `line` and fsync; where it starts. A line the disk refuses is cut back off (no torn line)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+        return start
+    finally:
+        os.close(fd)
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    clash = [k for k in fields if k in _RESERVED or k == WITHHELD_FIELD]
+    if clash:
+        raise ValueError(f"audit fields {clash} are reserved")
+
+
+def rotated_files(log_path: Path) -> list[Path]:
+    """The rotated files of a log, oldest first."""
+    if not log_path.parent.is_dir():
+        return []
+    found = [
+        p
+        for p in log_path.parent.glob(f"{log_path.name}.*")
+        if _ROTATED_SUFFIX.match(p.name[len(log_path.name) :])
+    ]
+    return sorted(found, key=lambda p: p.name)
+
+
+def log_files(log_path: Path) -> list[Path]:
+    """Every file of a log in chain order: the rotated ones, then the log itself (when it exists)."""
+    return rotated_files(log_path) + ([log_path] if log_path.exists() else [])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_seq(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 16)
+    try:
+        entry = json.loads(first)
+        return int(entry["seq"]) if isinstance(entry, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def head_path(log_path: Path) -> Path:
@@ -95,10 +255,11 @@ def _write_head(path: Path, head: AuditHead) -> None:
     os.replace(tmp, path)
 
 
-def _read_tail_head(path: Path) -> AuditHead:
-    """Continue the chain after the last complete, parseable line (a torn tail is left for verify)."""
+def _read_tail_head(path: Path, rotated: list[Path]) -> AuditHead:
+    """Continue the chain after the last complete, parseable line (a torn tail is left for verify); of
+    the newest rotated file when the log itself is empty (a crash just after a rotation)."""
     if not path.exists() or path.stat().st_size == 0:
-        return AuditHead(0, GENESIS)
+        return _read_tail_head(rotated[-1], rotated[:-1]) if rotated else AuditHead(0, GENESIS)
     with path.open("rb") as handle:
         size = handle.seek(0, os.SEEK_END)
         block = min(size, 1 << 16)
@@ -138,39 +299,48 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def verify_log(path: Path) -> AuditReport:
-    """Re-check the whole chain (streaming: memory does not grow with the log) and the head file."""
+    """Re-check the whole chain, across the rotated files and the log (streaming: memory does not grow
+    with the log), and the head file. Problems name the line (and its file, when rotated files exist)."""
     problems: list[str] = []
     head, head_problem = _read_head_file(path)
     hash_at_head: str | None = None
     expected = AuditHead(0, GENESIS)
     count = 0
-    for number, raw in _lines(path):
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            problems.append(f"line {number}: not valid JSON (edited or torn)")
-            continue
-        if not isinstance(entry, dict) or not all(k in entry for k in _RESERVED):
-            problems.append(f"line {number}: not an audit entry")
-            continue
-        count += 1
-        if entry["hash"] != entry_hash(entry):
-            problems.append(f"line {number} (seq {entry['seq']}): content edited (hash mismatch)")
-        if entry["seq"] != expected.seq + 1:
-            problems.append(
-                f"line {number}: seq {entry['seq']} follows {expected.seq}"
-                f" ({_gap_words(expected.seq, entry['seq'])})"
-            )
-        elif entry["prev"] != expected.hash:
-            problems.append(f"line {number} (seq {entry['seq']}): chain broken (prev mismatch)")
-        expected = AuditHead(int(entry["seq"]), str(entry["hash"]))
-        if head is not None and expected.seq == head.seq:
-            hash_at_head = expected.hash
+    files = log_files(path)
+    for file in files:
+        where = "line" if files == [path] else f"{file.name} line"
+        for number, raw in _lines(file):
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                problems.append(f"{where} {number}: not valid JSON (edited or torn)")
+                continue
+            if not isinstance(entry, dict) or not all(k in entry for k in _RESERVED):
+                problems.append(f"{where} {number}: not an audit entry")
+                continue
+            count += 1
+            if entry["hash"] != entry_hash(entry):
+                problems.append(f"{where} {number} (seq {entry['seq']}): content edited (hash mismatch)")
+            if entry["seq"] != expected.seq + 1:
+                problems.append(
+                    f"{where} {number}: seq {entry['seq']} follows {expected.seq}"
+                    f" ({_gap_words(expected.seq, entry['seq'])})"
+                )
+            elif entry["prev"] != expected.hash:
+                problems.append(f"{where} {number} (seq {entry['seq']}): chain broken (prev mismatch)")
+            expected = AuditHead(_as_seq(entry["seq"]), str(entry["hash"]))
+            if head is not None and expected.seq == head.seq:
+                hash_at_head = expected.hash
     if head_problem:
         problems.append(head_problem)
     elif head is not None:
         problems.extend(_compare_head(head, expected, hash_at_head))
     return AuditReport(count, problems)
+
+
+def _as_seq(value: Any) -> int:
+    """A line's seq as a number (an edited, non-numeric one counts as 0: its line is reported already)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _gap_words(last: int, seq: Any) -> str:
