@@ -1,16 +1,25 @@
 """Helpers for the storage tests: keys, masked frames, a recording run, plaintext detectors.
 
-Also a child writer for the SIGKILL test: `python -m tests.storage_support ROOT KEYDIR` records a
-synthetic camera forever and prints `committed <sequence>` after each segment is durable.
+Also a child writer for the SIGKILL tests: `python -m tests.storage_support ROOT KEYDIR [options]` records
+a synthetic camera forever, printing each frame taken and each segment made durable; `run_and_kill` and
+`measure_crash_loss` drive it (the latter also for `scripts/bench_crash_loss.py`).
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import random
 import re
+import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -196,24 +205,121 @@ def files_under(root: Path) -> list[Path]:
 # ---- the child writer of the SIGKILL test -----------------------------------------------------------
 
 
-def writer_main(root: Path, key_dir: Path) -> None:
-    """Record a synthetic camera with simulated time until killed; report each durable segment."""
+@dataclass(frozen=True)
+class WriterSettings:
+    """What the child writer records: frame size, rate, segment length, x264 preset; `paced` feeds
+    frames in real time (as a camera does) instead of as fast as the encoder takes them."""
+
+    size: tuple[int, int] = (160, 120)
+    fps: float = 10.0
+    segment_seconds: float = 1.0
+    preset: str = "ultrafast"
+    paced: bool = False
+
+    def argv(self) -> list[str]:
+        """The child's command-line options for these settings."""
+        width, height = self.size
+        options = [f"--size={width}x{height}", f"--fps={self.fps}", f"--preset={self.preset}"]
+        return [*options, f"--segment-seconds={self.segment_seconds}", *(["--paced"] if self.paced else [])]
+
+
+def writer_main(root: Path, key_dir: Path, settings: WriterSettings) -> None:
+    """Record a synthetic camera with simulated time until killed, recovering at start like the agent.
+
+    Prints `ready`, then `frame <capture time>` once the recorder has taken each frame and
+    `committed <sequence> <sha256>` after each segment is durable.
+    """
     device = load_ed25519_private(key_dir / "device_ed25519.pem")
     csu_public = load_x25519_private(key_dir / "csu_x25519.pem").public_key()
-    cam = camera(size=(160, 120))
-    st = storage(root, segment_seconds=1.0, gop_seconds=0.5)
-    ring = RingBuffer(root, st, footage_clock, device_public_key=device.public_key())
+    cam = camera(size=settings.size, fps=settings.fps)
+    st = storage(
+        root,
+        segment_seconds=settings.segment_seconds,
+        gop_seconds=min(1.0, settings.segment_seconds / 2),
+        preset=settings.preset,
+    )
+    ring = RingBuffer(root, st, footage_clock, device_key=device)
     last = ring.stats().get(cam.id, {}).get("newest_ts") or FOOTAGE_T0
     recorder = Recorder(cam, st, ring, device, csu_public, device_id="dev1")
     print("ready", flush=True)
     committed = recorder.stats().segments
-    for _, masked in synthetic_frames(cam, 10**9, start_ts=float(last) + 1.0):
+    started = time.monotonic()
+    for index, (_, masked) in enumerate(synthetic_frames(cam, 10**9, start_ts=float(last) + 1.0)):
+        if settings.paced:
+            time.sleep(max(0.0, started + index / settings.fps - time.monotonic()))
         recorder.on_frame(masked, False)
+        print(f"frame {masked.captured_at!r}", flush=True)
         stats = recorder.stats()
         if stats.segments != committed:
             committed = stats.segments
             newest = ring.segments(cam.id)[-1]
             print(f"committed {newest.sequence} {newest.sha256}", flush=True)
+
+
+@dataclass
+class KilledRun:
+    """What a child writer reported before its SIGKILL."""
+
+    committed: list[tuple[int, str]]
+    last_frame_ts: float | None
+
+
+def run_and_kill(root: Path, key_dir: Path, delay: float, settings: WriterSettings) -> KilledRun:
+    """Start the child writer, SIGKILL it `delay` s after it is ready; what it had reported."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.storage_support", str(root), str(key_dir), *settings.argv()],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read(stream: IO[str]) -> None:
+        for line in stream:
+            if line.strip() == "ready":
+                ready.set()
+            else:
+                lines.append(line)
+        ready.set()
+
+    reader = threading.Thread(target=read, args=(child.stdout,), daemon=True)
+    reader.start()
+    ready.wait(60)
+    time.sleep(delay)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    reader.join(10)
+    run = KilledRun([], None)
+    for line in lines:
+        kind, *fields = line.split()
+        if kind == "committed":
+            run.committed.append((int(fields[0]), fields[1]))
+        elif kind == "frame":
+            run.last_frame_ts = float(fields[0])
+    return run
+
+
+def measure_crash_loss(work: Path, kills: int, settings: WriterSettings, seed: int = 1) -> list[float]:
+    """Seconds of footage lost by each of `kills` SIGKILLs of a recording writer, recovery included.
+
+    Lost = from the end of what the recovered ring holds to the end of the last frame the recorder had
+    taken (the frames it was handed but had not written yet: inside the encoder, or not yet sealed).
+    Kills fall at random points of the segments.
+    """
+    keys = make_writer_keys(work / "keys")
+    root = work / "ring"
+    rng = random.Random(seed)
+    losses = []
+    for _ in range(kills):
+        run = run_and_kill(root, work / "keys", rng.uniform(1.0, 1.0 + settings.segment_seconds), settings)
+        ring = RingBuffer(root, storage(root), footage_clock, device_key=keys.device)
+        newest = max((r.end_ts for r in ring.segments("cam1")), default=None)
+        ring.close()
+        if run.last_frame_ts is not None and newest is not None:
+            losses.append(max(0.0, run.last_frame_ts + 1 / settings.fps - newest))
+    return losses
 
 
 def make_writer_keys(key_dir: Path) -> Keys:
@@ -225,5 +331,17 @@ def make_writer_keys(key_dir: Path) -> Keys:
     )
 
 
+def _writer_settings(argv: list[str]) -> WriterSettings:
+    parser = argparse.ArgumentParser(description="the child writer of the SIGKILL tests")
+    parser.add_argument("--size", default="160x120")
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--segment-seconds", type=float, default=1.0)
+    parser.add_argument("--preset", default="ultrafast")
+    parser.add_argument("--paced", action="store_true")
+    args = parser.parse_args(argv)
+    width, height = (int(n) for n in args.size.split("x"))
+    return WriterSettings((width, height), args.fps, args.segment_seconds, args.preset, args.paced)
+
+
 if __name__ == "__main__":
-    writer_main(Path(sys.argv[1]), Path(sys.argv[2]))
+    writer_main(Path(sys.argv[1]), Path(sys.argv[2]), _writer_settings(sys.argv[3:]))

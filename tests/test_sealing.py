@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -273,3 +276,142 @@ def test_a_substituted_segment_breaks_the_link(tmp_path: Path) -> None:
     forged = verify_segment(_seal(keys, 2, "00" * 32), keys.device.public_key())
     breaks = verify_chain([infos[0], forged, infos[2]])
     assert {(b.kind, b.sequence) for b in breaks} == {("broken", 2), ("broken", 3)}
+
+
+# ---- crafted header and trailer values (issue 13 item 4) --------------------------------------------
+
+
+def _rewrite(data: bytes, header: bytes | None = None, trailer: bytes | None = None) -> bytes:
+    """The segment with its header and/or trailer JSON bytes replaced (signature left as it was)."""
+    header_len = int.from_bytes(data[8:12], "big")
+    body, rest = data[12 : 12 + header_len], data[12 + header_len :]
+    if trailer is not None:
+        at = rest.rindex(b"EDGETRL1")
+        rest = rest[:at] + b"EDGETRL1" + len(trailer).to_bytes(4, "big") + trailer + rest[-64:]
+    body = body if header is None else header
+    return b"EDGESEG1" + len(body).to_bytes(4, "big") + body + rest
+
+
+def _header_of(data: bytes) -> dict[str, Any]:
+    header: dict[str, Any] = json.loads(data[12 : 12 + int.from_bytes(data[8:12], "big")])
+    return header
+
+
+def _crafted_header(data: bytes, kind: str) -> bytes:
+    header = _header_of(data)
+    if kind == "deep nesting":
+        deep = b"[" * 100_000 + b"]" * 100_000
+        return json.dumps(header, sort_keys=True).replace('"h264"', "X").encode().replace(b"X", deep)
+    if kind == "sequence Infinity":
+        header["sequence"] = math.inf
+    elif kind == "width Infinity":
+        header["stream"]["width"] = math.inf
+    elif kind == "time_base [1, 0]":
+        header["stream"]["time_base"] = [1, 0]
+    elif kind == "start_ts 1e999":
+        return json.dumps(header, sort_keys=True).replace(str(header["start_ts"]), "1e999").encode()
+    elif kind == "sequence beyond 2^53":
+        header["sequence"] = 2**64
+    elif kind == "width 0":
+        header["stream"]["width"] = 0
+    elif kind == "height a string":
+        header["stream"]["height"] = "480"
+    elif kind == "camera 10 kB":
+        header["camera"] = "c" * 10_000
+    elif kind == "duplicate key":
+        text = json.dumps(header, sort_keys=True)
+        return ('{"sequence": 9, ' + text[1:]).encode()
+    return json.dumps(header, sort_keys=True).encode()
+
+
+# Each crafted value, and what the refusal must name.
+CRAFTED = {
+    "sequence Infinity": "Infinity is not a JSON number",
+    "width Infinity": "Infinity is not a JSON number",
+    "time_base [1, 0]": "header field stream.time_base.1",
+    "deep nesting": "nested deeper than 8 levels",
+    "start_ts 1e999": "number 1e999 is out of range",
+    "sequence beyond 2^53": "header field sequence",
+    "width 0": "header field stream.width",
+    "height a string": "header field stream.height",
+    "camera 10 kB": "header field camera",
+    "duplicate key": "duplicate key 'sequence'",
+}
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+def test_a_crafted_header_value_is_a_format_error_naming_it(kind: str, tmp_path: Path) -> None:
+    keys = make_keys()
+    path = tmp_path / "000000000001.seg"
+    path.write_bytes(_rewrite(_seal(keys), header=_crafted_header(_seal(keys), kind)))
+    for check in (
+        lambda: verify_segment(path, keys.device.public_key(), allow_partial=True),
+        lambda: verify_segment(path, None, allow_partial=True),
+        lambda: open_segment(path, keys.csu, keys.device.public_key()),
+    ):
+        with pytest.raises(SegmentFormatError) as caught:
+            check()
+        assert CRAFTED[kind] in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_sane_header_names_its_segment_when_one_field_is_refused() -> None:
+    keys = make_keys()
+    data = _seal(keys, sequence=7)
+    header = _header_of(data)
+    header["stream"]["time_base"] = [1, 0]
+    with pytest.raises(SegmentFormatError, match=r"cam1#7: header field stream\.time_base\.1: .*greater"):
+        verify_segment(_rewrite(data, header=json.dumps(header).encode()), None)
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ({"end_ts": "Infinity"}, "Infinity is not a JSON number"),
+        ({"records": -1}, "trailer field records"),
+        ({"packets": 10**30}, "trailer field packets"),
+        ({"packet_sha256": ["zz"]}, "trailer field packet_sha256.0"),
+        ({"closed": "whenever"}, "trailer field closed"),
+    ],
+)
+def test_a_crafted_trailer_value_is_a_format_error_naming_it(edit: dict[str, Any], named: str) -> None:
+    keys = make_keys()
+    data = _seal(keys)
+    at = data.rindex(b"EDGETRL1")
+    trailer = json.loads(data[at + 12 : -64])
+    text = json.dumps({**trailer, **{k: 0 for k in edit}})
+    for key, value in edit.items():
+        text = text.replace(f'"{key}": 0', f'"{key}": {json.dumps(value) if value != "Infinity" else value}')
+    with pytest.raises(SegmentFormatError, match=named):
+        verify_segment(_rewrite(data, trailer=text.encode()), keys.device.public_key())
+
+
+def test_a_crafted_segment_in_a_bundle_is_refused_and_leaves_no_mp4(tmp_path: Path) -> None:
+    from edge_agent.collector.evidence import ClipRejected, process_bundle
+    from edge_agent.formats.bundle import build_manifest, plan_bundle, sign_manifest, write_bundle
+    from tests.clip_support import encode_segments
+
+    keys = make_keys()
+    ring = encode_segments(tmp_path / "ring", keys.device, keys.csu.public_key(), 1_700_000_000.0, 6.0)
+    rows = ring.segments("cam1")
+    crafted = rows[1].path.read_bytes()
+    rows[1].path.write_bytes(_rewrite(crafted, header=_crafted_header(crafted, "time_base [1, 0]")))
+    segments = [r.to_bundle_segment(size=r.path.stat().st_size) for r in rows]
+    manifest = build_manifest(
+        site="ville-01",
+        device="pi-01",
+        camera="cam1",
+        requisition="PV 1",
+        start_ts=rows[0].start_ts,
+        end_ts=rows[-1].end_ts,
+        segments=segments,
+        gaps=[],
+        device_public_key=keys.device.public_key(),
+    )
+    bundle = tmp_path / "bundle.tar"
+    with bundle.open("wb") as out:
+        write_bundle(plan_bundle(manifest, sign_manifest(manifest, keys.device), segments), out)
+    clip = tmp_path / "clip.mp4"
+    with pytest.raises(ClipRejected, match=r"000000000002\.seg \(#2\): tampered: .*stream\.time_base"):
+        process_bundle(bundle, keys.device.public_key(), keys.csu, clip)
+    assert not clip.exists()
+    ring.close()

@@ -144,9 +144,7 @@ class Agent:
         self.keys = load_device_keys(self.config)
         storage = self.config.storage
         try:
-            self.ring = RingBuffer(
-                storage.path, storage, self._clock, device_public_key=self.keys.device.public_key()
-            )
+            self.ring = RingBuffer(storage.path, storage, self._clock, device_key=self.keys.device)
         except (OSError, sqlite3.Error) as error:
             raise AgentError(
                 f"storage.path: cannot open the ring buffer in {storage.path}: {error}"

@@ -250,6 +250,7 @@ class Recorder:
                 device_key=self._device_key,
                 csu_public_key=self._csu_public_key,
                 cipher=self._storage.cipher,
+                journal=self._pending.journal,
             )
             self._segment_start = start
             for _, packet in packets:

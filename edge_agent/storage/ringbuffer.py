@@ -7,8 +7,9 @@ SQLite rows and the file layout), `recovery` (start-up repair), `holds` (hold ro
 Layout under `root`: `<camera>/<sequence, 12 digits>.seg` (a segment being written is
 `<camera>/.<sequence>.seg.tmp`), `index.sqlite` (WAL), `holds.json` and `.rejected/`.
 
-Write path: `begin(camera)` gives a temporary file and the chain link (next sequence, previous hash);
-`commit` flushes, fsyncs, renames, fsyncs the directory and only then adds the index row.
+Write path: `begin(camera)` gives a temporary file, its journal (what crash recovery needs to close it:
+see `recovery`) and the chain link (next sequence, previous hash); `commit` flushes, fsyncs, renames,
+fsyncs the directory and only then adds the index row and drops the journal.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.formats.config import StorageConfig
 from edge_agent.formats.sealing import SegmentInfo
@@ -32,6 +33,7 @@ from edge_agent.formats.times import Clock
 from edge_agent.storage.holds import Hold, HoldBook
 from edge_agent.storage.index import SegmentIndex, SegmentRecord, segment_file, temporary_file
 from edge_agent.storage.maintenance import Maintenance
+from edge_agent.storage.recovery import fsync_dir, journal_file
 from edge_agent.storage.recovery import recover as recover_index
 from edge_agent.storage.retention import Deletion, RetentionLimits, plan_retention
 
@@ -42,7 +44,7 @@ DiskFree = Callable[[Path], int]
 
 @dataclass
 class PendingSegment:
-    """A segment being written: its temporary file and its place in the camera's chain."""
+    """A segment being written: its temporary file, its journal and its place in the camera's chain."""
 
     camera: str
     sequence: int
@@ -50,14 +52,15 @@ class PendingSegment:
     tmp_path: Path
     final_path: Path
     file: BinaryIO
+    journal_path: Path
+    journal: BinaryIO
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def close_files(self) -> None:
+        """Close the segment file and its journal (OSError from either propagates, both are closed)."""
+        try:
+            self.file.close()
+        finally:
+            self.journal.close()
 
 
 def _disk_free(path: Path) -> int:
@@ -88,6 +91,7 @@ class RingBuffer:
         clock: Clock = time.time,
         *,
         device_public_key: Ed25519PublicKey | None = None,
+        device_key: Ed25519PrivateKey | None = None,
         disk_free: DiskFree = _disk_free,
         maintenance_interval_s: float = 30.0,
         recover: bool = True,
@@ -106,9 +110,16 @@ class RingBuffer:
         self._write_lock = threading.Lock()
         self._chain: dict[str, tuple[int, str]] = {}
         self._unindexed: list[SegmentRecord] = []
-        # Without recovery (a read-only look while the agent runs) nothing on disk is changed.
+        # Without recovery (a read-only look while the agent runs) nothing on disk is changed. With the
+        # device key, recovery closes and signs the segments a crash left unfinished.
+        if device_key is not None:
+            device_public_key = device_key.public_key()
         self.recovery = (
-            recover_index(self.root, self._index, self._holds, device_public_key) if recover else []
+            recover_index(
+                self.root, self._index, self._holds, device_public_key, device_key=device_key, now=clock()
+            )
+            if recover
+            else []
         )
 
     # ---- write path --------------------------------------------------------------------------------
@@ -119,7 +130,15 @@ class RingBuffer:
         tmp = temporary_file(self.root, camera, sequence)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         handle = tmp.open("wb")
-        return PendingSegment(camera, sequence, prev, tmp, segment_file(self.root, camera, sequence), handle)
+        journal = journal_file(tmp)
+        try:
+            journal_handle = journal.open("wb")
+        except OSError:
+            handle.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        final = segment_file(self.root, camera, sequence)
+        return PendingSegment(camera, sequence, prev, tmp, final, handle, journal, journal_handle)
 
     def _next_link(self, camera: str) -> tuple[int, str]:
         with self._write_lock:
@@ -146,9 +165,10 @@ class RingBuffer:
             pending.file.flush()
             os.fsync(pending.file.fileno())
         finally:
-            pending.file.close()
+            pending.close_files()
         os.replace(pending.tmp_path, pending.final_path)
-        _fsync_dir(pending.final_path.parent)
+        fsync_dir(pending.final_path.parent)
+        pending.journal_path.unlink(missing_ok=True)  # recovery also drops a journal left without its file
         record = SegmentRecord.from_info(sealed, pending.final_path)
         with self._write_lock:
             self._chain[pending.camera] = (sealed.sequence, sealed.sha256)
@@ -172,10 +192,11 @@ class RingBuffer:
     def abort(self, pending: PendingSegment) -> None:
         """Drop an unfinished segment (write error): its temporary file goes, the sequence is reused."""
         try:
-            pending.file.close()
+            pending.close_files()
         except OSError as error:
             log.debug("closing %s: %s", pending.tmp_path, error)
         pending.tmp_path.unlink(missing_ok=True)
+        pending.journal_path.unlink(missing_ok=True)
 
     # ---- queries -----------------------------------------------------------------------------------
     # Footage past the retention cap is never listed nor served, even before the maintenance pass that
