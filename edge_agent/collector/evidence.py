@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.collector.mp4 import Mp4Error, Mp4Writer
+from edge_agent.collector.mp4 import Mp4Error, Mp4Writer, PacketRef
+from edge_agent.collector.provenance import SegmentRecord, segment_record
 from edge_agent.formats.bundle import CHAIN_BREAK, BundleError, BundleReader, Gap
 from edge_agent.formats.keys import public_key_id
 from edge_agent.formats.sealing import (
@@ -81,6 +82,10 @@ class BundleCheck:
     chain: list[str] = field(default_factory=list)
     removed: list[Gap] = field(default_factory=list)
     """Breaks the bundle's own segments show (sequence numbers skip between two of them)."""
+    sealed: list[SegmentRecord] = field(default_factory=list)
+    """Each verified segment's chain link, device signature and frame hashes (for `provenance`)."""
+    samples: tuple[PacketRef, ...] = ()
+    """The device packet each sample of the MP4 is, in sample order."""
 
     @property
     def failed(self) -> list[SegmentCheck]:
@@ -270,12 +275,14 @@ def process_bundle(
                     segment.status, segment.problem = "tampered", f"from camera {info.camera}"
                     continue
                 infos.append(info)
+                check.sealed.append(segment_record(info, data))
                 if writer is not None:
-                    for packet in iter_packets(data, csu_key, device_key, allow_partial=True):  # type: ignore[arg-type]
-                        writer.add(info.stream, packet)
+                    packets = iter_packets(data, csu_key, device_key, allow_partial=True)  # type: ignore[arg-type]
+                    for index, packet in enumerate(packets):
+                        writer.add(info.stream, packet, PacketRef(info.sequence, index))
         finally:
             if writer is not None:
-                writer.close()
+                check.samples = writer.close().samples
     except (BundleError, SegmentError, Mp4Error) as error:
         rejection = ClipRejected(check, str(error))
     else:

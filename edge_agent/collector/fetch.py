@@ -26,12 +26,15 @@ from edge_agent.collector.download import DeviceEndpoint, FetchError, download_b
 from edge_agent.collector.evidence import (
     BUNDLE_FILE,
     CLIP_FILE,
+    BundleCheck,
     ClipRejected,
     build_evidence,
     process_bundle,
     write_evidence,
 )
+from edge_agent.collector.pki import CollectorCredential
 from edge_agent.collector.progress import ProgressBar
+from edge_agent.collector.provenance import ProvenanceError, sign_export
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.bundle import BundleError, BundleReader
 from edge_agent.formats.signing import new_nonce
@@ -71,6 +74,8 @@ class CollectorKeys:
     signing: Ed25519PrivateKey
     sealing: X25519PrivateKey
     device: Ed25519PublicKey
+    credential: CollectorCredential | None = None
+    """The collector's certificate and key (`pki`): when set, the MP4 carries a signed C2PA manifest."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ def export_bundle(
         check = process_bundle(
             export_dir / BUNDLE_FILE, keys.device, keys.sealing, export_dir / CLIP_FILE, allow_partial
         )
+        _sign_clip(export_dir / CLIP_FILE, check, keys)
     except ClipRejected as error:
         audit.append(
             action="fetch-clip",
@@ -190,6 +196,27 @@ def _check_answers(export_dir: Path, device_key: Ed25519PublicKey, request: Clip
             reason="mismatch",
             details={**mismatch.audit_fields(), "bundle_id": manifest.get("bundle_id", "")},
         )
+
+
+def _sign_clip(clip: Path, check: BundleCheck, keys: CollectorKeys) -> None:
+    """Embed the C2PA manifest (`provenance`) when the collector has a certificate; ClipRejected if
+    it cannot be done."""
+    if keys.credential is None or not clip.exists():
+        return
+    try:
+        sign_export(
+            clip,
+            check.manifest,
+            keys.device,
+            check.sealed,
+            check.samples,
+            check.gaps(),
+            check.chain,
+            keys.credential,
+        )
+    except ProvenanceError as error:
+        clip.unlink(missing_ok=True)
+        raise ClipRejected(check, str(error), reason="provenance") from None
 
 
 def _who(request: ClipRequest, source: str, via: str) -> dict[str, Any]:

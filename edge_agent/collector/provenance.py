@@ -59,6 +59,7 @@ ASSERTION_FORMAT = "fr.csu.evidence"
 ASSERTION_VERSION = 1
 MP4_MIME = "video/mp4"
 GENERATOR = "csu-collector"
+BUNDLE_NAME = "bundle.tar"
 MAX_FRAME_PROBLEMS = 10  # a shifted timeline makes every later frame differ: name the first ones
 
 # Gap reasons (from the device's bundle manifest, or the collector's) in a report's words.
@@ -68,6 +69,7 @@ GAP_WORDS = {
     "not-recorded": "the camera did not record",
     "not-yet-recorded": "not yet recorded when requested",
     "tampered": "a segment failed verification at the CSU and was left out",
+    "chain-break": "footage missing: the device's hash chain is broken here",
 }
 
 
@@ -339,27 +341,37 @@ def _nal_length_size(codec: str, extradata: bytes) -> int:
 class SealedSegment:
     """What the sealed original says of one segment, checked with the device key."""
 
-    sha256: str
-    signed_sha256: str
-    prev_sha256: str
-    packet_sha256: tuple[str, ...] | None
+    verified: bool
+    sha256: str = ""
+    signed_sha256: str = ""
+    prev_sha256: str = ""
+    packet_hashes: bytes | None = None  # the device-signed frame hashes, concatenated
 
 
 def read_bundle(path: Path, device_key: Ed25519PublicKey) -> tuple[dict[str, Any], dict[int, SealedSegment]]:
-    """The device-signed manifest and each segment of a bundle, by sequence; ValueError names a fault."""
+    """The device-signed manifest and each segment of a bundle, by sequence; ValueError when the
+    bundle cannot be read or its manifest is not the device's."""
     try:
         reader = BundleReader.open(path, device_key)
         sealed: dict[int, SealedSegment] = {}
-        for _, data in reader.segments():
+        for row, data in reader.segments():
             if data is None:
                 continue
-            info = verify_segment(data, device_key, allow_partial=True)
-            record = segment_record(info, data)
+            try:
+                info = verify_segment(data, device_key, allow_partial=True)
+            except SegmentError:
+                sealed[int(row["sequence"])] = SealedSegment(False)
+                continue
+            hashes = info.packet_sha256
             sealed[info.sequence] = SealedSegment(
-                info.sha256, record.signed_sha256, info.prev_sha256, info.packet_sha256
+                True,
+                info.sha256,
+                segment_record(info, data).signed_sha256,
+                info.prev_sha256,
+                None if hashes is None else b"".join(bytes.fromhex(h) for h in hashes),
             )
-    except (BundleError, SegmentError, OSError) as error:
-        raise ValueError(f"{path.name}: {error}") from None
+    except (BundleError, OSError) as error:
+        raise ValueError(str(error)) from None
     return reader.manifest, sealed
 
 
@@ -516,7 +528,7 @@ def _device_checks(
     bundle: tuple[dict[str, Any], dict[int, SealedSegment]] | None,
     camera: str,
 ) -> list[str]:
-    """Problems with the device's signatures: over each segment, and with the sealed original."""
+    """Problems with the device's signatures: over each segment, and against the sealed original."""
     problems: list[str] = []
     for segment in assertion["segments"]:
         name = f"{camera}#{segment['sequence']}"
@@ -535,25 +547,21 @@ def _device_checks(
         hashes = segment["packet_sha256"]
         if sealed is None:
             problems.append(f"segment {name}: not in the sealed original")
+        elif not sealed.verified:
+            problems.append(f"segment {name}: fails verification in the sealed original")
         elif (sealed.sha256, sealed.prev_sha256) != (segment["sha256"], segment["prev_sha256"]):
             problems.append(f"segment {name}: differs from the sealed original")
         elif signature is not None and sealed.signed_sha256 != signature["signed_sha256"]:
             problems.append(f"segment {name}: the device signature is not the sealed original's")
-        elif (sealed.packet_sha256 is None) != (hashes is None) or (
-            hashes is not None
-            and base64.b64decode(hashes) != b"".join(bytes.fromhex(h) for h in sealed.packet_sha256 or ())
-        ):
+        elif sealed.packet_hashes != (None if hashes is None else base64.b64decode(hashes)):
             problems.append(f"segment {name}: frame hashes differ from those the device signed")
     if bundle is None:
-        problems.append(
-            "bundle.tar (the sealed original) not given: the device's signatures cannot be checked"
-        )
         return problems
     manifest = bundle[0]
     for name in ("site", "device", "camera", "requisition", "officer", "bundle_id"):
         if manifest.get(name, "") != assertion.get(name, ""):
             problems.append(
-                f"{name}: {assertion.get(name)!r}, the device's bundle says {manifest.get(name)!r}"
+                f"{name} {assertion.get(name)!r}: the device's bundle says {manifest.get(name)!r}"
             )
     for name in ("start_ts", "end_ts"):
         if manifest["requested"][name] != assertion["requested"][name]:
@@ -588,12 +596,14 @@ def verify_clip(
         return report
     device, camera = assertion["device"], assertion["camera"]
     report.statements += [
-        f"camera {camera} of device {device} (site {assertion['site']}),"
-        f" {assertion['requested']['start']} to {assertion['requested']['end']} (clip time 00:00:00)",
+        f"camera {camera} of device {device} (site {assertion['site']}), from"
+        f" {assertion['requested']['start']} (clip time 00:00:00) to {assertion['requested']['end']}",
         f"requisition {assertion['requisition']}, officer {assertion['officer'] or 'not named'}",
     ]
     key_id = assertion["device_key"]["id"]
     device_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(assertion["device_key"]["ed25519"]))
+    if public_key_id(device_key) != key_id:
+        report.problems.append(f"device key {key_id}: the manifest's key id does not match its key")
     if known_device_keys is None:
         report.statements.append(f"device key {key_id}: not compared with the CSU's device keys (none given)")
     elif key_id not in {public_key_id(k) for k in known_device_keys}:
@@ -601,11 +611,17 @@ def verify_clip(
     else:
         report.statements.append(f"device key {key_id}: one the CSU knows")
     bundle = None
-    if bundle_path is not None:
+    if bundle_path is None:
+        report.problems.append(
+            f"no {BUNDLE_NAME} (the sealed original): the device's signatures cannot be checked"
+        )
+    else:
         try:
             bundle = read_bundle(bundle_path, device_key)
-        except ValueError as error:
-            report.problems.append(f"sealed original: {error}")
+        except ValueError:
+            report.problems.append(
+                f"{BUNDLE_NAME}: unreadable, or its manifest is not signed by device {device}"
+            )
     report.problems += _device_checks(assertion, device_key, bundle, camera)
     samples = read_samples(clip)
     expected = _expected(assertion)
