@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -78,6 +78,8 @@ LOG_EVERY_S = 60.0
 """A device sending bad messages gets one log line per minute (with how many were refused meanwhile)."""
 TRACKED_DEVICES = 10_000
 """Devices remembered for the per-device malformed counts and log limits."""
+LOGGED_DEVICES = 20
+"""The stats line names the devices with the most malformed messages, not all of them."""
 SESSION_TAKEN_OVER = 142
 INT64_MAX = 2**63 - 1
 
@@ -263,8 +265,13 @@ class IngestCounters:
     malformed_by_device: dict[str, int] = field(default_factory=dict)
 
     def json(self) -> str:
-        """One line of JSON (write times rounded to the microsecond)."""
-        document = asdict(self)
+        """One line of JSON: write times to the microsecond, the devices with the most malformed messages.
+
+        Called from another thread than the writer's: the per-device dict is copied in one step first.
+        """
+        by_device = sorted(dict(self.malformed_by_device).items(), key=lambda item: -item[1])
+        document: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        document["malformed_by_device"] = dict(by_device[:LOGGED_DEVICES])
         document["write_s"] = round(self.write_s, 6)
         document["write_max_s"] = round(self.write_max_s, 6)
         return json.dumps(document, sort_keys=True)
