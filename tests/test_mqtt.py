@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.api.holds import HoldService
 from edge_agent.camera.pipeline import CameraState, CameraStats
+from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.config import AgentConfig
+from edge_agent.formats.signing import RequestSigner, RequestVerifier, signed_command
 from edge_agent.formats.times import parse_iso
 from edge_agent.link.localbroker import LocalBroker
 from edge_agent.link.mqtt import CommandError, MqttLink
 from edge_agent.link.status import CameraReport, DeviceReport
+from tests.clip_support import sealed_ring
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder, agent_config, parsed, write_config
 
 BASE = "csu/v1/ville-01/pi-07"
@@ -446,6 +451,42 @@ def test_commands_good_bad_and_unsupported(
     finally:
         link.stop()
     assert len(calls) == 3
+
+
+def test_a_refused_signed_hold_is_a_refused_reply(
+    mosquitto: LocalBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    # Issue 14 item 8: the hold service refuses by returning {"ok": false, ...} (it lives below the
+    # link); the reply's own `ok` must say the outcome, keeping the reason code in its result.
+    collector = Ed25519PrivateKey.generate()
+    device = Ed25519PrivateKey.generate()
+    ring = sealed_ring(tmp_path / "ring", device, time.time())
+    holds = HoldService(ring, AuditLog(tmp_path / "audit.jsonl"), ["cam1"])
+    verifier = RequestVerifier([collector.public_key()], 300.0)
+    link = _link(
+        mosquitto,
+        tmp_path,
+        handlers={"hold": lambda payload: holds.handle_command("hold", payload, verifier)},
+    )
+    fields = {"camera": "cam1", "start": "2026-01-05T10:00:00Z", "end": "2026-01-05T10:10:00Z"}
+    signed = json.dumps(signed_command("hold", {**fields, "requisition": "PV-7"}, RequestSigner(collector)))
+    try:
+        assert recorder.wait_for(lambda m: any(t == f"{BASE}/availability" for t, _, _ in m))
+        time.sleep(0.2)  # the link subscribes to its commands right after connecting
+        accepted = _command(recorder, "hold", signed.encode())
+        assert accepted["ok"] is True and accepted["result"]["hold"]["requisition"] == "PV-7"
+        replayed = _command(recorder, "hold", signed.encode())
+        assert replayed["ok"] is False
+        assert replayed["error"].startswith("hold: replayed-nonce: nonce ")
+        assert (replayed["result"]["ok"], replayed["result"]["error"]) == (False, "replayed-nonce")
+        bad = signed_command("hold", {**fields, "requisition": "../etc"}, RequestSigner(collector))
+        refused = _command(recorder, "hold", json.dumps(bad).encode())
+        assert refused["ok"] is False and refused["error"].startswith("hold: bad-requisition: requisition")
+        assert link.stats().command_errors == 2
+        assert len(ring.holds()) == 1
+    finally:
+        link.stop()
+        ring.close()
 
 
 def test_a_hung_handler_times_out_and_does_not_block_other_commands(

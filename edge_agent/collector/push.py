@@ -190,13 +190,12 @@ def _await_upload(
 
 
 def _result(device: str, reply: dict[str, Any]) -> dict[str, Any]:
-    """The device's result in a `cmd_result` reply; FetchError when it refused or gave up."""
-    if not reply.get("ok"):
-        raise FetchError(
-            f"{device} refused {COMMAND}: {reply.get('error', 'no reason given')}", reason="refused"
-        )
+    """The device's result in a `cmd_result` reply; FetchError when it refused or gave up (with the
+    device's reason code when its result names one)."""
     result: dict[str, Any] = reply.get("result") or {}
-    if not result.get("ok"):
-        error, message = result.get("error", "unknown"), result.get("message", "")
+    if reply.get("ok") and result.get("ok"):
+        return result
+    if result.get("error"):
+        error, message = result["error"], result.get("message", "")
         raise FetchError(f"{device}: {COMMAND} {error}: {message}", reason=str(error))
-    return result
+    raise FetchError(f"{device} refused {COMMAND}: {reply.get('error', 'no reason given')}", reason="refused")

@@ -11,7 +11,11 @@ used by `edge-agent doctor`. Guarantees:
 - motion events go through the SQLite outbox: stored before sending, removed on PUBACK, resent after a
   reconnect or an agent restart, in order (the collector deduplicates a redelivered message);
 - a command is answered on `.../cmd_result`; a malformed or unknown command, a missing, failing or
-  hung handler all become an error reply naming what is wrong, never an exception in the agent.
+  hung handler all become an error reply naming what is wrong, never an exception in the agent;
+- a reply's `ok` is the command's outcome, one rule for every command (`reply_payload`): a handler
+  refuses by raising `CommandError`, or by returning a result whose `ok` is false (the layers below the
+  device, such as the clip API's holds and uploads, cannot import this module): either way the reply
+  says `ok: false` with the `error`, and a refusing result is kept in it for its reason code.
 
 Threads: paho's network thread only records acknowledgements and queues commands; a sender thread
 moves messages from the outbox to paho and publishes status; a command thread answers commands one at
@@ -58,7 +62,8 @@ StatusProvider = Callable[[], DeviceReport]
 """The agent's part of the status: its cameras and the oldest footage kept."""
 
 CommandHandler = Callable[[dict[str, Any]], Mapping[str, Any]]
-"""Takes the command's JSON arguments, returns a JSON-able result; raises CommandError to refuse."""
+"""Takes the command's JSON arguments, returns a JSON-able result; refuses by raising CommandError or
+by returning a result with `"ok": false` (and `error`, `message`)."""
 
 MIN_STATUS_GAP_S = 1.0
 _OFFLINE = b'"offline"'
@@ -71,6 +76,22 @@ class CommandError(Exception):
 
 class ClientSetupError(ValueError):
     """The MQTT client cannot be set up as configured; the message names the field."""
+
+
+def reply_payload(
+    command: str, ts: float, request_id: Any, result: Mapping[str, Any], error: str = ""
+) -> dict[str, Any]:
+    """The `cmd_result` payload of a command's outcome: `ok` is false on an `error`, and on a result
+    that says `"ok": false` (then the error is its `error` and `message`, and the result stays in the
+    reply so that its reason code can be read)."""
+    refused = not error and result.get("ok") is False
+    if refused:
+        said = [str(result[k]) for k in ("error", "message") if result.get(k)]
+        error = f"{command}: {': '.join(said) or 'refused'}"
+    payload = cmd_result_payload(command, ts, request_id, result, error)
+    if refused:
+        payload["result"] = dict(result)
+    return payload
 
 
 def make_client(config: AgentConfig, client_id: str = "") -> mqtt.Client:
@@ -257,7 +278,7 @@ class MqttLink:
     def publish_result(self, command: str, result: Mapping[str, Any], request_id: Any = None) -> None:
         """A further reply on `cmd_result` of a command that goes on after its handler returned (the
         progress and outcome of `upload_clip`)."""
-        payload = cmd_result_payload(command, self._clock(), request_id, result)
+        payload = reply_payload(command, self._clock(), request_id, result)
         self.client.publish(self.topics.cmd_result, encode(payload), qos=1)
 
     def wait_delivered(self, timeout_s: float) -> bool:
@@ -416,10 +437,10 @@ class MqttLink:
         except Exception as failure:  # a handler bug: answer and keep going
             log.exception("command %r failed", name)
             error = f"{name} failed: {type(failure).__name__}: {failure}"
-        if error:
+        payload = reply_payload(name, self._clock(), request_id, result, error)
+        if not payload["ok"]:
             self._command_errors += 1
-            log.warning("command refused: %s", error)
-        payload = cmd_result_payload(name, self._clock(), request_id, result, error)
+            log.warning("command refused: %s", payload["error"])
         reply_props = None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         if correlation is not None and self.mqtt_config.protocol == "5":
