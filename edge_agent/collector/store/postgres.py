@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -126,8 +126,8 @@ class PostgresStore(SQLStore):
         except _UNAVAILABLE as error:
             raise StoreUnavailable(f"{self.description}: {str(error).strip()}") from error
 
-    def _reading(self) -> Any:
-        return self._transaction()
+    def _reading(self) -> AbstractContextManager[Tx]:
+        return self._transaction()  # a transaction too: every statement gets a pooled connection
 
     def _has_table(self, tx: Tx, name: str) -> bool:
         [(found,)] = tx.rows("SELECT to_regclass(?) IS NOT NULL", (name,))
