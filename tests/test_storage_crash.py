@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.formats.bundle import BundleSegment, Gap, find_gaps
 from edge_agent.formats.sealing import open_segment, verify_chain, verify_segment
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.storage_support import (
@@ -32,6 +33,7 @@ def test_sigkill_at_random_points_keeps_every_record_written(tmp_path: Path) -> 
     rng = random.Random(os.getpid())
     durable: dict[int, str] = {}
     states: list[str] = []
+    last_rows = []
     for _ in range(3):
         run = run_and_kill(root, tmp_path / "keys", rng.uniform(0.3, 1.5), WriterSettings())
         durable.update(run.committed)
@@ -56,9 +58,21 @@ def test_sigkill_at_random_points_keeps_every_record_written(tmp_path: Path) -> 
             if info.state == "recovered":
                 opened = open_segment(info.path or Path(), keys.csu, keys.device.public_key())
                 assert len(opened.packets) == info.packets > 0
+        last_rows = rows
         ring.close()
     assert len(durable) >= 3
     assert "recovered" in states or states.count("complete") == len(states)
+    # Each restart left a stretch unrecorded after the segment closed at recovery: labelled `crash`.
+    gaps = find_gaps(
+        [r.to_bundle_segment() for r in last_rows],
+        last_rows[0].start_ts,
+        last_rows[-1].end_ts,
+        last_rows[0].start_ts,
+        last_rows[-1].end_ts,
+    )
+    by_end = {round(r.end_ts, 3): r.state for r in last_rows}
+    assert gaps and all(g.reason == "crash" for g in gaps if by_end.get(round(g.start_ts, 3)) == "recovered")
+    assert any(g.reason == "crash" for g in gaps)
 
 
 def test_footage_lost_per_sigkill_at_10_fps_is_under_a_second(tmp_path: Path) -> None:
@@ -122,3 +136,21 @@ def test_an_unfinished_segment_of_another_device_key_is_set_aside_unsigned(tmp_p
     assert (root / ".rejected" / "cam1-.000000000001.seg.tmp").read_bytes() == cut[: len(cut) // 2]
     assert any("not this device's" in line for line in ring.recovery)
     ring.close()
+
+
+def _row(sequence: int, start: float, end: float, state: str) -> BundleSegment:
+    return BundleSegment(f"segments/{sequence:012d}.seg", sequence, start, end, 1, "ab" * 32, "", state)
+
+
+@pytest.mark.parametrize("state", ["recovered", "partial"])
+def test_a_gap_after_a_segment_closed_by_recovery_is_a_crash(state: str) -> None:
+    rows = [_row(1, 0, 10, "complete"), _row(2, 10, 14, state), _row(3, 17, 27, "complete")]
+    assert find_gaps(rows, 0, 27, 0, 27) == [Gap(14, 17, "crash")]
+    # At the start of the range, the state of the segment before it tells.
+    assert find_gaps(rows[2:], 15, 27, 0, 27, sequence_before=2, state_before=state) == [Gap(15, 17, "crash")]
+    # A skipped sequence is still a chain break, and after a sealed segment it is not a crash.
+    assert [g.reason for g in find_gaps([rows[1], _row(4, 17, 20, "complete")], 10, 20, 0, 20)] == [
+        "chain-break"
+    ]
+    sealed = [rows[0], _row(2, 12, 15, "complete")]
+    assert [g.reason for g in find_gaps(sealed, 0, 15, 0, 15)] == ["not-recorded"]

@@ -47,7 +47,8 @@ def plan_clip(
     # the range (a skipped sequence) from a stretch the camera did not record.
     margin = 2 * config.storage.segment_seconds
     around = ring.segments(query.camera, query.start_ts - margin, query.end_ts + margin)
-    before = [r.sequence for r in around if r.end_ts <= query.start_ts]
+    earlier = [r for r in around if r.end_ts <= query.start_ts]  # rows come in sequence order
+    before = [r.sequence for r in earlier]
     after = [r.sequence for r in around if r.start_ts >= query.end_ts]
     segments = []
     for record in around:
@@ -75,6 +76,7 @@ def plan_clip(
             entry.get("newest_ts"),
             sequence_before=max(before, default=None),
             sequence_after=min(after, default=None),
+            state_before=earlier[-1].state if earlier else None,
         ),
         device_public_key=device_key.public_key(),
         officer=query.officer,

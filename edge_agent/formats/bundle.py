@@ -10,8 +10,10 @@ this order:
    `end_ts`, `reason`}: `retention` before the oldest kept segment, `chain-break` where sequence
    numbers skip (a segment removed, or set aside at start for being swapped, reordered or replayed: the
    hash chain is broken there; such a gap also names the `sequences` [first, last] missing; bundles
-   written before named it `missing`), `not-recorded` where the camera did not record,
-   `not-yet-recorded` after the newest segment).
+   written before named it `missing`), `crash` after a segment the device closed at crash recovery
+   (state `recovered` or `partial`: the agent was killed, what it had not written until it restarted
+   is lost), `not-recorded` where the camera did not record, `not-yet-recorded` after the newest
+   segment).
    Added later, so that a bundle answers one request and no other: `officer` (who asked, "" when the
    request named nobody) and `request_nonce` (the `X-CSU-Nonce` of the signed GET the bundle answers,
    or the nonce of a signed `upload_clip` command). Older bundles have neither; a collector fetching
@@ -169,6 +171,8 @@ def build_manifest(
 
 # Tolerance between a segment's end and the next one's start (frame timing jitter).
 GAP_TOLERANCE_S = 0.5
+# Segment states that say the device was killed while writing it (see `sealing`, `storage/recovery`).
+CRASH_STATES = ("recovered", "partial")
 
 
 def find_gaps(
@@ -179,14 +183,17 @@ def find_gaps(
     newest_end_ts: float | None,
     sequence_before: int | None = None,
     sequence_after: int | None = None,
+    state_before: str | None = None,
 ) -> list[Gap]:
     """Stretches of [start_ts, end_ts) that no segment covers, each with the likeliest reason.
 
     `oldest_kept_ts` / `newest_end_ts` are the camera's oldest retained segment start and newest
     segment end (None when it has none): before the first is `retention`, after the last is
-    `not-yet-recorded`. A skipped sequence number is a `chain-break` (naming the sequences missing),
-    else `not-recorded`; at the edges of the range the skip is seen against `sequence_before` /
-    `sequence_after`, the sequences of the nearest segments just outside the range (None when unknown).
+    `not-yet-recorded`. A skipped sequence number is a `chain-break` (naming the sequences missing); a
+    stretch after a segment closed by crash recovery (state in `CRASH_STATES`) is a `crash`; else
+    `not-recorded`. At the edges of the range the skip is seen against `sequence_before` /
+    `sequence_after`, the sequences of the nearest segments just outside the range (None when unknown),
+    and `state_before` is the state of the former.
     """
     gaps: list[Gap] = []
 
@@ -202,16 +209,20 @@ def find_gaps(
     def gap(lo: float, hi: float, previous: int | None, following: int | None, inside: bool) -> Gap:
         if previous is not None and following is not None and following > previous + 1:
             return Gap(lo, hi, CHAIN_BREAK, (previous + 1, following - 1))
+        if previous_state in CRASH_STATES:
+            return Gap(lo, hi, "crash")
         return Gap(lo, hi, reason(lo, inside))
 
     cursor = start_ts
     previous = sequence_before
+    previous_state = state_before
     inside = False  # a segment of the range lies before the cursor
     for segment in sorted(segments, key=lambda s: s.sequence):
         if segment.start_ts > cursor + GAP_TOLERANCE_S:
             gaps.append(gap(cursor, min(segment.start_ts, end_ts), previous, segment.sequence, inside))
         cursor = max(cursor, segment.end_ts)
         previous = segment.sequence
+        previous_state = segment.state
         inside = True
     if cursor < end_ts - GAP_TOLERANCE_S:
         gaps.append(gap(cursor, end_ts, previous, sequence_after, False))
