@@ -241,3 +241,58 @@ def test_bytes_per_hour_estimate() -> None:
     assert camera(codec="mjpeg") > 5 * camera(crf=28)
     # bench_storage measured 608 MB per hour for this camera on the synthetic scene.
     assert 500e6 < camera(crf=28) < 800e6
+
+
+def _recorded_hour(root: Path, per_segment: int) -> int:
+    """Six real sealed segments of 10 min each, ending now, of `per_segment` bytes of packets each."""
+    import os
+    import time
+    from fractions import Fraction
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from edge_agent.formats.config import StorageConfig
+    from edge_agent.formats.media import EncodedPacket, StreamInfo
+    from edge_agent.storage.ringbuffer import RingBuffer
+    from tests.clip_support import seal_segment
+
+    start = time.time() - 3600
+    device, csu = Ed25519PrivateKey.generate(), X25519PrivateKey.generate().public_key()
+    ring = RingBuffer(root, StorageConfig(path=root, min_free_bytes=0))
+    stream = StreamInfo("h264", "libx264", 64, 48, "yuv420p", Fraction(1, 1000), 10.0, start)
+    for i in range(6):
+        packet = EncodedPacket(i * 600_000, i * 600_000, 600_000, True, os.urandom(per_segment))
+        seal_segment(ring, stream, [packet], device, csu, "c")
+    stored = ring.total_bytes()
+    ring.close()
+    return stored
+
+
+@pytest.mark.parametrize(
+    ("quota", "status", "days"), [(10_000_000, Status.WARN, 0.4), (200_000_000, Status.OK, 8.6)]
+)
+def test_doctor_measures_the_days_the_disk_really_holds(
+    tmp_path: Path, quota: int, status: Status, days: float
+) -> None:
+    """An hour of footage at ~23 MB/day against the quota: the days held, measured, not estimated."""
+    from edge_agent.commands.doctor import check_measured_days
+
+    config = parse_config(
+        {
+            "site_id": "s",
+            "device_id": "d",
+            "cameras": [{"id": "c", "source": "synthetic", "masks": [MASK]}],
+            "storage": {"path": str(tmp_path), "retention_days": 1, "max_bytes": quota, "min_free_bytes": 0},
+        }
+    )
+    assert check_measured_days(config).detail == "nothing recorded yet: only the estimate above"
+    stored = _recorded_hour(tmp_path, 160_000)
+    result = check_measured_days(config)
+    per_day = stored * 24
+    assert result.status is status
+    assert f"recorded {per_day / 1e6:.1f} MB/day (measured over 1.0 h of footage)" in result.detail
+    assert f"about {quota / per_day:.1f} days" in result.detail and f"{quota / per_day:.1f}" == f"{days:.1f}"
+    assert ("less than the 1-day retention: the quota rule will delete" in result.detail) is (
+        status is Status.WARN
+    )

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edge_agent.api.delivery import plan_clip, request_verifier
@@ -41,6 +41,7 @@ from edge_agent.formats.signing import HEADER_NONCE, RequestVerifier, SignatureE
 from edge_agent.formats.times import Clock
 from edge_agent.storage.holds import Hold
 from edge_agent.storage.index import SegmentRecord
+from edge_agent.storage.retention import DeletedFootage
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class SegmentSource(Protocol):
     def holds(self, camera: str | None = None) -> list[Hold]: ...
 
     def stats(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+    def deleted(self) -> Mapping[str, DeletedFootage]: ...
 
 
 @dataclass(frozen=True)
@@ -426,10 +429,11 @@ class _DeviceCollector(Collector):
     def __init__(self, server: ClipServer) -> None:
         self._server = server
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         server = self._server
         now = server.clock()
         yield from _ring_metrics(server.ring.stats() or {}, now)
+        yield from _deletion_metrics(server.ring.deleted())
         if server.stats.cameras is not None:
             fps = GaugeMetricFamily("camera_fps", "Frames per second", labels=["camera"])
             drops = GaugeMetricFamily("camera_drops", "Frames dropped since start", labels=["camera"])
@@ -459,6 +463,24 @@ def _ring_metrics(per_camera: Mapping[str, Mapping[str, Any]], now: float) -> It
     yield segments
     yield size
     yield age
+
+
+def _deletion_metrics(by_reason: Mapping[str, DeletedFootage]) -> Iterable[CounterMetricFamily]:
+    """Footage retention deleted since start, by reason; `early`: younger than the legal retention."""
+    segments = CounterMetricFamily("ring_deleted_segments", "Segments deleted", labels=["reason"])
+    size = CounterMetricFamily("ring_deleted_bytes", "Bytes of segments deleted", labels=["reason"])
+    early = CounterMetricFamily(
+        "ring_deleted_early_segments",
+        "Segments deleted while holding footage younger than the legal retention",
+        labels=["reason"],
+    )
+    for reason, counts in sorted(by_reason.items()):
+        segments.add_metric([reason], counts.segments)
+        size.add_metric([reason], counts.bytes)
+        early.add_metric([reason], counts.early)
+    yield segments
+    yield size
+    yield early
 
 
 class ClipServerThread:

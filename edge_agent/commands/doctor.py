@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +42,9 @@ from edge_agent.formats.config import (
     load_config,
 )
 from edge_agent.formats.times import Clock
+
+if TYPE_CHECKING:
+    from edge_agent.storage.ringbuffer import RingBuffer
 
 Size = tuple[int, int]
 
@@ -222,6 +226,69 @@ def check_storage(config: AgentConfig) -> list[CheckResult]:
     return [writable, CheckResult(name, Status.OK, detail)]
 
 
+# Less recorded footage than this says too little about a camera's real bit rate.
+_MIN_MEASURED_S = 600.0
+_DAY_S = 86400.0
+
+
+def check_measured_days(config: AgentConfig) -> CheckResult:
+    """How many days the disk really holds: the bytes per day the cameras recorded over their last day
+    of footage (from the ring buffer's index, read only) against the room footage may take (quota,
+    free space above the floor, what is stored already)."""
+    from edge_agent.storage.index import INDEX_NAME
+    from edge_agent.storage.ringbuffer import RingBuffer
+
+    storage = config.storage
+    name = "storage days held (measured)"
+    if not (storage.path / INDEX_NAME).exists():
+        return CheckResult(name, Status.OK, "nothing recorded yet: only the estimate above")
+    ring = RingBuffer(storage.path, storage, recover=False)
+    try:
+        per_day, measured_s = _measured_bytes_per_day(ring)
+        stored = ring.total_bytes()
+    finally:
+        ring.close()
+    if measured_s < _MIN_MEASURED_S:
+        detail = f"less than {_MIN_MEASURED_S / 60:.0f} min of footage recorded: only the estimate above"
+        return CheckResult(name, Status.OK, detail)
+    room = stored + shutil.disk_usage(storage.path).free - storage.min_free_bytes
+    limit = "free space"
+    if storage.max_bytes and storage.max_bytes < room:
+        room, limit = storage.max_bytes, "quota"
+    days = max(0, room) / per_day
+    detail = (
+        f"the cameras recorded {_size(per_day)}/day (measured over {measured_s / 3600:.1f} h of footage);"
+        f" the {limit} leaves {_size(room)} for footage: about {days:.1f} days"
+    )
+    if days < storage.retention_days:
+        detail += (
+            f", less than the {storage.retention_days:g}-day retention: the {limit} rule will delete"
+            " footage younger than the retention"
+        )
+        return CheckResult(name, Status.WARN, detail)
+    return CheckResult(name, Status.OK, f"{detail} (retention {storage.retention_days:g} days)")
+
+
+def _measured_bytes_per_day(ring: RingBuffer) -> tuple[float, float]:
+    """Bytes per day over every camera, each measured over its last day of footage (or less, when it
+    has less), and the longest stretch measured in seconds. Gaps inside that day count as time: a
+    motion-mode camera's real rate includes its quiet hours."""
+    per_day = 0.0
+    measured = 0.0
+    for camera, entry in ring.stats(past_cap=True).items():
+        oldest, newest = entry.get("oldest_ts"), entry.get("newest_ts")
+        if oldest is None or newest is None:
+            continue
+        window = min(_DAY_S, float(newest) - float(oldest))
+        if window <= 0:
+            continue
+        rows = ring.segments(camera, float(newest) - window, float(newest))
+        recent = sum(r.size for r in rows if r.start_ts >= float(newest) - window)
+        per_day += recent / window * _DAY_S
+        measured = max(measured, window)
+    return per_day, measured
+
+
 def _check_writable(path: Path) -> CheckResult:
     """Write and fsync a probe file; a directory still to be created is judged by its parent (the
     doctor creates nothing: a directory made by hand, as another user, would then stop the agent)."""
@@ -253,6 +320,11 @@ def _existing_ancestor(path: Path) -> Path:
 
 def _gb(size: float) -> str:
     return f"{size / 1e9:.1f} GB"
+
+
+def _size(size: float) -> str:
+    """GB, or MB below one GB (a measured rate is often that small)."""
+    return _gb(size) if abs(size) >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 # --- clock -------------------------------------------------------------------------------------
@@ -462,6 +534,7 @@ def run_checks(config: AgentConfig, timeout_s: float = 10.0) -> list[CheckResult
     if not config.cameras:
         results.append(CheckResult("cameras", Status.WARN, "none configured: nothing is recorded"))
     results.extend(check_storage(config))
+    results.append(check_measured_days(config))
     results.append(check_clock())
     results.append(check_broker(config, timeout_s))
     results.extend(check_keys(config))

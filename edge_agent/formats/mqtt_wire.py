@@ -265,6 +265,25 @@ class RetentionStatus(_Wire):
     _oldest_text = field_serializer("oldest_ts")(_iso_text)
 
 
+class DeletedCounts(_Wire):
+    """Footage deleted for one reason since the agent started: segments, bytes, seconds of footage, and
+    `early`: the segments of those that held footage younger than the legal retention."""
+
+    segments: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    early: int = 0
+
+
+class DeletedStatus(_Wire):
+    """Footage deleted since the agent started, by reason: `age` (routine expiry at the retention),
+    `quota` and `disk_free` (the space rules, which delete footage early when the disk is too small)."""
+
+    age: DeletedCounts = Field(default_factory=DeletedCounts)
+    quota: DeletedCounts = Field(default_factory=DeletedCounts)
+    disk_free: DeletedCounts = Field(default_factory=DeletedCounts)
+
+
 class OutboxStatus(_Wire):
     """Events waiting for the broker, dropped for room, and outbox files set aside as corrupt."""
 
@@ -296,10 +315,13 @@ class StatusMessage(_Payload):
     Fields after `cameras` default to None for a status that lacks them (an older device, a simulator).
     `delivery` is `push` when the CSU cannot reach the device and must ask it to upload clips (the
     `upload_clip` command); `heartbeat_s` is the longest gap between two statuses of an unchanged device;
+    `deleted` counts the footage retention deleted, by reason;
     `max_clip_seconds` lets the console refuse a longer range before asking.
     """
 
-    _omit_when_none = frozenset({"status_error", "location", "delivery", "heartbeat_s", "max_clip_seconds"})
+    _omit_when_none = frozenset(
+        {"status_error", "location", "delivery", "heartbeat_s", "deleted", "max_clip_seconds"}
+    )
 
     site: str
     device: str
@@ -318,6 +340,7 @@ class StatusMessage(_Payload):
     location: LocationStatus | None = None
     delivery: str | None = None
     heartbeat_s: float | None = None
+    deleted: DeletedStatus | None = None
     max_clip_seconds: float | None = Field(None, gt=0)  # the longest clip the device serves in one request
 
     _ts = field_validator("ts", mode="before")(_time)

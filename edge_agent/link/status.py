@@ -18,6 +18,8 @@ from edge_agent.formats.config import AgentConfig, CameraConfig
 from edge_agent.formats.mqtt_wire import (
     SCHEMA,
     CameraStatus,
+    DeletedCounts,
+    DeletedStatus,
     LocationStatus,
     MqttStatus,
     OutboxStatus,
@@ -44,6 +46,19 @@ class RecorderCounters(Protocol):
     def frames_dropped_disk(self) -> int: ...
 
 
+class DeletedCounters(Protocol):
+    """What status needs of the footage deleted for one reason (`storage.retention.DeletedFootage`)."""
+
+    @property
+    def segments(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def early(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class CameraReport:
     """What the agent knows of one configured camera."""
@@ -61,6 +76,7 @@ class DeviceReport:
     cameras: Sequence[CameraReport] = ()
     unconfigured: Mapping[str, str] = field(default_factory=dict)  # USB identity -> /dev node
     oldest_ts: float | None = None  # start of the oldest segment kept, over every camera
+    deleted: Mapping[str, DeletedCounters] | None = None  # by retention reason (age, quota, disk-free)
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,20 @@ def camera_statuses(report: DeviceReport) -> list[CameraStatus]:
     return entries
 
 
+def deleted_status(by_reason: Mapping[str, DeletedCounters]) -> DeletedStatus:
+    """The `deleted` entry: the retention reasons' counts (`disk-free` is `disk_free` on the wire)."""
+
+    def counts(reason: str) -> DeletedCounts:
+        found = by_reason.get(reason)
+        if found is None:
+            return DeletedCounts()
+        return DeletedCounts(
+            segments=found.segments, bytes=found.bytes, seconds=round(found.seconds, 1), early=found.early
+        )
+
+    return DeletedStatus(age=counts("age"), quota=counts("quota"), disk_free=counts("disk-free"))
+
+
 def build_status(
     config: AgentConfig,
     report: DeviceReport,
@@ -159,6 +189,7 @@ def build_status(
             command_errors=link.command_errors,
         ),
         status_error=error or None,
+        deleted=None if report.deleted is None else deleted_status(report.deleted),
         # A device the CSU cannot reach (no clip URL) but that may push to a collector says so.
         delivery="push" if not clip_url and config.clip_server.collector_urls else None,
         heartbeat_s=config.mqtt.status_heartbeat_s,
@@ -175,7 +206,8 @@ def _location(config: AgentConfig) -> LocationStatus | None:
 def change_key(message: StatusMessage) -> tuple[object, ...]:
     """What of a status the CSU must see at once when it changes; the rest waits for the heartbeat.
 
-    Camera states and set-up, errors and losses, the clip URL: yes. Figures that move all the time
+    Camera states and set-up, errors and losses (footage deleted younger than the retention), the clip
+    URL: yes. Figures that move all the time
     (uptime, fps, frames, drops, bytes, load, disk, pending events) would make every status "changed"
     and cost a metered link 700 bytes each: they ride on the heartbeat.
     """
@@ -196,4 +228,6 @@ def change_key(message: StatusMessage) -> tuple[object, ...]:
     outbox = (message.outbox.dropped, message.outbox.corrupt_files) if message.outbox else None
     rejected = message.mqtt.rejected if message.mqtt else None
     days = message.retention.days if message.retention else None
-    return (cameras, message.clip_url, message.delivery, message.status_error, outbox, rejected, days)
+    deleted = message.deleted
+    early = bool(deleted and (deleted.quota.early or deleted.disk_free.early))
+    return (cameras, message.clip_url, message.delivery, message.status_error, outbox, rejected, days, early)

@@ -8,7 +8,9 @@ choice comes back as a plan, and the ring buffer applies it. Rules, in order:
 2. `quota` then `disk-free`: the oldest segments go until the indexed bytes are within `max_bytes` and
    the free space is back above `min_free_bytes` (a deletion is counted as freeing its size).
 
-A segment overlapping an active hold of its camera is never chosen, by any rule.
+A segment overlapping an active hold of its camera is never chosen, by any rule. What was deleted is
+tallied by reason (`DeletedFootage`): the space rules may delete footage younger than the legal
+retention (`is_early`), which status, metrics and the log must show, unlike routine expiry.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ DAY = 86400.0
 AGE = "age"
 QUOTA = "quota"
 DISK_FREE = "disk-free"
+REASONS = (AGE, QUOTA, DISK_FREE)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,32 @@ class Deletion:
 
     segment: SegmentRecord
     reason: str
+
+
+def is_early(segment: SegmentRecord, now: float, retention_days: float) -> bool:
+    """Whether some of the segment's footage is younger than the legal retention at `now` (deleting it
+    shortens what the device keeps below what the law asks for)."""
+    return segment.end_ts > now - retention_days * DAY
+
+
+@dataclass(frozen=True)
+class DeletedFootage:
+    """Footage deleted for one reason: segments, bytes, seconds of footage, and `early`, the segments of
+    those that still held footage younger than the legal retention."""
+
+    segments: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    early: int = 0
+
+    def plus(self, segment: SegmentRecord, early: bool) -> DeletedFootage:
+        """These counts with one more deleted segment."""
+        return DeletedFootage(
+            segments=self.segments + 1,
+            bytes=self.bytes + segment.size,
+            seconds=self.seconds + max(0.0, segment.end_ts - segment.start_ts),
+            early=self.early + int(early),
+        )
 
 
 @dataclass(frozen=True)

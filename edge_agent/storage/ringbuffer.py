@@ -35,7 +35,15 @@ from edge_agent.storage.index import SegmentIndex, SegmentRecord, segment_file, 
 from edge_agent.storage.maintenance import Maintenance
 from edge_agent.storage.recovery import fsync_dir, journal_file
 from edge_agent.storage.recovery import recover as recover_index
-from edge_agent.storage.retention import Deletion, RetentionLimits, plan_retention
+from edge_agent.storage.retention import (
+    DAY,
+    REASONS,
+    DeletedFootage,
+    Deletion,
+    RetentionLimits,
+    is_early,
+    plan_retention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,14 @@ def _count_in(stats: dict[str, dict[str, float | int | None]], row: SegmentRecor
     entry["newest_ts"] = row.end_ts if newest is None else max(newest, row.end_ts)
 
 
+def _age(seconds: float) -> str:
+    """An age in the unit a reader takes in at once: minutes, hours or days."""
+    seconds = max(0.0, seconds)
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < DAY else f"{seconds / DAY:.1f} days"
+
+
 class RingBuffer:
     """Sealed segments of every camera of a device, their index, retention and holds. Thread-safe."""
 
@@ -106,6 +122,9 @@ class RingBuffer:
         self._maintenance = Maintenance(
             self.enforce_retention, maintenance_interval_s, "ringbuffer-maintenance"
         )
+        # Footage deleted since start, by reason (for status and /metrics).
+        self._deleted_lock = threading.Lock()
+        self._deleted = dict.fromkeys(REASONS, DeletedFootage())
         # The write path's own state: each camera's chain head, and rows a full disk kept out of the index.
         self._write_lock = threading.Lock()
         self._chain: dict[str, tuple[int, str]] = {}
@@ -293,33 +312,39 @@ class RingBuffer:
         clip being served keeps its blocks), so the free space is measured again after each plan.
         """
         deletions: list[Deletion] = []
-        while True:
-            total = self._index.total_bytes()
-            free = self._disk_free(self.root) if limits.min_free_bytes else 0
-            cutoff = limits.oldest_allowed(now)
-            if limits.space_short(total, free):
-                candidates = self._index.all_segments()
-            elif cutoff is not None:
-                candidates = self._index.segments_started_before(cutoff)
-            else:
-                return deletions
-            plan = plan_retention(
-                candidates, self._holds.rows(), now=now, limits=limits, total_bytes=total, free_bytes=free
-            )
-            for deletion in plan.deletions:
-                self._delete(deletion)
-            deletions.extend(plan.deletions)
-            if plan.unmet:
-                log.error("retention: quota or free-space floor not met; every segment left is held")
-                return deletions
-            if not plan.deletions:
-                return deletions
-            limits = RetentionLimits(None, limits.max_bytes, limits.min_free_bytes)  # age is done
+        try:
+            while True:
+                total = self._index.total_bytes()
+                free = self._disk_free(self.root) if limits.min_free_bytes else 0
+                cutoff = limits.oldest_allowed(now)
+                if limits.space_short(total, free):
+                    candidates = self._index.all_segments()
+                elif cutoff is not None:
+                    candidates = self._index.segments_started_before(cutoff)
+                else:
+                    return deletions
+                plan = plan_retention(
+                    candidates, self._holds.rows(), now=now, limits=limits, total_bytes=total, free_bytes=free
+                )
+                for deletion in plan.deletions:
+                    self._delete(deletion, now)
+                    deletions.append(deletion)
+                if plan.unmet:
+                    log.error("retention: quota or free-space floor not met; every segment left is held")
+                    return deletions
+                if not plan.deletions:
+                    return deletions
+                limits = RetentionLimits(None, limits.max_bytes, limits.min_free_bytes)  # age is done
+        finally:
+            self._warn_early(deletions, now)
 
-    def _delete(self, deletion: Deletion) -> None:
+    def _delete(self, deletion: Deletion, now: float) -> None:
         segment = deletion.segment
         segment.path.unlink(missing_ok=True)
         self._index.delete(segment.camera, segment.sequence)
+        early = is_early(segment, now, self.storage.retention_days)
+        with self._deleted_lock:
+            self._deleted[deletion.reason] = self._deleted[deletion.reason].plus(segment, early)
         log.info(
             "deleted segment %s#%d (%s, %d bytes, %.3f..%.3f): %s",
             segment.camera,
@@ -330,6 +355,31 @@ class RingBuffer:
             segment.end_ts,
             deletion.reason,
         )
+
+    def _warn_early(self, deletions: list[Deletion], now: float) -> None:
+        """One WARNING per pass that deleted footage younger than the legal retention (space rules)."""
+        early = [d for d in deletions if is_early(d.segment, now, self.storage.retention_days)]
+        if not early:
+            return
+        youngest = max(d.segment.end_ts for d in early)
+        reasons = sorted({d.reason for d in early})
+        log.warning(
+            "%s: deleted %d segment(s) (%s; %d bytes) holding footage younger than the %g-day retention"
+            " (the youngest %s old): the disk holds less than the retention; raise the quota or the"
+            " disk, or lower the bit rate",
+            " and ".join(reasons),
+            len(early),
+            ", ".join(f"{d.segment.camera}#{d.segment.sequence}" for d in early[:5])
+            + (", ..." if len(early) > 5 else ""),
+            sum(d.segment.size for d in early),
+            self.storage.retention_days,
+            _age(now - youngest),
+        )
+
+    def deleted(self) -> dict[str, DeletedFootage]:
+        """Footage deleted since start, by reason (`age`, `quota`, `disk-free`: each present)."""
+        with self._deleted_lock:
+            return dict(self._deleted)
 
     # ---- maintenance thread ------------------------------------------------------------------------
 
