@@ -20,6 +20,7 @@ from edge_agent.formats.sealing import (
     SegmentDecryptError,
     SegmentError,
     SegmentFormatError,
+    SegmentInfo,
     SegmentSignatureError,
     SegmentTruncatedError,
     SegmentWriter,
@@ -415,3 +416,205 @@ def test_a_crafted_segment_in_a_bundle_is_refused_and_leaves_no_mp4(tmp_path: Pa
         process_bundle(bundle, keys.device.public_key(), keys.csu, clip)
     assert not clip.exists()
     ring.close()
+
+
+# ---- frame-level provenance (issue 15): each packet's frame hash, signed in the trailer -------------
+
+
+def test_the_trailer_signs_each_packets_frame_hash_and_old_segments_have_none() -> None:
+    from edge_agent.formats.media import packet_digest
+    from edge_agent.formats.sealing import FRAME_HASH_VERSION, signed_packet_hashes
+
+    keys = make_keys()
+    packets = _packets(6)
+    data = _seal(keys, packets=packets)
+    hashes = signed_packet_hashes(data, keys.device.public_key())
+    assert hashes == tuple(packet_digest(STREAM, p.data) for p in packets)
+    assert verify_segment(data, keys.device.public_key()).version == FRAME_HASH_VERSION
+    fixture = Path(__file__).parent / "fixtures" / "format_v1"
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    device = load_pem_private_key((fixture / "device_ed25519.pem").read_bytes(), None)
+    assert isinstance(device, Ed25519PrivateKey)
+    old = fixture / "segments" / "000000000001.seg"
+    assert signed_packet_hashes(old, device.public_key()) is None  # version 1: no frame-level signature
+
+
+def test_annex_b_and_length_prefixed_framings_give_one_frame_hash() -> None:
+    from edge_agent.formats.media import annexb_units, packet_digest, sample_digest
+
+    units = [
+        b"\x09\xf0",
+        b"\x67\x42\xc0\x0a" + bytes(range(40)),
+        b"\x68\xce\x3c\x80",
+        b"\x65\x88" + bytes(range(1, 200)),
+    ]
+    annexb = b"".join(
+        (b"\x00\x00\x00\x01" if i % 2 == 0 else b"\x00\x00\x01") + u for i, u in enumerate(units)
+    )
+    assert list(annexb_units(annexb)) == units
+    for size in (4, 2):
+        avcc = b"".join(len(u).to_bytes(size, "big") + u for u in units)
+        assert sample_digest("h264", avcc, size) == packet_digest(STREAM, annexb)
+    assert sample_digest("h264", b"".join(len(u).to_bytes(4, "big") + u for u in units)) == (
+        __import__("hashlib").sha256(b"".join(len(u).to_bytes(4, "big") + u for u in units)).digest()
+    )
+    # Another split of the same bytes is another frame; a sample whose lengths overrun is refused.
+    assert sample_digest("h264", len(units[1]).to_bytes(4, "big") + units[1]) != sample_digest(
+        "h264", b"\x00\x00\x00\x04" + units[1][:4] + (len(units[1]) - 4).to_bytes(4, "big") + units[1][4:]
+    )
+    with pytest.raises(ValueError, match="overruns the sample"):
+        sample_digest("h264", b"\x00\x00\x01\x00" + units[0])
+    mjpeg = StreamInfo("mjpeg", "mjpeg", 64, 48, "yuvj420p", Fraction(1, 1000), 10.0, 0.0)
+    jpeg = b"\xff\xd8\x00\x00\x01\x65\xff\xd9"
+    assert (
+        packet_digest(mjpeg, jpeg)
+        == sample_digest("mjpeg", jpeg)
+        == __import__("hashlib").sha256(jpeg).digest()
+    )
+
+
+def test_a_packet_that_differs_from_its_signed_frame_hash_is_refused_at_opening(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import edge_agent.formats.sealing as sealing
+
+    keys = make_keys()
+    real = sealing.packet_digest
+    # A writer that signed the hash of other bytes than it sealed (a device bug or a forgery).
+    monkeypatch.setattr(sealing, "packet_digest", lambda stream, data: real(stream, data + b"!"))
+    data = _seal(keys, packets=[EncodedPacket(0, 0, 100, True, b"\x00\x00\x00\x01\x65\x88\x84")])
+    monkeypatch.setattr(sealing, "packet_digest", real)
+    verify_segment(data, keys.device.public_key())  # the signature holds: it signed what it said
+    with pytest.raises(SegmentFormatError, match="record 0: the packet differs from its device-signed frame"):
+        open_segment(data, keys.csu, keys.device.public_key())
+
+
+def test_the_frame_hashes_of_an_exported_mp4_match_the_devices_signatures(tmp_path: Path) -> None:
+    import av
+
+    from edge_agent.collector.evidence import process_bundle
+    from edge_agent.formats.bundle import build_manifest, plan_bundle, sign_manifest, write_bundle
+    from edge_agent.formats.media import sample_digest
+    from edge_agent.formats.sealing import signed_packet_hashes
+    from tests.clip_support import encode_segments
+
+    keys = make_keys()
+    ring = encode_segments(tmp_path / "ring", keys.device, keys.csu.public_key(), 1_700_000_000.0, 6.0)
+    rows = ring.segments("cam1")
+    signed = [h for r in rows for h in signed_packet_hashes(r.path, keys.device.public_key()) or ()]
+    segments = [r.to_bundle_segment() for r in rows]
+    manifest = build_manifest(
+        site="ville-01",
+        device="pi-01",
+        camera="cam1",
+        requisition="PV 1",
+        start_ts=rows[0].start_ts,
+        end_ts=rows[-1].end_ts,
+        segments=segments,
+        gaps=[],
+        device_public_key=keys.device.public_key(),
+    )
+    bundle = tmp_path / "bundle.tar"
+    with bundle.open("wb") as out:
+        write_bundle(plan_bundle(manifest, sign_manifest(manifest, keys.device), segments), out)
+    clip = tmp_path / "clip.mp4"
+    process_bundle(bundle, keys.device.public_key(), keys.csu, clip)
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        extradata = bytes(stream.codec_context.extradata or b"")
+        assert extradata[:1] == b"\x01"  # avcC: the MP4 stores length-prefixed NAL units
+        length_size = (extradata[4] & 3) + 1
+        samples = [bytes(p) for p in container.demux(stream) if p.size]
+    assert len(samples) == len(signed) == 60
+    assert [sample_digest("h264", s, length_size) for s in samples] == list(signed)
+    ring.close()
+
+
+# ---- closing a segment whose writer was killed ------------------------------------------------------
+
+
+def _written(keys: Keys, count: int, finish: bool = False) -> tuple[bytes, bytes]:
+    """What a writer killed after `count` packets left: the file's bytes and its journal's."""
+    out, journal = io.BytesIO(), io.BytesIO()
+    writer = SegmentWriter(
+        out,
+        camera="cam1",
+        device="dev1",
+        sequence=3,
+        prev_sha256="ab" * 32,
+        stream=STREAM,
+        start_ts=1000.0,
+        device_key=keys.device,
+        csu_public_key=keys.csu.public_key(),
+        journal=journal,
+    )
+    for packet in _packets(count):
+        writer.append(packet)
+    if finish:
+        writer.finish()
+    return out.getvalue(), journal.getvalue()
+
+
+def _close(data: bytes, journal: bytes, key: Ed25519PrivateKey | None) -> tuple[object, bytes]:
+    from edge_agent.formats.sealing import close_unfinished
+
+    handle = io.BytesIO(data)
+    info = close_unfinished(handle, journal, key, 5000.0, expect_camera="cam1", expect_sequence=3)
+    return info, handle.getvalue()
+
+
+def test_a_killed_writers_segment_is_closed_with_a_signed_recovered_trailer() -> None:
+    keys = make_keys()
+    data, journal = _written(keys, 8)
+    cut = data[: len(data) - 30]  # the 8th record torn
+    info, closed = _close(cut, journal, keys.device)
+    read = verify_segment(closed, keys.device.public_key(), expect_sequence=3)
+    assert info == read and read.state == "recovered" and read.packets == 7
+    assert read.end_ts == pytest.approx(1000.0 + 0.7) and read.prev_sha256 == "ab" * 32
+    assert open_segment(closed, keys.csu, keys.device.public_key()).packets == _packets(8)[:7]
+    # The journal bounds what is kept: a record it does not cover was not known to be whole.
+    info, closed = _close(data, journal[: 5 * 40 + 17], keys.device)
+    assert verify_segment(closed, keys.device.public_key()).packets == 5
+    # A flipped byte in a recovered segment breaks the device's signature like any other.
+    altered = bytearray(closed)
+    altered[len(closed) // 2] ^= 1
+    with pytest.raises(SegmentSignatureError):
+        verify_segment(bytes(altered), keys.device.public_key())
+
+
+def test_closing_without_a_key_without_records_or_after_the_trailer() -> None:
+    keys = make_keys()
+    data, journal = _written(keys, 4)
+    _, closed = _close(data, journal, None)  # no key: cut back, unsigned
+    assert verify_segment(closed, None, allow_partial=True).state == "partial"
+    header_only, _ = _written(keys, 0)
+    assert _close(header_only, b"", keys.device)[0] is None
+    sealed, journal = _written(keys, 4, finish=True)  # killed between finish and rename
+    info, closed = _close(sealed, journal, keys.device)
+    assert isinstance(info, SegmentInfo) and info.state == "complete"
+    assert closed == sealed and verify_segment(sealed, keys.device.public_key()).state == "complete"
+    with pytest.raises(SegmentFormatError, match="found as cam1#3"):
+        from edge_agent.formats.sealing import close_unfinished
+
+        close_unfinished(
+            io.BytesIO(_seal(keys, sequence=4)),
+            b"",
+            keys.device,
+            0.0,
+            expect_camera="cam1",
+            expect_sequence=3,
+        )
+
+
+def test_a_trailer_without_the_end_record_must_say_recovered() -> None:
+    keys = make_keys()
+    data, journal = _written(keys, 3)
+    _, closed = _close(data, journal, keys.device)
+    forged = closed.replace(b'"closed":"recovered"', b'"closed":"sealed"   ')
+    forged = forged.replace(b'"recovered_at":5000.0,', b"")
+    at = forged.rindex(b"EDGETRL1")
+    body = forged[at + 12 : -64].rstrip()
+    forged = forged[:at] + b"EDGETRL1" + len(body).to_bytes(4, "big") + body + forged[-64:]
+    with pytest.raises(SegmentFormatError, match="trailer without the end record, yet not `recovered`"):
+        verify_segment(forged, None)
