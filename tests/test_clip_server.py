@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import socket
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.api.clip_server import ClipServer, StatsProviders
-from edge_agent.collector.download import DeviceEndpoint, FetchError
+from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
+from edge_agent.api.connections import FD_RESERVE, ServerLimits, connection_cap
+from edge_agent.collector.download import DeviceEndpoint, FetchError, download_bundle
+from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.bundle import MANIFEST_NAME, SIGNATURE_NAME
 from edge_agent.formats.mqtt_wire import CameraStatus
-from edge_agent.formats.signing import RequestSigner
+from edge_agent.formats.signing import RequestSigner, new_nonce
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import audit_lines, device_config, endpoint, random_ring, running_server
 
@@ -144,7 +149,9 @@ def test_authentication_refusals_are_audited(served, keys) -> None:
     from urllib.parse import urlencode
 
     def expect(status: int, reason: str) -> None:
-        line = _last_audit(server)
+        # The last refusal: a served clip's closing line comes once the client acknowledged its last
+        # byte, which may be after the next request.
+        line = [e for e in audit_lines(server.config) if e["outcome"] == "refused"][-1]
         assert (line["outcome"], line["status"], line["reason"]) == ("refused", status, reason)
 
     with pytest.raises(urllib.error.HTTPError) as unsigned:
@@ -315,3 +322,135 @@ def test_open_streams_per_client_are_capped_and_freed_when_a_fetch_is_cut(tmp_pa
     ring.close()
     refused = [e for e in audit_lines(config) if e["outcome"] == "refused"]
     assert [(e["status"], e["reason"]) for e in refused] == [(429, "too-many-streams")]
+
+
+# --- connections: cap, timeouts, delivery (issue 13 item 3, issue 14 item 12) ------------------------
+
+
+@contextmanager
+def limited_server(tmp_path: Path, keys, limits: ServerLimits, **clip) -> Iterator[ClipServer]:
+    """A served device whose connection limits are `limits`."""
+    config = device_config(tmp_path, max_clip_seconds=60, **clip)
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 4)
+    audit = AuditLog(config.clip_server.audit_log)
+    server = ClipServer(config, ring, audit, keys["device"], [keys["collector"].public_key()], limits=limits)
+    thread = ClipServerThread(server)
+    thread.start()
+    try:
+        yield server
+    finally:
+        thread.stop()
+        ring.close()
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def _closed_by_server(sock: socket.socket, within_s: float) -> tuple[bool, bytes]:
+    """Whether the server closes `sock` within `within_s`, and what it sent before."""
+    sock.settimeout(within_s)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+        return True, received
+    except TimeoutError:
+        return False, received
+    except ConnectionResetError:
+        return True, received
+
+
+def test_connections_over_the_cap_get_503_and_one_log_line(tmp_path: Path, keys, caplog) -> None:
+    limits = ServerLimits(max_connections=40, idle_timeout_s=1.5)
+    with limited_server(tmp_path, keys, limits) as server, caplog.at_level(logging.WARNING):
+        idle = [_connect(server.port) for _ in range(40)]
+        deadline = time.monotonic() + 5
+        while server.gate.open < 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        over: list[socket.socket] = []
+        answers: list[tuple[bool, bytes]] = []
+        for _ in range(15):  # in bursts of 20, within the listen backlog: each one is accepted
+            burst = [_connect(server.port) for _ in range(20)]
+            answers += [_closed_by_server(s, 5) for s in burst]
+            over += burst
+        assert [a for a in answers if not (a[0] and a[1].startswith(b"HTTP/1.1 503"))] == []
+        assert server.gate.open == 40 and server.gate.turned_away == 300
+        # The idle ones are dropped after the idle timeout; then the API answers again.
+        assert all(_closed_by_server(s, 5)[0] for s in idle)
+        status, _, _ = _get(endpoint(server, keys["collector"]), "/v1/segments", CLIP[:3])
+        assert status == 200
+        for sock in idle + over:
+            sock.close()
+    cap_lines = [r for r in caplog.records if "connection(s) open, the cap" in r.getMessage()]
+    assert len(cap_lines) == 1
+    # 300 turned away: a few audit lines of their own, the rest tallied in one line for the address.
+    lines = audit_lines(server.config)
+    own = [e for e in lines if e["action"] == "connection"]
+    tallies = [e for e in lines if e["action"] == "refusals"]
+    assert 0 < len(own) <= 10
+    assert [(t["remote"], t["count"]) for t in tallies] == [("127.0.0.1", 300 - len(own))]
+
+
+def test_a_silent_or_slow_client_is_cut_at_the_idle_timeout(tmp_path: Path, keys) -> None:
+    limits = ServerLimits(idle_timeout_s=1.0)
+    with limited_server(tmp_path, keys, limits) as server:
+        silent = _connect(server.port)
+        slowloris = _connect(server.port)
+        slowloris.sendall(b"GET /v1/segments HTTP/1.1\r\nHost: x\r\n")  # never ends its head
+        started = time.monotonic()
+        assert _closed_by_server(silent, 5)[0] and _closed_by_server(slowloris, 5)[0]
+        assert time.monotonic() - started < 3
+        # A body announced and never sent: 408 once the idle timeout passes, audited.
+        ep = endpoint(server, keys["collector"])
+        headers = ep.signer.headers("POST", "/v1/holds", [], b"{}")
+        slow_body = _connect(server.port)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        slow_body.sendall(
+            f"POST /v1/holds HTTP/1.1\r\nHost: x\r\n{head}Content-Length: 100\r\n\r\n{{".encode()
+        )
+        _, answer = _closed_by_server(slow_body, 5)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        silent.close(), slowloris.close(), slow_body.close()
+    line = _last_audit(server)
+    assert (line["action"], line["status"], line["reason"]) == ("hold", 408, "body-timeout")
+
+
+def test_connection_cap_leaves_descriptors_for_recording() -> None:
+    assert connection_cap(256, 1024) == 256
+    assert connection_cap(256, 400) == 400 - FD_RESERVE
+    assert connection_cap(256, 100) == 8  # never none at all
+
+
+def test_unsatisfiable_range_names_the_size_and_a_whole_part_completes(served, keys, tmp_path) -> None:
+    server, _ = served
+    ep = endpoint(server, keys["collector"])
+    nonce = new_nonce()
+    answering = [*CLIP, ("request_nonce", nonce)]
+    _, headers, whole = _get(ep, "/v1/clips", answering)
+    status, refused_headers, _ = _get(ep, "/v1/clips", answering, {"Range": f"bytes={len(whole)}-"})
+    assert (status, refused_headers["Content-Range"]) == (416, f"bytes */{len(whole)}")
+    # A download cut after its last byte arrived: the .part is whole; the resume must finish it.
+    dest = tmp_path / "clip.tar"
+    dest.with_name("clip.tar.part").write_bytes(whole)
+    dest.with_name("clip.tar.part.etag").write_text(headers["ETag"])
+    result = download_bundle(ep, CLIP, dest, max_attempts=2, sleep=lambda s: None, nonce=nonce)
+    assert (result.attempts, dest.read_bytes()) == (1, whole)
+
+
+def test_a_client_that_reads_everything_and_closes_at_once_was_served(served, keys) -> None:
+    server, _ = served
+    for _ in range(5):
+        ep = endpoint(server, keys["collector"])
+        status, _, body = _get(ep, "/v1/clips", CLIP)
+        ep.close()  # at once: the server may see the close before it looks at the acknowledgements
+        assert status == 200
+    deadline = time.monotonic() + 5
+    while (
+        len([e for e in audit_lines(server.config) if e.get("event") is None and e["action"] == "clip"]) < 5
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ends = [e for e in audit_lines(server.config) if e["action"] == "clip" and e["outcome"] != "accepted"]
+    assert [e["outcome"] for e in ends] == ["served"] * 5 and all(e["bytes"] == len(body) for e in ends)

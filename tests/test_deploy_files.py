@@ -166,6 +166,18 @@ def test_unit_is_notify_watchdog_restarting_unprivileged_and_sandboxed() -> None
     assert "AF_NETLINK" in settings["RestrictAddressFamilies"][0]  # the udev monitor
 
 
+def test_unit_leaves_descriptors_for_recording_beside_the_clip_servers_connections() -> None:
+    from edge_agent.api.connections import FD_RESERVE, ServerLimits, connection_cap
+
+    (limit,) = [
+        line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith("LimitNOFILE=")
+    ]
+    # The whole connection cap fits, with the reserve for recording on top (and some to spare).
+    wanted = ServerLimits().max_connections
+    assert connection_cap(wanted, int(limit)) == wanted
+    assert int(limit) >= 2 * (wanted + FD_RESERVE)
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_unit_exposure_is_low(verifiable_unit: Path) -> None:
     done = subprocess.run(

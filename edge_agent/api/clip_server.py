@@ -11,6 +11,7 @@ Run it inside an asyncio loop (`await server.start()`), or from threaded code wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,10 +29,18 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from edge_agent.api.connections import (
+    AuditedHandler,
+    ConnectionGate,
+    GatedSite,
+    ServerLimits,
+    connection_cap,
+    delivered,
+)
 from edge_agent.api.delivery import plan_clip, request_verifier
 from edge_agent.api.holds import HoldService
 from edge_agent.api.params import ClipQuery, ParamError, parse_clip_query
-from edge_agent.api.ratelimit import BucketMap
+from edge_agent.api.ratelimit import BucketMap, LogThrottle, RefusalBudget
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.bundle import BundlePlan, read_part
 from edge_agent.formats.clip_url import local_clip_url
@@ -84,10 +93,13 @@ class _Refusal(Exception):
     The same shape as `SignatureError` and `ParamError`, which are refused alike.
     """
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.headers = dict(headers or {})
 
 
 @dataclass
@@ -98,6 +110,7 @@ class _Exchange:
     remote: str
     client: str = "-"
     fields: dict[str, Any] | None = None
+    streaming: bool = False  # the answer's head is sent: an error can no longer be answered
 
 
 class ClipServer:
@@ -113,10 +126,13 @@ class ClipServer:
         stats: StatsProviders | None = None,
         clock: Clock = time.time,
         verifier: RequestVerifier | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
-        """`verifier`: the device's one verifier when another part (the uploader) shares it."""
+        """`verifier`: the device's one verifier when another part (the uploader) shares it; `limits`:
+        connection and timeout bounds (defaults suit a Raspberry Pi)."""
         self.config = config
         self.settings = config.clip_server
+        self.limits = limits or ServerLimits()
         self.ring = ring
         self.audit = audit
         self.device_key = device_key
@@ -140,8 +156,12 @@ class ClipServer:
         )
         per_minute = self.settings.requests_per_minute
         self._request_buckets = BucketMap(per_minute / 60.0, per_minute)
+        self.refusals = RefusalBudget()
+        self.gate = ConnectionGate(connection_cap(self.limits.max_connections), self._turned_away)
+        self._log = LogThrottle(log, 60.0)
         self._streams: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
+        self._tally_task: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     @property
@@ -157,7 +177,7 @@ class ClipServer:
 
     def make_app(self) -> web.Application:
         """The aiohttp application (routes and nothing else)."""
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[self._framework_refusals])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/segments", self._guarded("segments", self._segments))
@@ -168,23 +188,56 @@ class ClipServer:
         return app
 
     async def start(self) -> None:
-        """Listen on the configured address (port 0 picks a free one, see `port`)."""
-        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        """Listen on the configured address (port 0 picks a free one, see `port`).
+
+        Connections past the cap are answered 503 at once; a connection must send a whole request head
+        within the idle timeout, and an idle keep-alive connection is closed after it.
+        """
+        limits = self.limits
+        handler_args: dict[str, Any] = {
+            "access_log": None,
+            "keepalive_timeout": limits.idle_timeout_s,
+            "max_line_size": limits.max_request_line,
+            "max_field_size": limits.max_header_bytes,
+            "max_headers": limits.max_headers,
+            # No waiting for the unread rest of a refused body: the connection just closes.
+            "lingering_time": 0.0,
+        }
+        self._runner = web.AppRunner(self.make_app(), handle_signals=False, **handler_args)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.settings.bind, self.settings.port, ssl_context=self._ssl_context()
+        server = self._runner.server
+        assert server is not None  # set by setup()
+
+        def make_handler() -> asyncio.Protocol:
+            return AuditedHandler(
+                server, on_parse_error=self._parse_refused, throttle=self._log, **handler_args
+            )
+
+        site = GatedSite(
+            self._runner, self.settings.bind, self.settings.port, self.gate, make_handler, self._ssl_context()
         )
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
-        log.info("clip server listening on %s", self.local_url)
+        self.port = site.bound_port()
+        self._tally_task = asyncio.create_task(self._audit_tallies_every(self.refusals.window_s / 6))
+        log.info("clip server listening on %s (at most %d connections)", self.local_url, self.gate.limit)
 
     async def stop(self) -> None:
-        """Close the listener and open connections."""
+        """Close the listener and open connections; audit the refusals tallied so far."""
+        if self._tally_task is not None:
+            self._tally_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tally_task
+            self._tally_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._audit_tallies(force=True)
+
+    def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An event-loop exception handler that logs each kind of error once a minute (a failing
+        `accept`, say out of descriptors, would otherwise log a traceback per attempt)."""
+        message = str(context.get("message") or "event loop error")
+        self._log.exception(f"loop-{message}", "clip server: %s", message, exc_info=context.get("exception"))
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.settings.tls_cert is None or self.settings.tls_key is None:
@@ -204,13 +257,95 @@ class ClipServer:
             try:
                 if not self._request_buckets.get(exchange.remote).try_take():
                     raise _Refusal(429, "rate-limited", "too many requests; slow down")
-                body = await request.read()
-                exchange.client = self._authenticate(request, body)
+                exchange.client = self._authenticate(request, await self._body(request))
                 return await handler(request, exchange)
             except (_Refusal, SignatureError, ParamError) as refusal:
                 return self._refuse(request, exchange, refusal)
+            except web.HTTPException as error:
+                return self._refuse(request, exchange, _framework_refusal(error))
+            except Exception as error:
+                if isinstance(error, ConnectionError) or exchange.streaming:
+                    raise  # the answer is under way (and audited): nothing else can be sent
+                return self._internal_error(request, exchange, error)
 
         return guarded
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, which must arrive whole within the idle timeout (a slow sender holds a
+        connection and a handler); over `client_max_size` aiohttp refuses it (413)."""
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise _Refusal(408, "body-timeout", "request body: not received in time") from None
+
+    @web.middleware
+    async def _framework_refusals(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refusals made before any endpoint runs (no such path: 404, method: 405), and any error an
+        endpoint let through, answered and audited like every other refusal."""
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            return self._refuse(request, _Exchange("http", request.remote or "-"), _framework_refusal(error))
+        except ConnectionError:
+            raise
+        except Exception as error:
+            return self._internal_error(request, _Exchange("http", request.remote or "-"), error)
+
+    def _internal_error(self, request: web.Request, exchange: _Exchange, error: Exception) -> web.Response:
+        self._log.exception(
+            f"internal-{type(error).__name__}",
+            "clip API: %s %s failed",
+            request.method,
+            request.path[:256],
+            exc_info=error,
+        )
+        return self._refuse(request, exchange, _Refusal(500, "internal-error", "the device failed to answer"))
+
+    def _parse_refused(self, remote: str, status: int, detail: str) -> None:
+        """A request aiohttp's parser refused (no endpoint saw it): counted, audited within the budget."""
+        reason = "request-too-large" if "too" in detail.lower() else "malformed-request"
+        self._requests.labels("http", "refused", reason).inc()
+        self._log.info(reason, "refused a request from %s: %s", remote, detail)
+        if self.refusals.admit(remote, reason):
+            self.audit.append_if_room(
+                action="http", outcome="refused", status=status, reason=reason, detail=detail, remote=remote
+            )
+
+    def _turned_away(self, remote: str) -> None:
+        """A connection over the cap (logged by the gate, once a minute): counted, tallied."""
+        self._requests.labels("connection", "refused", "too-many-connections").inc()
+        if self.refusals.admit(remote, "too-many-connections"):
+            self.audit.append_if_room(
+                action="connection",
+                outcome="refused",
+                status=503,
+                reason="too-many-connections",
+                remote=remote,
+            )
+
+    async def _audit_tallies_every(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            await loop.run_in_executor(None, self._audit_tallies, False)
+
+    def _audit_tallies(self, force: bool) -> None:
+        """One audit line per client address for the refusals of a finished window that had no line
+        of their own (see `RefusalBudget`)."""
+        for tally in self.refusals.drain(force):
+            self.audit.append_if_room(
+                action="refusals",
+                outcome="tallied",
+                remote=tally.remote,
+                count=tally.count,
+                reasons=tally.reasons,
+                window_s=self.refusals.window_s,
+            )
 
     def _authenticate(self, request: web.Request, body: bytes) -> str:
         return self.verifier.verify(
@@ -220,8 +355,19 @@ class ClipServer:
     def _refuse(
         self, request: web.Request, exchange: _Exchange, refusal: _Refusal | SignatureError | ParamError
     ) -> web.Response:
+        """Answer a refusal. Its audit line costs a write only within the refusal budget (past it, the
+        refusal is tallied: see `RefusalBudget`) and the audit log's quota; its log line is throttled."""
         self._requests.labels(exchange.action, "refused", refusal.reason).inc()
-        self.audit.append(
+        self._log.info(refusal.reason, "refused %s %s: %s", request.method, request.path[:256], refusal)
+        headers = refusal.headers if isinstance(refusal, _Refusal) else None
+        answer = web.json_response(
+            {"error": refusal.reason, "message": str(refusal)}, status=refusal.status, headers=headers
+        )
+        if refusal.status == 408:
+            answer.force_close()  # the rest of its body may still come: not worth waiting for
+        if not self.refusals.admit(exchange.remote, refusal.reason):
+            return answer
+        self.audit.append_if_room(
             action=exchange.action,
             outcome="refused",
             status=refusal.status,
@@ -234,8 +380,7 @@ class ClipServer:
             query=request.query_string[:512],
             **(exchange.fields or {}),
         )
-        log.info("refused %s %s: %s", request.method, request.path, refusal)
-        return web.json_response({"error": refusal.reason, "message": str(refusal)}, status=refusal.status)
+        return answer
 
     def _accept(self, exchange: _Exchange, status: int, **fields: Any) -> None:
         self._requests.labels(exchange.action, "accepted", "").inc()
@@ -283,7 +428,13 @@ class ClipServer:
         exchange.fields["bundle_id"] = plan.bundle_id
         byte_range = _requested_range(request, plan)
         if byte_range is None:
-            raise _Refusal(416, "unsatisfiable-range", f"bundle is {plan.size} bytes")
+            # The size tells a client whose partial download is already whole that it is done.
+            raise _Refusal(
+                416,
+                "unsatisfiable-range",
+                f"bundle is {plan.size} bytes",
+                {"Content-Range": f"bytes */{plan.size}"},
+            )
         streams = self._streams.get(exchange.client, 0)
         if streams >= self.settings.max_streams_per_client:
             raise _Refusal(429, "too-many-streams", f"{streams} clip streams already open")
@@ -322,6 +473,7 @@ class ClipServer:
             segments=len(plan.manifest["segments"]),
             gaps=len(plan.manifest["gaps"]),
         )
+        exchange.streaming = True
         await response.prepare(request)
         loop = asyncio.get_running_loop()
         bucket = self._byte_buckets.get(exchange.client)
@@ -335,10 +487,14 @@ class ClipServer:
                     else (await loop.run_in_executor(None, read_part, part, offset, length))
                 )
                 await bucket.take(len(data))
-                await response.write(data)
+                await _write_or_cut(request, response, data, self.limits.idle_timeout_s)
                 sent += len(data)
                 self._bytes.inc(len(data))
             await response.write_eof()
+            # Written is not received: the last bytes may still sit in the send queue when the client
+            # is cut off. Served means the client's TCP acknowledged every byte.
+            if not await delivered(request.transport, self.limits.delivery_timeout_s):
+                outcome = "interrupted"
         except (ConnectionError, asyncio.CancelledError):
             outcome = "interrupted"
             raise
@@ -384,6 +540,35 @@ class ClipServer:
         )
         self._requests.labels("release", "accepted", "").inc()
         return web.json_response(result)
+
+
+async def _write_or_cut(
+    request: web.Request, response: web.StreamResponse, data: bytes, timeout_s: float
+) -> None:
+    """Write one chunk; a client that takes none of it within `timeout_s` is cut off (it would hold a
+    connection, a stream slot and the open segment files for ever)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await response.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("the client stopped reading") from None
+
+
+_FRAMEWORK_REASONS = {
+    404: "unknown-path",
+    405: "method-not-allowed",
+    413: "body-too-large",
+    414: "request-too-large",
+    431: "request-too-large",
+}
+
+
+def _framework_refusal(error: web.HTTPException) -> _Refusal:
+    """aiohttp's own refusal (no such path, method, too large a body) as a refusal of ours."""
+    reason = _FRAMEWORK_REASONS.get(error.status, f"http-{error.status}")
+    return _Refusal(error.status, reason, error.text or error.reason)
 
 
 def _query_fields(query: ClipQuery) -> dict[str, Any]:
@@ -503,6 +688,7 @@ class ClipServerThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(self.server.loop_error)
         try:
             self._loop.run_until_complete(self.server.start())
         except BaseException as error:  # handed to the starting thread
