@@ -372,8 +372,8 @@ def verify(clip: Path, ca_pem: str, bundle_path: Path | None, known: list | None
 
 
 def load_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
-    """Ed25519 public keys from PEM files (or 64 hex digits), or from the *.pub files of directories."""
-    files = [f for p in paths for f in (sorted(p.glob("*.pub")) if p.is_dir() else [p])]
+    """Ed25519 public keys from PEM files (or 64 hex digits), or every *.pub file under directories."""
+    files = [f for p in paths for f in (sorted(p.rglob("*.pub")) if p.is_dir() else [p])]
     keys = []
     for file in files:
         data = file.read_bytes().strip()

@@ -102,6 +102,7 @@ def _issue(
     end_entity: bool = True,
     days: int = 365,
     with_aki: bool = True,
+    key_usage: bool = True,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -115,6 +116,9 @@ def _issue(
     )
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if key_usage:
+        signing = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+        builder = builder.add_extension(signing, critical=True)
     if with_aki:
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
@@ -171,6 +175,7 @@ def test_import_takes_an_existing_ecdsa_certificate_and_its_ca(tmp_path: Path, c
         ("no usage", "names neither documentSigning nor emailProtection"),
         ("tls usage", "names neither documentSigning nor emailProtection"),
         ("no aki", "no authority key identifier"),
+        ("no key usage", "its key usage does not name digitalSignature"),
         ("expired", "the certificate is valid"),
         ("other ca", "is not issued by CN=Mairie Root CA"),
     ],
@@ -185,6 +190,7 @@ def test_import_refuses_what_c2pa_validators_would_reject(tmp_path: Path, case: 
         "no usage": lambda: _issue(ca, ca_key, key),
         "tls usage": lambda: _issue(ca, ca_key, key, usages=[ExtendedKeyUsageOID.SERVER_AUTH]),
         "no aki": lambda: _issue(ca, ca_key, key, usages=good, with_aki=False),
+        "no key usage": lambda: _issue(ca, ca_key, key, usages=good, key_usage=False),
         "expired": lambda: _issue(ca, ca_key, key, usages=good, days=-1),
         "other ca": lambda: _issue(*_town_ca(), key, usages=good),
     }[case]()

@@ -283,8 +283,8 @@ def credential_problems(
     if isinstance(basic, x509.BasicConstraints) and basic.ca:
         problems.append("the certificate is a CA certificate, not an end entity")
     usage = extensions.get(x509.oid.ExtensionOID.KEY_USAGE)
-    if isinstance(usage, x509.KeyUsage) and not usage.digital_signature:
-        problems.append("its key usage does not allow digital signatures")
+    if not isinstance(usage, x509.KeyUsage) or not usage.digital_signature:
+        problems.append("its key usage does not name digitalSignature (C2PA requires it)")
     extended = extensions.get(x509.oid.ExtensionOID.EXTENDED_KEY_USAGE)
     if not isinstance(extended, x509.ExtendedKeyUsage) or not set(extended) & set(C2PA_KEY_USAGES):
         problems.append("its extended key usage names neither documentSigning nor emailProtection (C2PA)")
@@ -345,6 +345,14 @@ def load_credential(directory: Path) -> CollectorCredential:
     if not chain:
         raise PkiError(f"{paths.collector_cert}: no certificate in the file")
     return CollectorCredential(_load_key(paths.collector_key), tuple(chain), load_ca(paths.ca_cert))
+
+
+def optional_credential(directory: Path) -> CollectorCredential | None:
+    """The collector's credential, or None when the key directory has none (`pki init` never run:
+    exports are then not C2PA-signed)."""
+    if not PkiPaths(Path(directory)).collector_cert.exists():
+        return None
+    return load_credential(directory)
 
 
 def load_ca(path: Path) -> x509.Certificate:

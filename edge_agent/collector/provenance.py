@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.collector.mp4 import PacketRef
 from edge_agent.collector.pki import CollectorCredential
 from edge_agent.formats.bundle import BundleError, BundleReader
-from edge_agent.formats.keys import public_key_id
+from edge_agent.formats.keys import load_ed25519_public, public_key_id
 from edge_agent.formats.media import sample_digest
 from edge_agent.formats.sealing import (
     FRAME_HASH_VERSION,
@@ -281,6 +281,15 @@ class ManifestCheck:
     assertion: dict[str, Any] | None = None
 
 
+def has_manifest(path: Path) -> bool:
+    """Whether the file carries a C2PA manifest at all (valid or not)."""
+    try:
+        with c2pa.Reader(str(path)):
+            return True
+    except c2pa.C2paError:
+        return False
+
+
 def read_manifest(path: Path, ca_pem: str) -> ManifestCheck:
     """Validate the file's C2PA manifest with the CSU CA as the only trust anchor."""
     try:
@@ -373,6 +382,13 @@ def read_bundle(path: Path, device_key: Ed25519PublicKey) -> tuple[dict[str, Any
     except (BundleError, OSError) as error:
         raise ValueError(str(error)) from None
     return reader.manifest, sealed
+
+
+def load_device_keys(paths: Iterable[Path]) -> list[Ed25519PublicKey]:
+    """The CSU's device public keys: files, or every `*.pub` under directories (`devices/<site>/<device>.pub`
+    in the CSU key directory); KeyFileError names a file that is not an Ed25519 public key."""
+    files = [f for p in paths for f in (sorted(Path(p).rglob("*.pub")) if Path(p).is_dir() else [Path(p)])]
+    return [load_ed25519_public(f) for f in files]
 
 
 # --- checking: the words ----------------------------------------------------------------------------

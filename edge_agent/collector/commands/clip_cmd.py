@@ -18,11 +18,15 @@ import os
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from edge_agent.collector.download import DeviceEndpoint, FetchError
-from edge_agent.collector.evidence import ClipRejected, verify_export
+from edge_agent.collector.evidence import BUNDLE_FILE, CLIP_FILE, ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.collector.ingest import parse_broker_url
+from edge_agent.collector.pki import PkiError, PkiPaths, load_ca, optional_credential
 from edge_agent.collector.progress import ProgressBar
+from edge_agent.collector.provenance import has_manifest, load_device_keys, verify_clip
 from edge_agent.collector.push import PushSettings, push_clip
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.config import collector_url_problem
@@ -83,6 +87,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         action="append",
         help="collector public key(s) to accept (default: csu_ed25519.pub in --keys)",
+    )
+    verify.add_argument(
+        "--ca",
+        type=Path,
+        help="CSU CA certificate for the clip's C2PA manifest (default: csu_ca.pem in --keys)",
+    )
+    verify.add_argument(
+        "--device-keys",
+        type=Path,
+        nargs="+",
+        help="the CSU's device public keys, files or directories (default: devices/ in --keys)",
     )
     _allow_gaps(verify)
     verify.set_defaults(handler=verify_command)
@@ -236,6 +251,7 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
             signing=load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}"),
             sealing=load_x25519_private(args.keys / f"{CSU_SEALING_NAME}{PRIVATE_SUFFIX}"),
             device=load_ed25519_public(args.device_key),
+            credential=optional_credential(args.keys),
         )
         request = ClipRequest(
             args.site,
@@ -245,7 +261,7 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
             _time("--end", args.end),
             args.requisition,
         )
-    except (_UsageError, KeyFileError) as error:
+    except (_UsageError, KeyFileError, PkiError) as error:
         print(f"fetch-clip: {error}", file=sys.stderr)
         return 2
     progress = ProgressBar(f"{args.camera}", enabled=False if args.no_progress else None)
@@ -288,6 +304,11 @@ def verify_command(args: argparse.Namespace) -> int:
     except KeyFileError as error:
         print(f"verify: {error}", file=sys.stderr)
         return 2
+    try:
+        provenance_ok = _verify_provenance(args)
+    except (PkiError, KeyFileError) as error:
+        print(f"verify: {error}", file=sys.stderr)
+        return 2
     evidence, problems = verify_export(args.directory, keys)
     if problems:
         print(f"{args.directory}: {len(problems)} problem(s)")
@@ -297,11 +318,33 @@ def verify_command(args: argparse.Namespace) -> int:
     assert evidence is not None
     result = evidence["verification"]["result"]
     print(f"{args.directory}: intact ({result}), {evidence['camera']} requisition {evidence['requisition']}")
+    if not provenance_ok:
+        return 1
     if result != "incomplete":
         return 0
     for problem in evidence["verification"]["problems"]:
         print(f"  {problem}")
     return _result_exit(result, args.allow_gaps)
+
+
+def _verify_provenance(args: argparse.Namespace) -> bool:
+    """Print the frame-level check of the export's MP4 (`provenance`: the words `verify_evidence.py`
+    says); False when it finds a problem. Run when the clip carries a C2PA manifest or --ca is given."""
+    clip = args.directory / CLIP_FILE
+    if not clip.exists() or (args.ca is None and not has_manifest(clip)):
+        return True
+    ca_pem = load_ca(args.ca or PkiPaths(args.keys).ca_cert).public_bytes(Encoding.PEM).decode()
+    registered = args.keys / "devices"  # devices/<site>/<device>.pub, as the console reads them
+    known = (
+        load_device_keys(args.device_keys or [registered])
+        if args.device_keys or registered.is_dir()
+        else None
+    )
+    bundle = args.directory / BUNDLE_FILE
+    report = verify_clip(clip, ca_pem, bundle if bundle.exists() else None, known)
+    for line in report.lines():
+        print(line)
+    return report.ok
 
 
 def hold_command(args: argparse.Namespace) -> int:
