@@ -25,8 +25,15 @@ from edge_agent.commands.demo import demo_config
 from edge_agent.device.agent import Agent, AgentError
 from edge_agent.device.hotplug import CameraIdentity
 from edge_agent.formats.config import parse_config
-from edge_agent.formats.keys import generate_csu_keys, generate_device_key
+from edge_agent.formats.keys import (
+    CSU_SIGNING_NAME,
+    PRIVATE_SUFFIX,
+    generate_csu_keys,
+    generate_device_key,
+    load_ed25519_private,
+)
 from edge_agent.formats.sealing import verify_segment
+from edge_agent.formats.signing import RequestSigner, signed_command
 from edge_agent.link.localbroker import LocalBroker
 from tests import netns_support
 from tests.mqtt_support import Recorder as Subscriber
@@ -64,6 +71,18 @@ def cameras_by_id(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def command(subscriber: Subscriber, name: str, payload: dict[str, Any], mid: str) -> dict[str, Any]:
     subscriber.publish(f"{TOPIC}/cmd/{name}", json.dumps({**payload, "request_id": mid}).encode())
+    assert subscriber.wait_for(
+        lambda _m: any(mid in p.decode() for p in subscriber.on(f"{TOPIC}/cmd_result"))
+    )
+    return next(json.loads(p) for p in subscriber.on(f"{TOPIC}/cmd_result") if mid in p.decode())
+
+
+def signed_command_reply(
+    subscriber: Subscriber, signer: RequestSigner, name: str, fields: dict[str, Any], mid: str
+) -> dict[str, Any]:
+    """`command`, signed by the CSU (the request id among the signed fields, as the console sends it)."""
+    payload = signed_command(name, {**fields, "request_id": mid}, signer)
+    subscriber.publish(f"{TOPIC}/cmd/{name}", json.dumps(payload).encode())
     assert subscriber.wait_for(
         lambda _m: any(mid in p.decode() for p in subscriber.on(f"{TOPIC}/cmd_result"))
     )
@@ -186,7 +205,9 @@ def test_snapshot_and_reload_commands(site: dict[str, Any], tmp_path: Path, mosq
     agent = start_agent(site, tmp_path)
     try:
         time.sleep(1.0)
-        reply = command(subscriber, "snapshot", {"camera": "entrance"}, "snap-1")
+        # Snapshots are signed (tests/test_snapshot_command.py has the refusals and the audit).
+        signer = RequestSigner(load_ed25519_private(tmp_path / "csu" / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}"))
+        reply = signed_command_reply(subscriber, signer, "snapshot", {"camera": "entrance"}, "snap-1")
         assert reply["ok"], reply
         jpeg = base64.b64decode(reply["result"]["jpeg_base64"])
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
@@ -194,7 +215,7 @@ def test_snapshot_and_reload_commands(site: dict[str, Any], tmp_path: Path, mosq
         assert image[30:100, 50:180].max() < 12, "window mask missing from the snapshot"
         assert not any(p.suffix == ".jpg" for p in tmp_path.rglob("*")), "a snapshot must not be stored"
 
-        unknown = command(subscriber, "snapshot", {"camera": "nope"}, "snap-2")
+        unknown = signed_command_reply(subscriber, signer, "snapshot", {"camera": "nope"}, "snap-2")
         assert not unknown["ok"] and "nope" in json.dumps(unknown)
 
         broken = dict(site, cameras=[{"id": "entrance", "source": "synthetic", "fps": -3}])

@@ -15,6 +15,7 @@ from edge_agent.formats.signing import NONCE_RE
 from edge_agent.formats.times import TimeFormatError
 
 _CAMERA_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PATH_HINTS = ("/", "\\", "..", "\x00", "%2f", "%2e", "%5c", "~")
 
 
@@ -96,6 +97,13 @@ def check_request_nonce(raw: str) -> str:
     """A `request_nonce`: shaped like a signature nonce (`X-CSU-Nonce`)."""
     if not NONCE_RE.match(raw):
         raise ParamError("bad-request-nonce", "request_nonce: 16 to 64 characters of [A-Za-z0-9_-]")
+    return raw
+
+
+def check_request_id(raw: str) -> str:
+    """A command's `request_id` (echoed on `cmd_result` and in the audit line): 1 to 64 of `[A-Za-z0-9_-]`."""
+    if not _REQUEST_ID_RE.match(raw):
+        raise ParamError("bad-request-id", "request_id: 1 to 64 characters of [A-Za-z0-9_-]")
     return raw
 
 

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
 from edge_agent.api.delivery import request_verifier
+from edge_agent.api.snapshots import NoFrame, SnapshotService
 from edge_agent.api.uploader import Uploader
 from edge_agent.camera.pipeline import CameraWorker, FrameSink
 from edge_agent.camera.sources import open_source
@@ -372,7 +373,10 @@ class Agent:
     # ---- commands -----------------------------------------------------------------------------
 
     def _command_handlers(self) -> dict[str, Any]:
-        handlers: dict[str, Any] = {"snapshot": self.snapshot, "reload": self.reload_command}
+        handlers: dict[str, Any] = {"reload": self.reload_command}
+        if self.audit is not None and self.verifier is not None:
+            snapshots = SnapshotService(self.audit, self.verifier, self._camera_ids, self.latest_snapshot)
+            handlers["snapshot"] = snapshots.handle_command
         if self.uploader is not None:
             handlers["upload_clip"] = self.uploader.handle_command
         if self.clip_server is not None:
@@ -388,22 +392,24 @@ class Agent:
         if self.mqtt is not None:
             self.mqtt.publish_result("upload_clip", result, request_id)
 
-    def snapshot(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """`snapshot` command: the camera's latest masked frame as a base64 JPEG (never stored here)."""
-        camera_id = payload.get("camera")
-        if not isinstance(camera_id, str):
-            raise CommandError("camera: a camera id is required")
+    def _camera_ids(self) -> list[str]:
+        """The cameras configured now (a reload may change them)."""
+        return [c.id for c in self.config.cameras]
+
+    def latest_snapshot(self, camera_id: str) -> dict[str, Any]:
+        """A camera's latest masked frame as a base64 JPEG (never stored here), for the signed `snapshot`
+        command (`edge_agent.api.snapshots`); NoFrame when it has none to give."""
         with self._lock:
             slot = self._slots.get(camera_id)
             if slot is None:
-                raise CommandError(f"camera: no camera {camera_id!r} on this device")
+                raise NoFrame(f"camera: no camera {camera_id!r} on this device")
             frame = slot.worker.latest_frame() if slot.worker is not None else None
             if frame is None:
                 state = camera_status(_camera_report(slot)).state
-                raise CommandError(f"camera: {camera_id!r} has no frame yet (state {state})")
+                raise NoFrame(f"camera: {camera_id!r} has no frame yet (state {state})")
         ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         if not ok:
-            raise CommandError("snapshot: JPEG encoding failed")
+            raise NoFrame(f"camera: {camera_id!r}: JPEG encoding failed")
         width, height = frame.size
         return {
             "camera": camera_id,
