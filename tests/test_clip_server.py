@@ -454,3 +454,92 @@ def test_a_client_that_reads_everything_and_closes_at_once_was_served(served, ke
         time.sleep(0.02)
     ends = [e for e in audit_lines(server.config) if e["action"] == "clip" and e["outcome"] != "accepted"]
     assert [e["outcome"] for e in ends] == ["served"] * 5 and all(e["bytes"] == len(body) for e in ends)
+
+
+# --- values nothing handled: 400 naming the parameter, audited (issue 13 item 6) ----------------------
+
+
+def test_unhandled_values_are_refused_by_name_and_audited(served, keys) -> None:
+    server, _ = served
+    ep = endpoint(server, keys["collector"])
+
+    def refused(status: int, reason: str, named: str, answer: tuple[int, dict, bytes]) -> None:
+        code, _, body = answer
+        assert (code, json.loads(body)["error"]) == (status, reason), body[:200]
+        assert named in json.loads(body)["message"]
+        line = _last_audit(server)
+        assert (line["outcome"], line["status"], line["reason"]) == ("refused", status, reason)
+
+    refused(400, "bad-range", "Range", _get(ep, "/v1/clips", CLIP, {"Range": "bytes=" + "9" * 5000 + "-"}))
+    year_one = dict(CLIP, start="0001-01-01T00:00:00+01:00")
+    refused(400, "malformed-time", "start", _get(ep, "/v1/clips", list(year_one.items())))
+    year_9999 = dict(CLIP, end="9999-12-31T23:59:59-05:00")
+    refused(400, "malformed-time", "end", _get(ep, "/v1/clips", list(year_9999.items())))
+    # 60,000 levels deep (within the 64 KiB body limit, unclosed) and 30,000 (closed): both too deep.
+    refused(400, "malformed-body", "body", _send(ep, "POST", "/v1/holds", b"[" * 60_000))
+    refused(400, "malformed-body", "body", _send(ep, "POST", "/v1/holds", b"[" * 30_000 + b"]" * 30_000))
+    nested = json.dumps({"camera": [[["cam1"]]], "start": T0, "end": T0 + 60, "requisition": "PV-1"}).encode()
+    refused(400, "bad-field-type", "camera", _send(ep, "POST", "/v1/holds", nested))
+    refused(400, "bad-hold-id", "hold id", _send(ep, "DELETE", "/v1/holds/" + "9" * 30))
+    refused(413, "body-too-large", "", _send(ep, "POST", "/v1/holds", b" " * 70_000))
+
+
+def _send(ep: DeviceEndpoint, method: str, path: str, body: bytes = b"") -> tuple[int, dict, bytes]:
+    with ep.request(method, path, body=body) as response:
+        return response.status_code, dict(response.headers), response.content
+
+
+def test_framework_refusals_are_audited(served, keys) -> None:
+    import http.client
+
+    server, _ = served
+
+    def raw(method: str, target: str, headers: dict[str, str] | None = None) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            connection.request(method, target, headers=headers or {})
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    def last(action: str) -> dict:
+        return [e for e in audit_lines(server.config) if e["action"] == action][-1]
+
+    assert raw("GET", "/v1/nothing") == 404
+    assert (last("http")["status"], last("http")["reason"], last("http")["path"]) == (
+        404,
+        "unknown-path",
+        "/v1/nothing",
+    )
+    assert raw("PUT", "/v1/clips") == 405
+    assert (last("http")["status"], last("http")["reason"]) == (405, "method-not-allowed")
+    assert raw("GET", "/v1/clips?camera=" + "a" * 6000) == 400
+    assert (last("http")["status"], last("http")["reason"]) == (400, "request-too-large")
+    assert raw("GET", "/v1/clips", {"X-Long": "b" * 10_000}) in (400, 431)
+    assert last("http")["reason"] == "request-too-large" and len(audit_lines(server.config)) == 4
+
+
+def test_mqtt_hold_and_release_name_the_bad_value(tmp_path: Path, keys) -> None:
+    from edge_agent.api.holds import HoldService, signed_command
+    from edge_agent.formats.signing import RequestVerifier
+
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 1)
+    service = HoldService(ring, AuditLog(tmp_path / "audit.jsonl"), ["cam1"])
+    verifier = RequestVerifier([keys["collector"].public_key()], skew_s=60)
+    signer = RequestSigner(keys["collector"])
+    fields = {"camera": "cam1", "start": str(T0), "end": str(T0 + 60), "requisition": "PV-9"}
+
+    def reply(name: str, payload: dict) -> tuple[bool, str, str]:
+        answer = service.handle_command(name, signed_command(name, payload, signer), verifier)
+        return answer["ok"], answer.get("error", ""), answer.get("message", "")
+
+    ok, error, message = reply("hold", fields | {"start": "0001-01-01T00:00:00+01:00"})
+    assert (ok, error) == (False, "malformed-time") and message.startswith("start:")
+    ok, error, message = reply("hold", fields | {"expires": "9999-01-01T00:00:00-03:00"})
+    assert (ok, error) == (False, "malformed-time") and message.startswith("expires:")
+    ok, error, message = reply("release", {"id": 10**20})
+    assert (ok, error) == (False, "bad-hold-id") and message.startswith("hold id:")
+    ok, error, message = reply("release", {"id": {"nested": [1]}})
+    assert (ok, error) == (False, "bad-field-type") and message.startswith("id:")
+    assert ring.holds() == []
+    ring.close()

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 LISTING_MAX_SECONDS = 31 * 86400.0
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_DIGITS = 18  # any byte position of a bundle fits; more is no position at all
 
 
 class SegmentSource(Protocol):
@@ -306,9 +307,8 @@ class ClipServer:
         )
         return self._refuse(request, exchange, _Refusal(500, "internal-error", "the device failed to answer"))
 
-    def _parse_refused(self, remote: str, status: int, detail: str) -> None:
+    def _parse_refused(self, remote: str, status: int, reason: str, detail: str) -> None:
         """A request aiohttp's parser refused (no endpoint saw it): counted, audited within the budget."""
-        reason = "request-too-large" if "too" in detail.lower() else "malformed-request"
         self._requests.labels("http", "refused", reason).inc()
         self._log.info(reason, "refused a request from %s: %s", remote, detail)
         if self.refusals.admit(remote, reason):
@@ -527,6 +527,8 @@ class ClipServer:
             payload = json.loads(await request.read() or b"null")
         except ValueError:
             raise ParamError("malformed-body", "body: not JSON") from None
+        except RecursionError:
+            raise ParamError("malformed-body", "body: JSON nested too deeply") from None
         hold = await asyncio.get_running_loop().run_in_executor(
             None, self.holds.hold, payload, exchange.client
         )
@@ -598,6 +600,8 @@ def _requested_range(request: web.Request, plan: BundlePlan) -> tuple[int, int] 
     if match is None or match.group(1) == match.group(2) == "":
         return 0, plan.size  # multiple or odd ranges: RFC 9110 lets a server ignore Range
     first, last = match.groups()
+    if max(len(first), len(last)) > _RANGE_DIGITS:
+        raise ParamError("bad-range", f"Range: byte positions have at most {_RANGE_DIGITS} digits")
     if first == "":
         start, end = max(0, plan.size - int(last)), plan.size
     else:

@@ -25,6 +25,7 @@ from ssl import SSLContext
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from edge_agent.api.ratelimit import LogThrottle
@@ -149,14 +150,14 @@ class _TurnAway(asyncio.Protocol):
 
 class AuditedHandler(RequestHandler):
     """aiohttp's connection handler, reporting the requests its parser refuses (too long a URL or
-    header, malformed HTTP) to `on_parse_error` (so they are audited like any refusal) and logging
-    errors through a throttle: one line per condition and minute, not one per request."""
+    header, malformed HTTP) to `on_parse_error(remote, status, reason, detail)`, to be audited like
+    any refusal, and logging errors through a throttle: one line per condition and minute."""
 
     def __init__(
         self,
         manager: web.Server,
         *,
-        on_parse_error: Callable[[str, int, str], None],
+        on_parse_error: Callable[[str, int, str, str], None],
         throttle: LogThrottle,
         **kwargs: Any,
     ) -> None:
@@ -174,7 +175,9 @@ class AuditedHandler(RequestHandler):
         """aiohttp's answer, after reporting the refusal (parser errors never reach the app)."""
         if status != 500:
             detail = message or (str(exc) if exc is not None else "")
-            self._on_parse_error(request.remote or "-", status, detail[:200])
+            too_long = isinstance(exc, LineTooLong) or "too long" in detail or "too large" in detail
+            reason = "request-too-large" if too_long else "malformed-request"
+            self._on_parse_error(request.remote or "-", status, reason, detail[:200])
         return super().handle_error(request, status, exc, message)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 MAX_HOLD_SECONDS = 31 * 86400.0
 DEFAULT_HOLD_DAYS = 365.0
+MAX_HOLD_ID = 2**63 - 1  # the index's INTEGER: a larger id cannot name a hold
 _HOLD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HOLD_FIELDS = ("camera", "start", "end", "requisition", "expires", "officer")
 
@@ -61,6 +62,8 @@ class HoldService:
         missing = [f for f in ("camera", "start", "end", "requisition") if not payload.get(f)]
         if missing:
             raise ParamError("missing-parameter", f"missing field(s): {', '.join(missing)}")
+        for name in _HOLD_FIELDS:
+            _check_scalar(name, payload.get(name))
         camera = check_camera(str(payload["camera"]), self.cameras)
         start_ts = parse_time("start", str(payload["start"]))
         end_ts = parse_time("end", str(payload["end"]))
@@ -96,7 +99,11 @@ class HoldService:
     def release(self, hold_id: str, actor: str) -> dict[str, Any]:
         """Release a hold by id; ParamError (404) when there is no such hold."""
         if not _HOLD_ID_RE.match(hold_id):
-            raise ParamError("bad-hold-id", f"hold id: {hold_id!r} is not a hold id")
+            raise ParamError("bad-hold-id", f"hold id: {hold_id[:80]!r} is not a hold id")
+        if hold_id.isdigit() and int(hold_id) > MAX_HOLD_ID:
+            raise ParamError(
+                "bad-hold-id", f"hold id: {hold_id} is beyond the largest hold id ({MAX_HOLD_ID})"
+            )
         if not hold_id.isdigit() or not self.ring.release_hold(int(hold_id)):
             raise ParamError("unknown-hold", f"hold id: no hold {hold_id!r}", 404)
         self.audit.append(action="release", outcome="accepted", client=actor, hold_id=hold_id)
@@ -121,6 +128,7 @@ class HoldService:
             if name == "release":
                 if set(fields) != {"id"}:
                     raise ParamError("malformed-body", "release takes exactly one field: id")
+                _check_scalar("id", fields["id"])
                 return {"ok": True, **self.release(str(fields["id"]), actor)}
             raise ParamError("unknown-command", f"no command {name!r} here (hold, release)")
         except (SignatureError, ParamError) as error:
@@ -132,6 +140,14 @@ class HoldService:
                 client=actor,
             )
             return {"ok": False, "error": error.reason, "message": str(error)}
+
+
+def _check_scalar(name: str, value: Any) -> None:
+    """A hold field is a string or a number (absent: None); anything else is refused by name."""
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamError("bad-field-type", f"{name}: a string or a number, not {type(value).__name__}")
 
 
 __all__ = ["HoldService", "signed_command"]
