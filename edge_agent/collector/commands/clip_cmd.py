@@ -2,7 +2,8 @@
 
 Keys come from the CSU key directory (`--keys`, default `$CSU_KEYS_DIR` or `./keys`, as written by
 `edge_agent.formats.keys.generate_csu_keys`): `csu_ed25519.pem` signs requests, `csu_x25519.pem` opens
-segments.
+segments. Every outcome goes to the collector's audit log (`--audit`, default `$CSU_AUDIT_LOG`, else
+`csu-audit.jsonl` in the key directory: `edge_agent.collector.paths`).
 The device's public key (`--device-key`) is the one from provisioning: it is what makes a bundle
 trustworthy, so it is never taken from the bundle itself. The device's address is its last status's
 `clip_url` in the collector store (`--store`), or `--url`. A device the CSU cannot reach (its status says
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.collector.evidence import BUNDLE_FILE, CLIP_FILE, ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.collector.ingest import parse_broker_url
+from edge_agent.collector.paths import add_keys_and_audit, audit_log_path, default_keys_dir
 from edge_agent.collector.pki import PkiError, PkiPaths, load_ca, optional_credential
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.collector.provenance import has_manifest, load_device_keys, verify_clip
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     verify = subparsers.add_parser("verify", help="re-check an exported clip directory")
     verify.add_argument("directory", type=Path)
-    verify.add_argument("--keys", type=Path, default=_default_keys(), help="CSU key directory")
+    verify.add_argument("--keys", type=Path, default=default_keys_dir(), help="CSU key directory")
     verify.add_argument(
         "--collector-key",
         type=Path,
@@ -136,28 +137,22 @@ def _result_exit(result: str, allow_gaps: bool) -> int:
     return 0 if result == "verified" else 3
 
 
-def _default_keys() -> Path:
-    return Path(os.environ.get("CSU_KEYS_DIR", "keys"))
-
-
 def _device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True)
     parser.add_argument("--device", required=True)
     parser.add_argument("--url", help="the device's clip API URL (default: from its last status)")
     parser.add_argument("--store", type=Path, help="collector store (for the device's clip_url)")
-    parser.add_argument("--keys", type=Path, default=_default_keys(), help="CSU key directory")
+    add_keys_and_audit(parser)
     parser.add_argument("--device-key", type=Path, help="the device's Ed25519 public key (PEM)")
     parser.add_argument(
         "--ca-file",
         type=Path,
         help="CA bundle to check the device's TLS certificate (default: the system's trust store)",
     )
-    parser.add_argument(
-        "--audit",
-        type=Path,
-        default=Path(os.environ.get("CSU_AUDIT_LOG", "csu-audit.jsonl")),
-        help="the collector's audit log",
-    )
+
+
+def _audit(args: argparse.Namespace) -> AuditLog:
+    return AuditLog(audit_log_path(args.keys, args.audit))
 
 
 class _UsageError(Exception):
@@ -265,7 +260,7 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
         print(f"fetch-clip: {error}", file=sys.stderr)
         return 2
     progress = ProgressBar(f"{args.camera}", enabled=False if args.no_progress else None)
-    audit = AuditLog(args.audit)
+    audit = _audit(args)
     try:
         if endpoint is not None:
             with endpoint:
@@ -362,9 +357,7 @@ def hold_command(args: argparse.Namespace) -> int:
             result = endpoint.call_json("POST", "/v1/holds", body=json.dumps(body).encode())
     except (_UsageError, KeyFileError, FetchError, OSError) as error:
         return _failed("hold", args, error)
-    AuditLog(args.audit).append(
-        action="hold", outcome="accepted", site=args.site, device=args.device, hold=result
-    )
+    _audit(args).append(action="hold", outcome="accepted", site=args.site, device=args.device, hold=result)
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -376,7 +369,7 @@ def release_command(args: argparse.Namespace) -> int:
             result = endpoint.call_json("DELETE", f"/v1/holds/{args.hold_id}")
     except (_UsageError, KeyFileError, FetchError, OSError) as error:
         return _failed("release", args, error)
-    AuditLog(args.audit).append(
+    _audit(args).append(
         action="release", outcome="accepted", site=args.site, device=args.device, hold_id=args.hold_id
     )
     print(json.dumps(result, sort_keys=True))
@@ -386,7 +379,7 @@ def release_command(args: argparse.Namespace) -> int:
 def _failed(action: str, args: argparse.Namespace, error: Exception) -> int:
     print(f"{action}: {error}", file=sys.stderr)
     if isinstance(error, FetchError):
-        AuditLog(args.audit).append(
+        _audit(args).append(
             action=action,
             outcome="refused",
             reason=error.reason,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -15,23 +14,18 @@ from edge_agent.collector.console.server import (
     ConsoleOptions,
     ConsoleServer,
     beside,
-    default_audit,
     parse_listen,
 )
 from edge_agent.collector.ingest import parse_broker_url
+from edge_agent.collector.paths import add_keys_and_audit, audit_log_path
 from edge_agent.formats.keys import KeyFileError
 
 
 def add_console_arguments(parser: argparse.ArgumentParser) -> None:
     """The console's options (shared by `console` and `serve --console`)."""
-    parser.add_argument(
-        "--keys", type=Path, default=Path(os.environ.get("CSU_KEYS_DIR", "keys")), help="CSU key directory"
-    )
+    add_keys_and_audit(parser)
     parser.add_argument(
         "--device-keys", type=Path, help="provisioned device keys as SITE/DEVICE.pub (default: KEYS/devices)"
-    )
-    parser.add_argument(
-        "--audit", type=Path, help="the collector's audit log (default: $CSU_AUDIT_LOG or beside --db)"
     )
     parser.add_argument("--exports", type=Path, help="where clip exports go (default: exports/ beside --db)")
     parser.add_argument(
@@ -75,7 +69,7 @@ def console_options(args: argparse.Namespace) -> ConsoleOptions:
         db=args.db,
         keys=args.keys,
         device_keys=args.device_keys or args.keys / "devices",
-        audit=args.audit or default_audit(args.db),
+        audit=audit_log_path(args.keys, args.audit),
         exports=args.exports or beside(args.db, "exports"),
         broker=broker,
         topic_root=args.topic_root,

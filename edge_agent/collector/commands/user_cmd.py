@@ -10,7 +10,6 @@ import argparse
 import getpass
 import sys
 import time
-from pathlib import Path
 
 from edge_agent.collector.console.accounts import (
     AccountError,
@@ -20,7 +19,7 @@ from edge_agent.collector.console.accounts import (
     check_user_name,
 )
 from edge_agent.collector.console.data import Account, DuplicateError, open_console_data
-from edge_agent.collector.console.server import default_audit
+from edge_agent.collector.paths import add_keys_and_audit, audit_log_path
 from edge_agent.formats.audit import AuditLog
 
 
@@ -40,9 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument(
             "--db", required=True, help="the collector store: a SQLite file or a postgresql:// URL"
         )
-        sub.add_argument(
-            "--audit", type=Path, help="the collector's audit log (default: $CSU_AUDIT_LOG, or beside --db)"
-        )
+        add_keys_and_audit(sub)
     parser.set_defaults(handler=user_command)
 
 
@@ -57,7 +54,7 @@ def _password(args: argparse.Namespace) -> str:
 
 def user_command(args: argparse.Namespace) -> int:
     """Run one `user` action; exit 0 done, 1 refused, 2 bad input."""
-    audit = AuditLog(args.audit or default_audit(args.db))
+    audit = AuditLog(audit_log_path(args.keys, args.audit))
     if args.action == "add":
         try:
             name, role = check_user_name(args.name), check_role(args.role)

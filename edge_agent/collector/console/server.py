@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -46,11 +45,6 @@ class ConsoleOptions:
 def beside(db: str | Path, name: str) -> Path:
     """A file next to a SQLite store (in the working directory for a PostgreSQL one)."""
     return Path(name) if is_postgres_url(db) else Path(db).with_name(name)
-
-
-def default_audit(db: str | Path) -> Path:
-    """The collector's audit log: `$CSU_AUDIT_LOG` (as `fetch-clip` uses it), else beside the store."""
-    return Path(os.environ.get("CSU_AUDIT_LOG") or beside(db, "csu-audit.jsonl"))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
