@@ -19,6 +19,7 @@ Nothing here depends on the clip server: a kit with `clip_server.enabled: false`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -197,7 +198,9 @@ class Uploader:
         try:
             actor, fields = verify_command(COMMAND, payload, self.verifier)
             order = self.check(fields, actor)
-            plan = plan_clip(self.config, self.ring, self.device_key, order.query)
+            # The bundle answers this command: bound to its nonce, as a pulled one to its GET's.
+            query = dataclasses.replace(order.query, nonce=str(payload["nonce"]))
+            plan = plan_clip(self.config, self.ring, self.device_key, query)
             self._start(_Upload(order, plan))
         except (SignatureError, ParamError) as error:
             self.audit.append(

@@ -16,6 +16,7 @@ Every outcome leaves a line in the collector's audit log (`via: push`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import secrets
@@ -34,7 +35,7 @@ from edge_agent.collector.ingest import BrokerAddress
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.collector.upload_endpoint import UploadEndpoint, UploadEndpointThread
 from edge_agent.formats.audit import AuditLog
-from edge_agent.formats.signing import RequestSigner
+from edge_agent.formats.signing import RequestSigner, new_nonce
 from edge_agent.formats.times import Clock, iso_ms
 from edge_agent.formats.upload import UPLOAD_PATH_PREFIX
 
@@ -74,8 +75,11 @@ def push_clip(
     allow_partial: bool = False,
     clock: Clock = time.time,
 ) -> FetchOutcome:
-    """Have the device upload the clip, then verify and export it; FetchError or ClipRejected on failure."""
+    """Have the device upload the clip, then verify and export it; FetchError or ClipRejected on failure.
+
+    The command is signed with a nonce drawn here, which the device's bundle must name (`fetch`)."""
     export_dir.mkdir(parents=True, exist_ok=True)
+    request = dataclasses.replace(request, nonce=new_nonce())
     spool = export_dir / SPOOL_DIR
     endpoint = UploadEndpoint(spool, settings.listen_host, settings.listen_port, audit, clock)
     server = UploadEndpointThread(endpoint)
@@ -158,7 +162,7 @@ def _await_upload(
     if not link.ready.wait(settings.accept_timeout_s):
         broker = settings.broker
         raise FetchError(f"cannot reach the broker at {broker.host}:{broker.port}", reason="broker")
-    with link.send(request.site, request.device, COMMAND, order.fields()) as replies:
+    with link.send(request.site, request.device, COMMAND, order.fields(), request.nonce) as replies:
         try:
             first = replies.get(timeout=settings.accept_timeout_s)
         except queue.Empty:

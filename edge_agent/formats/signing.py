@@ -283,10 +283,13 @@ COMMAND_SIGNATURE_FIELDS = {
 }
 
 
-def signed_command(name: str, fields: Mapping[str, Any], signer: RequestSigner) -> dict[str, Any]:
-    """The payload of a signed MQTT command `name`: its fields (the query) plus the signature fields."""
+def signed_command(
+    name: str, fields: Mapping[str, Any], signer: RequestSigner, nonce: str | None = None
+) -> dict[str, Any]:
+    """The payload of a signed MQTT command `name`: its fields (the query) plus the signature fields
+    (with `nonce` when the sender must know it beforehand, else a fresh one)."""
     query = sorted((k, str(v)) for k, v in fields.items())
-    headers = signer.headers("MQTT", f"/cmd/{name}", query)
+    headers = signer.headers("MQTT", f"/cmd/{name}", query, nonce=nonce)
     return {**fields, **{k: headers[h] for k, h in COMMAND_SIGNATURE_FIELDS.items()}}
 
 

@@ -124,16 +124,16 @@ class CommandLink:
 
     @contextmanager
     def send(
-        self, site: str, device: str, name: str, fields: dict[str, Any]
+        self, site: str, device: str, name: str, fields: dict[str, Any], nonce: str | None = None
     ) -> Iterator[queue.Queue[dict[str, Any]]]:
-        """Send a signed command; its replies (a command like `upload_clip` sends several) arrive on the
-        queue until the block ends."""
+        """Send a signed command (signed with `nonce` when given: an `upload_clip`'s bundle names it);
+        its replies (a command like `upload_clip` sends several) arrive on the queue until the block ends."""
         request_id = uuid.uuid4().hex
         replies: queue.Queue[dict[str, Any]] = queue.Queue()
         with self._lock:
             self._pending[request_id] = replies
         try:
-            payload = signed_command(name, {**fields, "request_id": request_id}, self.signer)
+            payload = signed_command(name, {**fields, "request_id": request_id}, self.signer, nonce)
             topic = f"{Topics(self.topic_root, site, device).base}/cmd/{name}"
             self._client.publish(topic, json.dumps(payload).encode(), qos=1)
             yield replies
