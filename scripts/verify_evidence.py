@@ -153,7 +153,7 @@ def check_device(evidence: dict, device: Ed25519PublicKey, bundle: tuple | None)
         if bundle is None:
             continue
         sealed = bundle[1].get(segment["sequence"], "absent")
-        hashes = segment["packet_sha256"]
+        hashes = segment["frame_hashes_sha256"]
         if sealed == "absent":
             problems.append(f"segment {name}: not in the sealed original")
         elif sealed is None:
@@ -165,7 +165,7 @@ def check_device(evidence: dict, device: Ed25519PublicKey, bundle: tuple | None)
             problems.append(f"segment {name}: differs from the sealed original")
         elif signature is not None and sealed["signed_sha256"] != signature["signed_sha256"]:
             problems.append(f"segment {name}: the device signature is not the sealed original's")
-        elif signed_hashes(sealed) != (None if hashes is None else base64.b64decode(hashes)):
+        elif (None if signed_hashes(sealed) is None else sha256(signed_hashes(sealed))) != hashes:
             problems.append(f"segment {name}: frame hashes differ from those the device signed")
     if bundle is None:
         return problems
@@ -177,6 +177,10 @@ def check_device(evidence: dict, device: Ed25519PublicKey, bundle: tuple | None)
         if manifest["requested"][name] != evidence["requested"][name]:
             problems.append(f"requested {name}: not the range of the device's bundle")
     return problems
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def signed_hashes(sealed: dict) -> bytes | None:
@@ -220,19 +224,24 @@ def read_samples(clip: Path) -> list[tuple[float, bytes | None]]:
         ]
 
 
-def expected_frames(evidence: dict) -> list[tuple[int, int, bytes | None, str]]:
-    """(segment, packet, signed hash or None, why unsigned) of each sample, from the manifest's runs."""
+def expected_frames(evidence: dict, sealed: dict | None) -> list[tuple[int, int, bytes | None, str]]:
+    """(segment, packet, device-signed hash or None, why None) of each sample, from the manifest's
+    runs of samples; the hashes come from the sealed original (the manifest holds only their SHA-256)."""
     segments = {s["sequence"]: s for s in evidence["segments"]}
     frames = []
     for run in evidence["samples"]:
-        segment = segments[run["sequence"]]
-        signed = segment["packet_sha256"]
-        hashes = None if signed is None else base64.b64decode(signed)
-        why = ""
-        if hashes is None and segment["format_version"] < FRAME_HASH_VERSION:
+        segment, hashes, why = segments[run["sequence"]], None, ""
+        found = sealed.get(run["sequence"]) if sealed else None
+        if segment["format_version"] < FRAME_HASH_VERSION:
             why = f"no frame-level signature (segments before version {FRAME_HASH_VERSION})"
-        elif hashes is None:
+        elif segment["frame_hashes_sha256"] is None:
             why = "no frame-level signature (segment cut short before the device signed it)"
+        elif (
+            found and signed_hashes(found) and sha256(signed_hashes(found)) == segment["frame_hashes_sha256"]
+        ):
+            hashes = signed_hashes(found)
+        else:
+            why = "not checked against the device's signature (see the problems)"
         for index in range(run["first_packet"], run["first_packet"] + run["count"]):
             digest = None if hashes is None else hashes[32 * index : 32 * index + 32]
             frames.append((run["sequence"], index, digest, why))
@@ -283,12 +292,12 @@ def frame_runs(samples: list, expected: list, signed_by: str) -> list[str]:
     """'frames A-B signed by ...' (or why not) for each stretch of samples saying the same."""
     runs = []
     for (time_s, _), want in zip(samples, expected, strict=False):
-        words, time_s = want[3] or signed_by, max(time_s, 0.0)  # pre-roll frames count from 00:00:00
-        if runs and runs[-1][0] == words:
+        time_s = max(time_s, 0.0)  # pre-roll frames (decoded, not shown) count from 00:00:00
+        if runs and runs[-1][0] == want[3]:
             runs[-1][2] = time_s
         else:
-            runs.append([words, time_s, time_s])
-    return [f"frames {clock(a)}-{clock(b)}{':' if w.startswith('no ') else ''} {w}" for w, a, b in runs]
+            runs.append([want[3], time_s, time_s])
+    return [f"frames {clock(a)}-{clock(b)}" + (f": {why}" if why else f" {signed_by}") for why, a, b in runs]
 
 
 def chain(evidence: dict) -> tuple[list[str], list[str]]:
@@ -298,8 +307,10 @@ def chain(evidence: dict) -> tuple[list[str], list[str]]:
     statements = []
     for before, after in itertools.pairwise(segments):
         if after["sequence"] != before["sequence"] + 1:
+            first, last = before["sequence"] + 1, after["sequence"] - 1
+            absent = f"#{first}" if first == last else f"#{first}..#{last}"
             statements.append(
-                f"chain: {camera}#{before['sequence'] + 1}..#{after['sequence'] - 1} absent"
+                f"chain: {camera}{absent} absent"
                 f" between {camera}#{before['sequence']} and {camera}#{after['sequence']}"
             )
         elif after["prev_sha256"] != before["sha256"]:
@@ -357,7 +368,7 @@ def verify(clip: Path, ca_pem: str, bundle_path: Path | None, known: list | None
         except (OSError, KeyError, ValueError, tarfile.TarError, InvalidSignature):
             problems.append(f"bundle.tar: unreadable, or its manifest is not signed by device {device}")
     problems += check_device(evidence, device_key, bundle)
-    samples, expected = read_samples(clip), expected_frames(evidence)
+    samples, expected = read_samples(clip), expected_frames(evidence, None if bundle is None else bundle[1])
     statements += frame_runs(samples, expected, f"signed by device {device} (key {kid})")
     start = float(asked["start_ts"])
     for gap in evidence["gaps"]:

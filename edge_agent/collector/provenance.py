@@ -138,6 +138,7 @@ def _b64(data: bytes) -> str:
 
 def _segment_entry(record: SegmentRecord) -> dict[str, Any]:
     hashes = record.packet_sha256
+    frame_hashes = None if hashes is None else b"".join(bytes.fromhex(h) for h in hashes)
     return {
         "sequence": record.sequence,
         "start_ts": record.start_ts,
@@ -151,8 +152,10 @@ def _segment_entry(record: SegmentRecord) -> dict[str, Any]:
             if record.signature
             else None
         ),
-        # Raw 32-byte digests, concatenated: a third of the size of hex for an hour of packets.
-        "packet_sha256": None if hashes is None else _b64(b"".join(bytes.fromhex(h) for h in hashes)),
+        # The frame hashes themselves are in the sealed original's trailer (an hour of them would not
+        # fit the 1 MiB a C2PA manifest definition may have): here, their count and SHA-256.
+        "packets": None if hashes is None else len(hashes),
+        "frame_hashes_sha256": None if frame_hashes is None else hashlib.sha256(frame_hashes).hexdigest(),
     }
 
 
@@ -429,27 +432,33 @@ class _Expected:
     sequence: int
     index: int
     digest: bytes | None  # None: no frame-level signature to compare with
-    unsigned: str  # why there is none ("" when there is one)
+    unchecked: str  # why there is none ("" when there is one)
 
 
-def _unsigned_reason(segment: dict[str, Any]) -> str:
-    if segment["packet_sha256"] is not None:
-        return ""
+def _signed_hashes(
+    segment: dict[str, Any], sealed: dict[int, SealedSegment] | None
+) -> tuple[bytes | None, str]:
+    """The device-signed frame hashes of a segment the manifest lists, or why there are none."""
     if segment["format_version"] < FRAME_HASH_VERSION:
-        return f"no frame-level signature (segments before version {FRAME_HASH_VERSION})"
-    return "no frame-level signature (segment cut short before the device signed it)"
+        return None, f"no frame-level signature (segments before version {FRAME_HASH_VERSION})"
+    if segment["frame_hashes_sha256"] is None:
+        return None, "no frame-level signature (segment cut short before the device signed it)"
+    found = None if sealed is None else sealed.get(segment["sequence"])
+    hashes = None if found is None else found.packet_hashes
+    if hashes is None or hashlib.sha256(hashes).hexdigest() != segment["frame_hashes_sha256"]:
+        return None, "not checked against the device's signature (see the problems)"
+    return hashes, ""
 
 
-def _expected(assertion: dict[str, Any]) -> list[_Expected]:
+def _expected(assertion: dict[str, Any], sealed: dict[int, SealedSegment] | None) -> list[_Expected]:
+    """The device packet each MP4 sample should be, from the manifest's runs of samples."""
     segments = {s["sequence"]: s for s in assertion["segments"]}
     expected: list[_Expected] = []
     for run in assertion["samples"]:
-        segment = segments[run["sequence"]]
-        hashes = segment["packet_sha256"]
-        raw = base64.b64decode(hashes) if hashes is not None else b""
+        hashes, unchecked = _signed_hashes(segments[run["sequence"]], sealed)
         for index in range(run["first_packet"], run["first_packet"] + run["count"]):
-            digest = raw[32 * index : 32 * index + 32] if hashes is not None else None
-            expected.append(_Expected(run["sequence"], index, digest, _unsigned_reason(segment)))
+            digest = None if hashes is None else hashes[32 * index : 32 * index + 32]
+            expected.append(_Expected(run["sequence"], index, digest, unchecked))
     return expected
 
 
@@ -503,17 +512,16 @@ def _runs(samples: list[Sample], expected: list[_Expected], signed_by: str) -> l
     """`frames A-B signed by ...` (or why not) for each stretch of samples saying the same."""
     lines: list[tuple[str, float, float]] = []
     for sample, want in zip(samples, expected, strict=False):
-        words = want.unsigned or signed_by
         time_s = max(sample.time_s, 0.0)  # pre-roll frames (decoded, not shown) count from 00:00:00
-        if lines and lines[-1][0] == words:
-            lines[-1] = (words, lines[-1][1], time_s)
+        if lines and lines[-1][0] == want.unchecked:
+            lines[-1] = (want.unchecked, lines[-1][1], time_s)
         else:
-            lines.append((words, time_s, time_s))
+            lines.append((want.unchecked, time_s, time_s))
     return [
-        f"frames {clock(a)}-{clock(b)} {w}"
-        if not w.startswith("no ")
-        else f"frames {clock(a)}-{clock(b)}: {w}"
-        for w, a, b in lines
+        f"frames {clock(a)}-{clock(b)}: {unchecked}"
+        if unchecked
+        else f"frames {clock(a)}-{clock(b)} {signed_by}"
+        for unchecked, a, b in lines
     ]
 
 
@@ -524,9 +532,11 @@ def _chain(assertion: dict[str, Any], camera: str) -> tuple[list[str], list[str]
     statements: list[str] = []
     for before, after in itertools.pairwise(segments):
         if after["sequence"] != before["sequence"] + 1:
+            first, last = before["sequence"] + 1, after["sequence"] - 1
+            absent = f"#{first}" if first == last else f"#{first}..#{last}"
             statements.append(
-                f"chain: {camera}#{before['sequence'] + 1}..#{after['sequence'] - 1} absent"
-                f" between {camera}#{before['sequence']} and {camera}#{after['sequence']}"
+                f"chain: {camera}{absent} absent between {camera}#{before['sequence']}"
+                f" and {camera}#{after['sequence']}"
             )
         elif after["prev_sha256"] != before["sha256"]:
             problems.append(
@@ -560,7 +570,7 @@ def _device_checks(
         if bundle is None:
             continue
         sealed = bundle[1].get(segment["sequence"])
-        hashes = segment["packet_sha256"]
+        hashes = segment["frame_hashes_sha256"]
         if sealed is None:
             problems.append(f"segment {name}: not in the sealed original")
         elif not sealed.verified:
@@ -569,7 +579,9 @@ def _device_checks(
             problems.append(f"segment {name}: differs from the sealed original")
         elif signature is not None and sealed.signed_sha256 != signature["signed_sha256"]:
             problems.append(f"segment {name}: the device signature is not the sealed original's")
-        elif sealed.packet_hashes != (None if hashes is None else base64.b64decode(hashes)):
+        elif (
+            None if sealed.packet_hashes is None else hashlib.sha256(sealed.packet_hashes).hexdigest()
+        ) != hashes:
             problems.append(f"segment {name}: frame hashes differ from those the device signed")
     if bundle is None:
         return problems
@@ -640,7 +652,7 @@ def verify_clip(
             )
     report.problems += _device_checks(assertion, device_key, bundle, camera)
     samples = read_samples(clip)
-    expected = _expected(assertion)
+    expected = _expected(assertion, None if bundle is None else bundle[1])
     report.statements += _runs(samples, expected, f"signed by device {device} (key {key_id})")
     start = float(assertion["requested"]["start_ts"])
     report.statements += [
