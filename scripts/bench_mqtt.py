@@ -69,7 +69,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _rows(db: Path) -> list[Any]:
     store = open_store(db, readonly=True)
     try:
-        return store.events(limit=10_000_000)
+        return store.motion_after(0, limit=10_000_000)  # in the order stored: rows[before:] are new
     finally:
         store.close()
 

@@ -105,7 +105,7 @@ def test_motion_deduplicated_but_updates_kept(ingestor: Ingestor) -> None:
         ingestor.handle(topic, _motion("e1", "end", NOW + 9)),
     ]
     assert outcomes == ["stored", "duplicate", "stored", "stored", "duplicate", "stored"]
-    assert [e.phase for e in ingestor.store.events()] == ["start", "update", "update", "end"]
+    assert [e.phase for e in ingestor.store.events()] == ["end", "update", "update", "start"]
     assert ingestor.store.counters()["duplicates"] == 2
     # the same event id on another device is another event
     assert ingestor.handle(f"{ROOT}/s1/d2/cam0/motion", _motion("e1", "start")) == "stored"
@@ -194,12 +194,33 @@ def test_sites_and_events_commands(
 
     since = iso_ms(now - 3 * 3600)
     assert collector_main(["events", "--db", db, "--site", "s1", "--since", since, "--json"]) == 0
-    assert [e["event_id"] for e in json.loads(capsys.readouterr().out)] == ["old", "recent"]
+    assert [e["event_id"] for e in json.loads(capsys.readouterr().out)] == ["recent", "old"]
 
     assert collector_main(["events", "--db", db, "--site", "s1", "--since", "last tuesday"]) == 2
     assert "--since 'last tuesday'" in capsys.readouterr().out
     assert collector_main(["sites", "--db", str(tmp_path / "none.sqlite")]) == 1
     assert "no collector database" in capsys.readouterr().out
+
+
+def test_events_command_lists_the_newest_first_and_a_limit_keeps_the_newest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 7: `csu-collector events --limit 8` printed the 8 oldest of 12."""
+    now = time.time()
+    store = open_store(tmp_path / "c.sqlite")
+    live = Ingestor(store, ROOT)
+    for i in range(12):
+        live.handle(f"{ROOT}/s1/d1/cam0/motion", _motion(f"e{i:02d}", ts=now - 600 + i))
+    store.close()
+    db = str(tmp_path / "c.sqlite")
+    assert collector_main(["events", "--db", db, "--site", "s1", "--limit", "8", "--json"]) == 0
+    listed = [e["event_id"] for e in json.loads(capsys.readouterr().out)]
+    assert listed == [f"e{i:02d}" for i in range(11, 3, -1)]
+    assert collector_main(["events", "--db", db, "--site", "s1", "--limit", "3"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[4] for row in rows] == ["e11", "e10", "e09"]
+    assert collector_main(["events", "--db", db, "--site", "s1", "--limit", "0"]) == 2
+    assert "--limit 0: must be at least 1" in capsys.readouterr().out
 
 
 def test_parse_since() -> None:
@@ -256,7 +277,7 @@ def test_serve_command_follows_a_real_broker(mosquitto: LocalBroker, tmp_path: P
             time.sleep(0.3)
             with contextlib.suppress(FileNotFoundError, SchemaError, StoreUnavailable):  # serve starting
                 reader = open_store(db, readonly=True)
-                stored = [e.event_id for e in reader.events()]
+                stored = [e.event_id for e in reader.motion_after(0)]
                 reader.close()
         assert stored == ["e1", "e2"]
     finally:

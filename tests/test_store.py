@@ -135,7 +135,7 @@ def test_motion_redelivery_is_a_duplicate_updates_are_kept(store: Store) -> None
         "stored",
     ]
     assert store.write(batch, NOW) == ["duplicate"] * len(batch)  # the whole batch delivered again
-    assert [(e.device, e.phase, e.ts) for e in store.events()] == [
+    assert [(e.device, e.phase, e.ts) for e in store.motion_after(0)] == [
         ("d1", "start", NOW),
         ("d1", "update", NOW + 2),
         ("d1", "update", NOW + 4),
@@ -213,12 +213,25 @@ def test_purge_removes_only_what_is_older(store: Store, monkeypatch: pytest.Monk
     store.write(records, NOW)
     purged = store.purge(NOW - 30 * day)
     assert (purged.motion_events, purged.statuses, purged.availability, purged.malformed) == (7, 4, 1, 1)
-    assert [e.event_id for e in store.events()] == ["new0", "new1"]
+    assert [e.event_id for e in store.events()] == ["new1", "new0"]
     assert [h.ts for h in store.status_history("s1", "d1")] == [recent]
     assert [h.state for h in store.availability_history("s1", "d1")] == ["offline"]
     device = store.device_status("s1", "d1")  # the registry itself (devices, current status) stays
     assert device is not None and device.status is not None and device.malformed == 2
     assert store.purge(NOW - 30 * day) == type(purged)()
+
+
+def test_events_are_newest_first_and_a_limit_keeps_the_newest(store: Store) -> None:
+    """Issue 14 item 7: `events --limit 8` listed the 8 oldest. Stored out of time order on purpose (a
+    device's backlog arrives after newer events): the order is the events' time, then the latest stored."""
+    stored_order = [3, 0, 9, 1, 7, 2, 8, 4, 6, 5]
+    store.write([motion("s1", "d1", f"e{i}", ts=NOW + i) for i in stored_order], NOW)
+    store.write([motion("s1", "d2", "tie", ts=NOW + 9)], NOW)  # same time as e9, stored later: first
+    assert [e.event_id for e in store.events(limit=8)] == ["tie", "e9", "e8", "e7", "e6", "e5", "e4", "e3"]
+    assert [e.event_id for e in store.events(device="d1", since=NOW + 7)] == ["e9", "e8", "e7"]
+    assert [e.event_id for e in store.events(site="s1", limit=1)] == ["tie"]
+    # the live view still reads in the order stored
+    assert [e.event_id for e in store.motion_after(0)][:3] == ["e3", "e0", "e9"]
 
 
 def test_live_view_reads_rows_after_an_id(store: Store) -> None:
@@ -227,7 +240,7 @@ def test_live_view_reads_rows_after_an_id(store: Store) -> None:
     first = store.motion_after(0, limit=2)
     assert [e.event_id for e in first] == ["e0", "e1"]
     assert [e.event_id for e in store.motion_after(first[-1].id)] == ["e2", "e3", "e4"]
-    assert store.last_motion_id() == store.events()[-1].id
+    assert store.last_motion_id() == store.events()[0].id
 
 
 def test_two_collectors_writing_at_once_converge(db: str) -> None:

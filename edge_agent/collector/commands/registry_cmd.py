@@ -45,14 +45,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sites.add_argument("--db", default=DEFAULT_DB, help="registry written by `serve` (file or postgresql://)")
     sites.add_argument("--json", action="store_true", help="JSON instead of a table")
     sites.set_defaults(handler=show_sites)
-    events = subparsers.add_parser("events", help="motion events of a site")
+    events = subparsers.add_parser("events", help="motion events of a site, newest first")
     events.add_argument(
         "--db", default=DEFAULT_DB, help="registry written by `serve` (file or postgresql://)"
     )
     events.add_argument("--site", required=True, help="site id")
     events.add_argument("--since", default="1h", help="ISO 8601 time or duration back (15m, 2h, 7d)")
     events.add_argument("--device", default=None, help="only this device")
-    events.add_argument("--limit", type=int, default=1000, help="at most this many rows")
+    events.add_argument("--limit", type=int, default=1000, help="at most this many rows, the newest")
     events.add_argument("--json", action="store_true", help="JSON instead of a table")
     events.set_defaults(handler=show_events)
 
@@ -108,7 +108,10 @@ def show_sites(args: argparse.Namespace) -> int:
 
 
 def show_events(args: argparse.Namespace) -> int:
-    """Print a site's motion events since a time."""
+    """Print a site's motion events since a time, newest first."""
+    if args.limit < 1:
+        print(f"--limit {args.limit}: must be at least 1")
+        return 2
     try:
         since = parse_since(args.since, time.time())
     except ValueError as error:

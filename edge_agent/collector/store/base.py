@@ -211,7 +211,8 @@ class Store(ABC):
     def events(
         self, site: str | None = None, since: float = 0.0, device: str | None = None, limit: int = 10_000
     ) -> list[EventRow]:
-        """Motion messages with `ts >= since`, in the order they were stored."""
+        """Motion messages with `ts >= since`, newest first (by `ts`, then the latest stored), at most
+        `limit`: the newest ones, like every event list (`motion_after` reads in the order stored)."""
 
     @abstractmethod
     def motion_after(self, after_id: int, limit: int = 500) -> list[EventRow]:

@@ -248,7 +248,7 @@ class SQLStore(Store):
     def events(
         self, site: str | None = None, since: float = 0.0, device: str | None = None, limit: int = 10_000
     ) -> list[EventRow]:
-        """Motion messages with `ts >= since`, in the order they were stored."""
+        """Motion messages with `ts >= since`, newest first, at most `limit` (the newest ones)."""
         clauses = ["ts >= ?"]
         params: list[Any] = [since]
         if site is not None:
@@ -260,7 +260,7 @@ class SQLStore(Store):
         with self._reading() as tx:
             where = " AND ".join(clauses)
             rows = tx.rows(
-                f"SELECT {_EVENT_COLUMNS} FROM motion_events WHERE {where} ORDER BY id LIMIT ?",
+                f"SELECT {_EVENT_COLUMNS} FROM motion_events WHERE {where} ORDER BY ts DESC, id DESC LIMIT ?",
                 (*params, limit),
             )
         return [_event(row) for row in rows]
