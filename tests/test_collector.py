@@ -22,10 +22,24 @@ import pytest
 from edge_agent.collector.commands.cli import main as collector_main
 from edge_agent.collector.commands.registry_cmd import parse_since
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
-from edge_agent.collector.store import SchemaError, StoreUnavailable, device_clip_url, open_store
+from edge_agent.collector.store import (
+    SchemaError,
+    StatusRecord,
+    StoreUnavailable,
+    device_clip_url,
+    open_store,
+    upgrade_schema,
+)
+from edge_agent.formats.keys import (
+    generate_csu_keys,
+    generate_device_key,
+    load_ed25519_private,
+    load_x25519_private,
+)
 from edge_agent.formats.mqtt_wire import SCHEMA, CameraStatus, StatusMessage, encode
 from edge_agent.formats.times import iso_ms
 from edge_agent.link.localbroker import LocalBroker
+from tests.clip_support import device_config, encode_segments, running_server
 from tests.mqtt_support import PROJECT_ROOT, Collector, Recorder
 
 ROOT = "csu/v1"
@@ -493,3 +507,45 @@ def test_writes_are_batched_by_size_and_time(mosquitto: LocalBroker, tmp_path: P
         publisher.close()
         ingestor.stop()
         store.close()
+
+
+def test_fetch_clip_finds_the_device_in_a_postgresql_store(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fetch-clip --store postgresql://...` took the URL as a path (`//` collapsed into `/`), so it looked
+    for a SQLite file. A real clip server whose address is only in the PostgreSQL store's last status."""
+    start = 1_700_000_000.0
+    device_files = generate_device_key(tmp_path / "device-keys")
+    csu_files = generate_csu_keys(tmp_path / "csu-keys")
+    device_key = load_ed25519_private(device_files.private)
+    sealing = load_x25519_private(csu_files.sealing.private).public_key()
+    ring = encode_segments(tmp_path / "ring", device_key, sealing, start, 6.0)
+    config = device_config(tmp_path, max_clip_seconds=60)
+    upgrade_schema(pg_url)
+    collector_key = load_ed25519_private(csu_files.signing.private)
+    try:
+        with running_server(config, ring, device_key, collector_key) as server:
+            status = StatusMessage(
+                schema=SCHEMA,
+                site="ville-01",
+                device="pi-01",
+                ts=start,
+                version="0.1",
+                uptime_s=5,
+                clip_url=server.local_url,
+            )
+            store = open_store(pg_url)
+            store.write([StatusRecord(status, json.dumps(status.wire()), start)], start)
+            store.close()
+            args = [
+                "fetch-clip", "--store", pg_url,
+                "--site", "ville-01", "--device", "pi-01", "--camera", "cam1",
+                "--start", str(start + 1), "--end", str(start + 5), "--requisition", "PV 2024/7",
+                "--keys", str(csu_files.signing.private.parent), "--device-key", str(device_files.public),
+                "--audit", str(tmp_path / "audit.jsonl"), "-o", str(tmp_path / "export"), "--no-progress",
+            ]  # fmt: skip
+            assert collector_main(args) == 0, capsys.readouterr().err
+    finally:
+        ring.close()
+    assert capsys.readouterr().out.startswith("verified: ")
+    assert (tmp_path / "export" / "clip.mp4").stat().st_size > 0

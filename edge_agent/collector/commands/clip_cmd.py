@@ -141,7 +141,9 @@ def _device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True)
     parser.add_argument("--device", required=True)
     parser.add_argument("--url", help="the device's clip API URL (default: from its last status)")
-    parser.add_argument("--store", type=Path, help="collector store (for the device's clip_url)")
+    parser.add_argument(  # a str: Path would collapse the `//` of a postgresql:// URL
+        "--store", help="collector store, a SQLite file or a postgresql:// URL (for the device's clip_url)"
+    )
     add_keys_and_audit(parser)
     parser.add_argument("--device-key", type=Path, help="the device's Ed25519 public key (PEM)")
     parser.add_argument(
