@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,9 +55,43 @@ def segment_target() -> Target:
         verify_segment(data, device)
         return list(iter_packets(data, csu, device))  # type: ignore[arg-type]
 
-    return Target(
-        run, (SegmentError,), lambda: [p.read_bytes() for p in sorted(FIXTURE.glob("segments/*.seg"))]
-    )
+    def seeds() -> list[bytes]:
+        old = [p.read_bytes() for p in sorted(FIXTURE.glob("segments/*.seg"))]
+        assert isinstance(csu, X25519PrivateKey)
+        return old + _current_segments(_private("device_ed25519.pem"), csu.public_key())
+
+    return Target(run, (SegmentError,), seeds)
+
+
+def _current_segments(device: Ed25519PrivateKey, csu_public: X25519PublicKey) -> list[bytes]:
+    """Segments of the current version, sealed with the fixture keys: one sealed by its writer, one
+    closed by crash recovery (a `recovered` trailer after a packet record)."""
+    import io
+    from fractions import Fraction
+
+    from edge_agent.formats.media import EncodedPacket, StreamInfo
+    from edge_agent.formats.sealing import SegmentWriter, close_unfinished
+
+    stream = StreamInfo("h264", "libx264", 160, 120, "yuv420p", Fraction(1, 1000), 10.0, float(NOW))
+    segments = []
+    for finish in (True, False):
+        out, journal = io.BytesIO(), io.BytesIO()
+        writer = SegmentWriter(
+            out, camera="cam1", device="pi-01", sequence=4, prev_sha256="ab" * 32, stream=stream,
+            start_ts=float(NOW), device_key=device, csu_public_key=csu_public, journal=journal,
+        )  # fmt: skip
+        for index in range(3):
+            writer.append(
+                EncodedPacket(index * 100, index * 100, 100, index == 0, b"\0\0\0\x01\x65" + bytes(40))
+            )
+        if finish:
+            writer.finish()
+        else:
+            close_unfinished(
+                out, journal.getvalue(), device, float(NOW), expect_camera="cam1", expect_sequence=4
+            )
+        segments.append(out.getvalue())
+    return segments
 
 
 def bundle_target() -> Target:
