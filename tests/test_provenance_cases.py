@@ -207,3 +207,42 @@ def test_the_script_names_bad_arguments(site, tmp_path: Path, argv: list[str], n
     done = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert named in done.stderr
+
+
+def test_a_gap_in_the_device_chain_is_said_in_words(site, tmp_path: Path) -> None:  # noqa: F811
+    """A segment removed from the device's card: the clip is exported without it (incomplete), and
+    the verifiers say where the gap is and that the chain skips it."""
+    from edge_agent.collector.download import DeviceEndpoint
+    from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
+    from edge_agent.formats.audit import AuditLog
+    from edge_agent.formats.config import StorageConfig
+    from edge_agent.formats.signing import RequestSigner
+    from edge_agent.storage.ringbuffer import RingBuffer
+    from tests.clip_support import device_config, running_server
+
+    keys, t0 = site["keys"], 1_700_000_000.0
+    shutil.copytree(site["root"] / "ring", tmp_path / "ring")
+    (removed,) = (tmp_path / "ring" / "cam1").glob("000000000004.*")  # T0+6 .. T0+8
+    removed.unlink()
+    storage = StorageConfig(path=tmp_path / "ring", min_free_bytes=0)
+    ring = RingBuffer(
+        tmp_path / "ring", storage, lambda: t0 + 60, device_public_key=keys["device"].public_key()
+    )
+    credential = site["credential"]
+    collector_keys = CollectorKeys(keys["collector"], keys["csu"], keys["device"].public_key(), credential)
+    request = ClipRequest("ville-01", "pi-01", "cam1", t0 + 2, t0 + 12, "PV 2024/119")
+    try:
+        with running_server(
+            device_config(tmp_path, max_clip_seconds=60), ring, keys["device"], keys["collector"]
+        ) as server:
+            endpoint = DeviceEndpoint(server.local_url, RequestSigner(keys["collector"]))
+            outcome = fetch_clip(
+                endpoint, request, collector_keys, tmp_path / "export", AuditLog(tmp_path / "a.jsonl")
+            )
+    finally:
+        ring.close()
+    assert outcome.evidence["verification"]["result"] == "incomplete"
+    lines = _both(site, tmp_path / "export" / "clip.mp4")
+    assert "gap 00:00:04-00:00:06: footage missing: the device's hash chain is broken here" in lines
+    assert "chain: cam1#4 absent between cam1#3 and cam1#5" in lines
+    assert lines[-1] == "result: VERIFIED"  # what is there is the device's, and the gap is said
