@@ -8,9 +8,10 @@ Needs only c2pa-python, cryptography and PyAV (`pip install c2pa-python cryptogr
 1. The MP4's C2PA manifest (Content Credentials): valid (no byte of the file changed since it was
    signed) and signed by a certificate issued under the CSU's CA (`--ca`, the only trust anchor).
 2. The manifest's `fr.csu.evidence` assertion: which device and camera, the request (requisition,
-   officer), each sealed segment with the device's signature and the hash of each of its frames.
+   officer), each sealed segment with the device's signature and the SHA-256 of its frame hashes,
+   and which of its frames each MP4 sample is.
 3. The sealed original (`bundle.tar`, encrypted: no key is needed to check it, none is asked): the
-   device's signature of each segment, and that the segments and frame hashes are those it signed.
+   device's signature of each segment, whose trailer lists the hash of each of its frames.
 4. Each frame (MP4 sample) of the clip: its hash is the one the device signed, in the same order.
 
 It prints what it found in words, one statement a line, then every problem, then the result; exit
@@ -180,6 +181,7 @@ def check_device(evidence: dict, device: Ed25519PublicKey, bundle: tuple | None)
 
 
 def sha256(data: bytes) -> str:
+    """Hex SHA-256."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -200,9 +202,11 @@ def frame_hash(codec: str, sample: bytes, length_size: int) -> bytes | None:
         return hashlib.sha256(sample).digest()
     digest, offset = hashlib.sha256(), 0
     while offset < len(sample):
+        if offset + length_size > len(sample):
+            return None
         size = int.from_bytes(sample[offset : offset + length_size], "big")
         unit = sample[offset + length_size : offset + length_size + size]
-        if offset + length_size > len(sample) or len(unit) < size:
+        if len(unit) < size:
             return None
         if size:
             digest.update(size.to_bytes(4, "big") + unit)
@@ -342,6 +346,19 @@ def verify(clip: Path, ca_pem: str, bundle_path: Path | None, known: list | None
         problems.append("C2PA: the signer is not trusted under the CSU CA")
     if evidence is None or evidence.get("format") != "fr.csu.evidence":
         return statements, [*problems, "no fr.csu.evidence.v1 assertion: nothing ties the frames to a device"]
+    try:
+        more_statements, more_problems = check_evidence(clip, evidence, bundle_path, known)
+    except (KeyError, TypeError, ValueError) as error:
+        malformed = f"the fr.csu.evidence.v1 assertion is malformed ({type(error).__name__}: {error})"
+        return statements, [*problems, malformed]
+    return statements + more_statements, problems + more_problems
+
+
+def check_evidence(
+    clip: Path, evidence: dict, bundle_path: Path | None, known: list | None
+) -> tuple[list, list]:
+    """(statements, problems) from our assertion: the device, its signatures, each frame, gaps, chain."""
+    statements, problems = [], []
     device, camera, asked = evidence["device"], evidence["camera"], evidence["requested"]
     statements.append(
         f"camera {camera} of device {device} (site {evidence['site']}), from {asked['start']}"

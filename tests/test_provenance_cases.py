@@ -246,3 +246,18 @@ def test_a_gap_in_the_device_chain_is_said_in_words(site, tmp_path: Path) -> Non
     assert "gap 00:00:04-00:00:06: footage missing: the device's hash chain is broken here" in lines
     assert "chain: cam1#4 absent between cam1#3 and cam1#5" in lines
     assert lines[-1] == "result: VERIFIED"  # what is there is the device's, and the gap is said
+
+
+def test_a_malformed_assertion_is_named_not_a_traceback(site, tmp_path: Path) -> None:  # noqa: F811
+    clip = _copy(site, tmp_path) / "clip.mp4"
+    assertion = read_manifest(clip, site["credential"].ca_pem()).assertion
+    assert assertion is not None
+    del assertion["samples"]
+    assertion["device_key"]["ed25519"] = "not hex"
+    sign_clip(clip, assertion, site["credential"])
+    lines = _both(site, clip)
+    assert lines[1:] == [
+        "problem: the fr.csu.evidence.v1 assertion is malformed"
+        " (ValueError: non-hexadecimal number found in fromhex() arg at position 0)",
+        "result: NOT VERIFIED (1 problem(s))",
+    ]

@@ -622,6 +622,27 @@ def verify_clip(
     if assertion is None or assertion.get("format") != ASSERTION_FORMAT:
         report.problems.append(f"no {EVIDENCE_LABEL} assertion: nothing ties the frames to a device")
         return report
+    try:
+        found = _check_assertion(clip, assertion, bundle_path, known_device_keys)
+    except (KeyError, TypeError, ValueError) as error:
+        # Signed by a trusted collector yet not our format: a bug or a forgery, named, never a traceback.
+        report.problems.append(
+            f"the {EVIDENCE_LABEL} assertion is malformed ({type(error).__name__}: {error})"
+        )
+        return report
+    report.statements += found.statements
+    report.problems += found.problems
+    return report
+
+
+def _check_assertion(
+    clip: Path,
+    assertion: dict[str, Any],
+    bundle_path: Path | None,
+    known_device_keys: Iterable[Ed25519PublicKey] | None,
+) -> Report:
+    """What our assertion says, checked: the device, its signatures, each frame, the gaps, the chain."""
+    report = Report()
     device, camera = assertion["device"], assertion["camera"]
     report.statements += [
         f"camera {camera} of device {device} (site {assertion['site']}), from"
