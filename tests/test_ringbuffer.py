@@ -175,8 +175,11 @@ def test_free_space_floor_deletes_oldest(tmp_path: Path) -> None:
 
     ring = RingBuffer(tmp_path, storage(tmp_path, min_free_bytes=50_000), Clock(T0), disk_free=disk_free)
     records = [_add(ring, keys, T0 + 10 * i, payload=20_000) for i in range(4)]
-    # Short by a bit more than one segment: the two oldest must go.
+    # Short by a bit more than one segment: the two oldest must go. (A disk that shrinks under a
+    # running ring reads as other files growing, which footage is never deleted for: start again.)
     disk["capacity"] = 50_000 - records[0].size - 10 + sum(r.size for r in records)
+    ring.close()
+    ring = RingBuffer(tmp_path, storage(tmp_path, min_free_bytes=50_000), Clock(T0), disk_free=disk_free)
     deletions = ring.enforce_retention()
     assert [(d.segment.sequence, d.reason) for d in deletions] == [(1, "disk-free"), (2, "disk-free")]
     assert disk_free(tmp_path) >= 50_000 and [r.sequence for r in ring.segments("cam1")] == [3, 4]
@@ -196,6 +199,8 @@ def test_a_free_space_estimate_the_disk_contradicts_is_measured_again(tmp_path: 
     records = [_add(ring, keys, T0 + 10 * i, payload=20_000) for i in range(3)]
     os.link(records[0].path, pinned)  # another name keeps the oldest file's blocks taken once unlinked
     disk["capacity"] = 50_000 - 100 + sum(r.size for r in records)
+    ring.close()  # as above: the shrunken disk is the starting point of a new ring
+    ring = RingBuffer(tmp_path, storage(tmp_path, min_free_bytes=50_000), Clock(T0), disk_free=disk_free)
     deletions = ring.enforce_space()
     # The plan counted #1 as enough; the disk said otherwise, so #2 went too.
     assert [(d.segment.sequence, d.reason) for d in deletions] == [(1, "disk-free"), (2, "disk-free")]

@@ -635,6 +635,24 @@ class _DeviceCollector(Collector):
             yield GaugeMetricFamily(
                 "mqtt_outbox_depth", "Messages waiting for the broker", value=server.stats.outbox_depth()
             )
+        yield from _defence_metrics(server)
+
+
+def _defence_metrics(server: ClipServer) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    """What a flood costs: open and turned-away connections, refusals tallied, the audit log's space."""
+    usage = server.audit.usage()
+    yield GaugeMetricFamily("clip_api_connections_open", "Open clip API connections", value=server.gate.open)
+    yield CounterMetricFamily(
+        "clip_api_connections_turned_away", "Connections over the cap", value=server.gate.turned_away
+    )
+    yield CounterMetricFamily(
+        "clip_api_refusals_tallied", "Refusals past the audit budget (tallied)", value=server.refusals.tallied
+    )
+    yield GaugeMetricFamily("audit_log_bytes", "Audit log and rotated files", value=usage.bytes)
+    yield GaugeMetricFamily("audit_log_quota_bytes", "Audit log quota", value=usage.max_bytes)
+    yield CounterMetricFamily(
+        "audit_lines_withheld", "Refusal lines not written (quota or disk)", value=usage.withheld
+    )
 
 
 def _ring_metrics(per_camera: Mapping[str, Mapping[str, Any]], now: float) -> Iterable[GaugeMetricFamily]:

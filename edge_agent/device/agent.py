@@ -281,8 +281,14 @@ class Agent:
         if self.ring is None:
             return report
         starts = [float(oldest) for s in self.ring.stats().values() if (oldest := s.get("oldest_ts"))]
+        space = self.ring.space()
         return dataclasses.replace(
-            report, oldest_ts=min(starts) if starts else None, deleted=self.ring.deleted()
+            report,
+            oldest_ts=min(starts) if starts else None,
+            deleted=self.ring.deleted(),
+            footage_bytes=space.footage_bytes,
+            disk_problem=space.problem(),
+            audit=None if self.audit is None else self.audit.usage(),
         )
 
     def camera_statuses(self) -> list[CameraStatus]:

@@ -247,12 +247,29 @@ class CameraStatus(_Wire):
 
 
 class DiskStatus(_Wire):
-    """Bytes on the filesystem holding the recordings, and the configured quota (0 = none)."""
+    """Bytes on the filesystem holding the recordings, and the configured quota (0 = none).
+
+    `footage`: the bytes of sealed footage (all that counts toward the quota); `problem`: why the disk
+    is short of free space when footage is not the cause (footage is then kept, and the cause refused).
+    """
+
+    _omit_when_none = frozenset({"footage", "problem"})
 
     used: int
     free: int
     total: int
     quota: int = 0
+    footage: int | None = None
+    problem: str | None = None
+
+
+class AuditStatus(_Wire):
+    """The device's audit log: bytes held (with its rotated files), its quota, and the refusal lines
+    withheld since start (past the quota, or refused by the disk: counted, not written)."""
+
+    bytes: int = 0
+    quota: int = 0
+    withheld: int = 0
 
 
 class RetentionStatus(_Wire):
@@ -315,12 +332,12 @@ class StatusMessage(_Payload):
     Fields after `cameras` default to None for a status that lacks them (an older device, a simulator).
     `delivery` is `push` when the CSU cannot reach the device and must ask it to upload clips (the
     `upload_clip` command); `heartbeat_s` is the longest gap between two statuses of an unchanged device;
-    `deleted` counts the footage retention deleted, by reason;
+    `deleted` counts the footage retention deleted, by reason; `audit` is the audit log's own space;
     `max_clip_seconds` lets the console refuse a longer range before asking.
     """
 
     _omit_when_none = frozenset(
-        {"status_error", "location", "delivery", "heartbeat_s", "deleted", "max_clip_seconds"}
+        {"status_error", "location", "delivery", "heartbeat_s", "deleted", "audit", "max_clip_seconds"}
     )
 
     site: str
@@ -341,6 +358,7 @@ class StatusMessage(_Payload):
     delivery: str | None = None
     heartbeat_s: float | None = None
     deleted: DeletedStatus | None = None
+    audit: AuditStatus | None = None
     max_clip_seconds: float | None = Field(None, gt=0)  # the longest clip the device serves in one request
 
     _ts = field_validator("ts", mode="before")(_time)

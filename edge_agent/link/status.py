@@ -14,12 +14,15 @@ from typing import Protocol
 
 from edge_agent import __version__
 from edge_agent.camera.pipeline import CameraState, CameraStats
+from edge_agent.formats.audit import AuditUsage
 from edge_agent.formats.config import AgentConfig, CameraConfig
 from edge_agent.formats.mqtt_wire import (
     SCHEMA,
+    AuditStatus,
     CameraStatus,
     DeletedCounts,
     DeletedStatus,
+    DiskStatus,
     LocationStatus,
     MqttStatus,
     OutboxStatus,
@@ -77,6 +80,9 @@ class DeviceReport:
     unconfigured: Mapping[str, str] = field(default_factory=dict)  # USB identity -> /dev node
     oldest_ts: float | None = None  # start of the oldest segment kept, over every camera
     deleted: Mapping[str, DeletedCounters] | None = None  # by retention reason (age, quota, disk-free)
+    footage_bytes: int | None = None  # sealed footage (what counts toward the quota)
+    disk_problem: str = ""  # the disk short of free space for another reason than footage
+    audit: AuditUsage | None = None  # the audit log's own space
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ def build_status(
         cameras=camera_statuses(report),
         cpu_temp_c=health.cpu_temp_c,
         load=(round(health.load[0], 2), round(health.load[1], 2), round(health.load[2], 2)),
-        disk=health.disk,
+        disk=_disk(health.disk, report),
         retention=RetentionStatus(oldest_ts=report.oldest_ts, days=config.storage.retention_days),
         clip_url=clip_url,
         outbox=OutboxStatus(
@@ -190,11 +196,27 @@ def build_status(
         ),
         status_error=error or None,
         deleted=None if report.deleted is None else deleted_status(report.deleted),
+        audit=_audit(report.audit),
         # A device the CSU cannot reach (no clip URL) but that may push to a collector says so.
         delivery="push" if not clip_url and config.clip_server.collector_urls else None,
         heartbeat_s=config.mqtt.status_heartbeat_s,
         location=_location(config),
         max_clip_seconds=config.clip_server.max_clip_seconds,
+    )
+
+
+def _disk(disk: DiskStatus | None, report: DeviceReport) -> DiskStatus | None:
+    """The filesystem's figures with what the agent adds: its footage, and a problem when there is one."""
+    if disk is None:
+        return None
+    return disk.model_copy(update={"footage": report.footage_bytes, "problem": report.disk_problem or None})
+
+
+def _audit(usage: AuditUsage | None) -> AuditStatus | None:
+    return (
+        None
+        if usage is None
+        else AuditStatus(bytes=usage.bytes, quota=usage.max_bytes, withheld=usage.withheld)
     )
 
 
@@ -230,4 +252,15 @@ def change_key(message: StatusMessage) -> tuple[object, ...]:
     days = message.retention.days if message.retention else None
     deleted = message.deleted
     early = bool(deleted and (deleted.quota.early or deleted.disk_free.early))
-    return (cameras, message.clip_url, message.delivery, message.status_error, outbox, rejected, days, early)
+    disk_problem = bool(message.disk and message.disk.problem)
+    return (
+        cameras,
+        message.clip_url,
+        message.delivery,
+        message.status_error,
+        outbox,
+        rejected,
+        days,
+        early,
+        disk_problem,
+    )

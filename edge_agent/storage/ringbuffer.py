@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge_agent.formats.config import StorageConfig
 from edge_agent.formats.sealing import SegmentInfo
 from edge_agent.formats.times import Clock
-from edge_agent.storage.holds import Hold, HoldBook
-from edge_agent.storage.index import SegmentIndex, SegmentRecord, segment_file, temporary_file
+from edge_agent.storage.holds import HOLDS_NAME, Hold, HoldBook
+from edge_agent.storage.index import INDEX_NAME, SegmentIndex, SegmentRecord, segment_file, temporary_file
 from edge_agent.storage.maintenance import Maintenance
 from edge_agent.storage.recovery import fsync_dir, journal_file
 from edge_agent.storage.recovery import recover as recover_index
@@ -97,6 +97,36 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds < DAY else f"{seconds / DAY:.1f} days"
 
 
+@dataclass(frozen=True)
+class FootageSpace:
+    """The disk under the ring: footage, free space, and what files other than footage (audit log,
+    outbox, logs, anything else on the filesystem) took since the ring started."""
+
+    footage_bytes: int
+    free_bytes: int
+    other_growth_bytes: int
+    min_free_bytes: int
+
+    @property
+    def short_for_other_files(self) -> bool:
+        """Free space under the floor, and not because of footage: what the free-space rule refuses to
+        fix by deleting footage."""
+        return (
+            bool(self.min_free_bytes)
+            and self.free_bytes < self.min_free_bytes
+            and self.other_growth_bytes > 0
+        )
+
+    def problem(self) -> str:
+        """Words for status and the log ("" when there is none)."""
+        if not self.short_for_other_files:
+            return ""
+        return (
+            f"disk short of free space ({self.free_bytes} bytes free, floor {self.min_free_bytes}):"
+            f" files other than footage grew by {self.other_growth_bytes} bytes since start"
+        )
+
+
 class RingBuffer:
     """Sealed segments of every camera of a device, their index, retention and holds. Thread-safe."""
 
@@ -122,6 +152,10 @@ class RingBuffer:
         self._maintenance = Maintenance(
             self.enforce_retention, maintenance_interval_s, "ringbuffer-maintenance"
         )
+        # Footage + free space at the first measure: what files other than footage took since is theirs.
+        self._space_lock = threading.Lock()
+        self._room_at_start: int | None = None
+        self._short_for_others = False
         # Footage deleted since start, by reason (for status and /metrics).
         self._deleted_lock = threading.Lock()
         self._deleted = dict.fromkeys(REASONS, DeletedFootage())
@@ -312,10 +346,16 @@ class RingBuffer:
         clip being served keeps its blocks), so the free space is measured again after each plan.
         """
         deletions: list[Deletion] = []
+        others: int | None = None  # measured once a pass: within it, the disk's word is re-read
         try:
             while True:
                 total = self._index.total_bytes()
-                free = self._disk_free(self.root) if limits.min_free_bytes else 0
+                free = 0
+                if limits.min_free_bytes:
+                    free = self._disk_free(self.root)
+                    if others is None:
+                        others = self._measure_space(total, free).other_growth_bytes
+                    free += others
                 cutoff = limits.oldest_allowed(now)
                 if limits.space_short(total, free):
                     candidates = self._index.all_segments()
@@ -375,6 +415,41 @@ class RingBuffer:
             self.storage.retention_days,
             _age(now - youngest),
         )
+
+    def space(self) -> FootageSpace:
+        """The disk as the free-space rule sees it now: footage, free space, what other files took."""
+        return self._measure_space(self._index.total_bytes(), self._disk_free(self.root))
+
+    def _measure_space(self, footage: int, free: int) -> FootageSpace:
+        """Footage and free space measured together; the growth of everything else since the first
+        measure is the shortfall in their sum. The free-space rule adds it back to the free space:
+        only footage makes footage go. The audit log, outbox and logs have bounds of their own, and
+        deleting evidence for them would only feed them; the shortfall is reported instead."""
+        with self._space_lock:
+            room = footage + self._bookkeeping_bytes() + free
+            if self._room_at_start is None:
+                self._room_at_start = room
+            space = FootageSpace(
+                footage, free, max(0, self._room_at_start - room), self.storage.min_free_bytes
+            )
+            changed = space.short_for_other_files != self._short_for_others
+            self._short_for_others = space.short_for_other_files
+        if changed and space.short_for_other_files:
+            log.warning("%s; footage is kept", space.problem())
+        elif changed:
+            log.info("free space back above the floor (%d bytes free)", free)
+        return space
+
+    def _bookkeeping_bytes(self) -> int:
+        """The ring's own files beside the footage (the index and its WAL, the holds mirror): they grow
+        with the footage, so they are on its side of the measure."""
+        total = 0
+        for name in (INDEX_NAME, f"{INDEX_NAME}-wal", f"{INDEX_NAME}-shm", HOLDS_NAME):
+            try:
+                total += (self.root / name).stat().st_size
+            except OSError:
+                continue  # not there (yet)
+        return total
 
     def deleted(self) -> dict[str, DeletedFootage]:
         """Footage deleted since start, by reason (`age`, `quota`, `disk-free`: each present)."""
