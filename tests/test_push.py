@@ -110,7 +110,11 @@ def test_a_device_without_clip_server_delivers_by_push_through_the_broker(
     outcomes = [(e["action"], e["outcome"]) for e in device_audit]
     assert outcomes == [("upload_clip", "accepted"), ("upload_clip", "delivered")]
     delivered = device_audit[-1]
-    assert delivered["sent"] == delivered["size"] == evidence["bundle"]["size"]
+    assert delivered["size"] == evidence["bundle"]["size"]
+    # Every byte once, unless a PUT failed under load and was retried (the retry is counted, and no byte
+    # the collector had acknowledged is ever sent again).
+    assert delivered["sent"] == delivered["size"] or delivered["retries"] > 0, delivered
+    assert delivered["resent"] == 0
     assert "token" not in delivered
     collector_audit = audit_entries(tmp_path / "csu-audit.jsonl")
     assert [(e["action"], e["outcome"], e["via"]) for e in collector_audit] == [
