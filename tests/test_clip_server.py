@@ -240,6 +240,9 @@ def test_metrics_signed_with_pipeline_and_request_counts(served, keys) -> None:
     assert 'ring_segments{camera="cam1"} 10.0' in text
     assert 'ring_oldest_segment_age_seconds{camera="cam1"}' in text
     assert 'clip_api_requests_total{endpoint="clip",outcome="refused",reason="missing-parameter"} 1.0' in text
+    # What a flood would cost shows too: connections, tallied refusals, the audit log's space.
+    assert "clip_api_connections_open 1.0" in text and "clip_api_refusals_tallied_total 0.0" in text
+    assert "audit_lines_withheld_total 0.0" in text and "audit_log_quota_bytes 6.7108864e+07" in text
     import urllib.error
     import urllib.request
 
@@ -543,3 +546,40 @@ def test_mqtt_hold_and_release_name_the_bad_value(tmp_path: Path, keys) -> None:
     assert (ok, error) == (False, "bad-field-type") and message.startswith("id:")
     assert ring.holds() == []
     ring.close()
+
+
+def test_refusal_budget_per_address_and_overall_then_tallies() -> None:
+    from edge_agent.api.ratelimit import RefusalBudget
+
+    now = [0.0]
+    budget = RefusalBudget(per_client=3, overall=5, window_s=60, max_tallies=2, clock=lambda: now[0])
+    admitted = [budget.admit("10.0.0.1", "missing-signature") for _ in range(5)]
+    assert admitted == [True, True, True, False, False]  # three lines for one address
+    assert [budget.admit(f"10.0.1.{i}", "bad-signature") for i in range(4)] == [True, True, False, False]
+    assert budget.drain() == []  # the window is not over
+    now[0] = 61.0
+    tallies = {t.remote: (t.count, t.reasons) for t in budget.drain()}
+    assert tallies == {
+        "10.0.0.1": (2, {"missing-signature": 2}),
+        "10.0.1.2": (1, {"bad-signature": 1}),
+        "*": (1, {"bad-signature": 1}),  # past two addresses, one tally for the rest
+    }
+    assert (budget.audited, budget.tallied) == (5, 4) and budget.drain() == []
+
+
+def test_log_throttle_says_what_it_held_back(caplog) -> None:
+    from edge_agent.api.ratelimit import LogThrottle
+
+    now = [0.0]
+    throttle = LogThrottle(logging.getLogger("throttled"), 60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="throttled"):
+        for _ in range(1000):
+            throttle.warning("accept", "accept failed")
+        throttle.warning("other", "another condition")
+        now[0] = 61.0
+        throttle.warning("accept", "accept failed")
+    assert [r.getMessage() for r in caplog.records] == [
+        "accept failed",
+        "another condition",
+        "accept failed (999 more held back in the last 60 s)",
+    ]
