@@ -26,6 +26,7 @@ from edge_agent.formats.keys import (
     load_ed25519_public,
     load_x25519_private,
 )
+from edge_agent.formats.signing import RequestSigner, signed_command
 from edge_agent.formats.times import iso_ms
 from edge_agent.link.localbroker import LocalBroker, free_port
 from tests.clip_support import encode_segments
@@ -257,3 +258,27 @@ def test_bad_push_options_are_named(
     )  # fmt: skip
     assert code == 2
     assert words in capsys.readouterr().err
+
+
+def test_a_nomad_device_without_clip_server_takes_a_signed_hold_by_mqtt(
+    tmp_path: Path, mosquitto: LocalBroker, nomad: dict
+) -> None:
+    """A judicial hold must reach a kit the CSU cannot connect to: MQTT holds work without the HTTP API."""
+    document = nomad_document(tmp_path, mosquitto.port, nomad["device"], nomad["csu"], ["http://127.0.0.1:9"])
+    subscriber = Subscriber(mosquitto.port, f"{TOPIC}/#")
+    agent = _start(document, tmp_path)
+    try:
+        assert agent.clip_server is None and agent.ring is not None
+        assert subscriber.wait_for(lambda _m: bool(subscriber.on(f"{TOPIC}/status")), timeout=15)
+        signer = RequestSigner(load_ed25519_private(nomad["csu"].signing.private))
+        t0 = nomad["t0"]
+        fields = {"camera": "cam1", "start": iso_ms(t0), "end": iso_ms(t0 + 10), "requisition": "PV 2026/77"}
+        payload = signed_command("hold", fields, signer)
+        subscriber.publish(f"{TOPIC}/cmd/hold", json.dumps(payload).encode())
+        assert subscriber.wait_for(lambda _m: bool(subscriber.on(f"{TOPIC}/cmd_result")), timeout=15)
+        reply = subscriber.json_on(f"{TOPIC}/cmd_result")[-1]
+        assert reply["ok"] is True, reply
+        assert [h.requisition for h in agent.ring.holds()] == ["PV 2026/77"]
+    finally:
+        agent.stop()
+        subscriber.close()

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from edge_agent.api.clip_server import ClipServer, ClipServerThread, StatsProviders
 from edge_agent.api.delivery import request_verifier
+from edge_agent.api.holds import HoldService
 from edge_agent.api.snapshots import NoFrame, SnapshotService
 from edge_agent.api.uploader import Uploader
 from edge_agent.camera.pipeline import CameraWorker, FrameSink
@@ -385,13 +386,21 @@ class Agent:
             handlers["snapshot"] = snapshots.handle_command
         if self.uploader is not None:
             handlers["upload_clip"] = self.uploader.handle_command
-        if self.clip_server is not None:
-            server = self.clip_server
-            handlers["hold"] = lambda payload: server.holds.handle_command("hold", payload, server.verifier)
-            handlers["release"] = lambda payload: server.holds.handle_command(
-                "release", payload, server.verifier
-            )
+        holds = self._hold_service()
+        verifier = self.verifier
+        if holds is not None and verifier is not None:
+            # Holds by MQTT work with the clip server disabled too: a nomad kit behind carrier NAT must
+            # still be able to keep footage for a procedure.
+            handlers["hold"] = lambda payload: holds.handle_command("hold", payload, verifier)
+            handlers["release"] = lambda payload: holds.handle_command("release", payload, verifier)
         return handlers
+
+    def _hold_service(self) -> HoldService | None:
+        if self.clip_server is not None:
+            return self.clip_server.holds
+        if self.ring is None or self.audit is None:
+            return None
+        return HoldService(self.ring, self.audit, self._camera_ids(), self._clock)
 
     def _publish_upload(self, result: Mapping[str, Any], request_id: str | None) -> None:
         """An upload's progress or outcome, on `cmd_result` (kept in the audit log whatever happens)."""
