@@ -187,6 +187,53 @@ def test_a_flood_from_many_addresses_costs_no_footage(
         )
 
 
+# Opens `count` idle connections (no request sent) from addresses of 127.9.0.0/16, says "ready", and
+# holds them until its stdin closes.
+IDLE_CLIENT = r"""
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for i in range(count):
+    sock = socket.socket()
+    sock.bind((f"127.9.{i // 250}.{1 + i % 250}", 0))
+    sock.connect(("127.0.0.1", port))
+    held.append(sock)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_idle_connections_cannot_take_the_descriptors_recording_needs(
+    tmp_path: Path, small_disk: Path, mosquitto: LocalBroker
+) -> None:
+    document = flood_site(tmp_path, small_disk, mosquitto.port, 0)
+    agent = Agent(parse_config(document), tmp_path / "site.yaml", hotplug=False)
+    agent.start()
+    try:
+        assert agent.clip_server is not None and agent.clip_server.port and agent.ring is not None
+        _wait(lambda: len(_segments(agent)) >= 1, 20, "the camera never recorded")
+        newest = _segments(agent)[-1][0]
+        descriptors = len(os.listdir("/proc/self/fd"))
+        idle = subprocess.Popen(
+            [sys.executable, "-c", IDLE_CLIENT, str(agent.clip_server.port), "1100"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert idle.stdout is not None and idle.stdout.readline().strip() == "ready"
+            gate = agent.clip_server.gate
+            _wait(lambda: gate.open + gate.turned_away >= 1100, 10, "connections not all accepted")
+            assert gate.open == gate.limit == 256 and gate.turned_away == 1100 - 256
+            assert len(os.listdir("/proc/self/fd")) <= descriptors + 256 + 16
+            # Recording goes on beside them: two more segments sealed while they are held.
+            _wait(lambda: _segments(agent)[-1][0] >= newest + 2, 10, "recording starved")
+        finally:
+            idle.communicate(timeout=10)
+    finally:
+        agent.stop()
+
+
 def test_files_other_than_footage_never_make_retention_delete_footage(small_disk: Path) -> None:
     device_key = Ed25519PrivateKey.generate()
     root = small_disk / "segments"
