@@ -1,7 +1,10 @@
 """The device's clip API (shared/DESIGN.md section 4) on aiohttp.
 
 Every request but `/healthz` (and `/metrics` when `metrics_public`) must carry a collector signature
-(`edge_agent.formats.signing`); every request, accepted or refused, leaves a line in the audit log.
+(`edge_agent.formats.signing`); every request, accepted or refused, is audited. Refusals are cheap: past
+a small budget per client address and overall they are tallied and audited as one line per address
+and minute (`ratelimit.RefusalBudget`), within the audit log's own quota; connections are capped and
+timed out (`connections`), so that no flood can take the disk or the descriptors recording needs.
 Clip bundles (`edge_agent.formats.bundle`) are streamed in 1 MiB chunks read off the event loop, paced
 per client, and honour `Range`/`If-Range` so an interrupted fetch resumes.
 

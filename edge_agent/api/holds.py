@@ -132,7 +132,7 @@ class HoldService:
                 return {"ok": True, **self.release(str(fields["id"]), actor)}
             raise ParamError("unknown-command", f"no command {name!r} here (hold, release)")
         except (SignatureError, ParamError) as error:
-            self.audit.append(
+            self.audit.append_if_room(  # a refusal: within the audit log's quota, counted past it
                 action=f"mqtt-{name}",
                 outcome="refused",
                 reason=error.reason,
