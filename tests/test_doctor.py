@@ -296,3 +296,58 @@ def test_doctor_measures_the_days_the_disk_really_holds(
     assert ("less than the 1-day retention: the quota rule will delete" in result.detail) is (
         status is Status.WARN
     )
+
+
+@pytest.mark.parametrize(
+    ("storage", "status", "detail"),
+    [
+        (
+            {},
+            Status.OK,
+            "libx264 encodes 1280x720 (a test encode of a few frames); no hardware H.264 encoder",
+        ),
+        (
+            {"encoder": "h264_bogus"},
+            Status.WARN,
+            "encoder 'h264_bogus': not in this FFmpeg build: the agent falls back to libx264",
+        ),
+        ({"codec": "mjpeg"}, Status.OK, "mjpeg encodes 1280x720 (a test encode of a few frames)"),
+    ],
+)
+def test_doctor_opens_the_encoder_for_real(storage: dict[str, Any], status: Status, detail: str) -> None:
+    """Not only the name: the encoders the recorder would try are opened and fed a few frames."""
+    from edge_agent.commands.doctor import check_encoder
+
+    config = parse_config(
+        {
+            "site_id": "s",
+            "device_id": "d",
+            "cameras": [
+                {"id": "small", "source": "synthetic", "masks": [MASK], "resolution": [640, 360]},
+                {"id": "big", "source": "synthetic", "masks": [MASK], "resolution": [1280, 720]},
+            ],
+            "storage": storage,
+        }
+    )
+    result = check_encoder(config)
+    assert result.status is status and detail in result.detail
+
+
+def test_doctor_blocks_recording_when_no_encoder_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An FFmpeg build without libx264 (a minimal distribution package) and a bogus name: nothing works."""
+    from edge_agent.commands.doctor import check_encoder
+    from edge_agent.storage import encoder
+
+    monkeypatch.setitem(encoder.DEFAULT_ENCODERS, "h264", "libx264_missing")
+    config = parse_config(
+        {
+            "site_id": "s",
+            "device_id": "d",
+            "cameras": [{"id": "c", "source": "synthetic", "masks": [MASK]}],
+            "storage": {"encoder": "h264_bogus"},
+        }
+    )
+    result = check_encoder(config)
+    assert result.status is Status.FAIL and result.blocks_recording
+    assert "no encoder works at 1280x720: encoder 'h264_bogus': not in this FFmpeg build;" in result.detail
+    assert "encoder 'libx264_missing': not in this FFmpeg build" in result.detail

@@ -327,6 +327,39 @@ def _size(size: float) -> str:
     return _gb(size) if abs(size) >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
+# --- encoder -----------------------------------------------------------------------------------
+
+
+def check_encoder(config: AgentConfig) -> CheckResult:
+    """Open the encoders the recorder would try, in its order, and encode a few frames with each until
+    one works, at the largest recording camera's resolution: what the agent will really record with."""
+    from edge_agent.storage.encoder import board_model, encoder_candidates, probe_encoder
+
+    name = "encoder"
+    recording = [c for c in config.cameras if c.recording is not RecordingMode.OFF]
+    if not recording:
+        return CheckResult(name, Status.OK, "no camera records")
+    camera = max(recording, key=lambda c: c.resolution[0] * c.resolution[1])
+    width, height = camera.resolution
+    storage = config.storage
+    failed: list[str] = []
+    for candidate in encoder_candidates(storage):
+        reason = probe_encoder(storage, candidate, camera.resolution, camera.fps)
+        if not reason:
+            break
+        failed.append(reason)
+    else:
+        detail = f"no encoder works at {width}x{height}: {'; '.join(failed)}"
+        return CheckResult(name, Status.FAIL, detail, blocks_recording=True)
+    detail = f"{candidate} encodes {width}x{height} (a test encode of a few frames)"
+    if failed:
+        detail += f"; {'; '.join(failed)}: the agent falls back to {candidate}"
+        return CheckResult(name, Status.WARN, detail)
+    if storage.encoder in ("", "auto") and storage.codec == "h264" and candidate == "libx264":
+        detail += f"; no hardware H.264 encoder to try on {board_model() or 'this machine'}"
+    return CheckResult(name, Status.OK, detail)
+
+
 # --- clock -------------------------------------------------------------------------------------
 
 
@@ -535,6 +568,7 @@ def run_checks(config: AgentConfig, timeout_s: float = 10.0) -> list[CheckResult
         results.append(CheckResult("cameras", Status.WARN, "none configured: nothing is recorded"))
     results.extend(check_storage(config))
     results.append(check_measured_days(config))
+    results.append(check_encoder(config))
     results.append(check_clock())
     results.append(check_broker(config, timeout_s))
     results.extend(check_keys(config))

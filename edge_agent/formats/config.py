@@ -293,9 +293,13 @@ class StorageConfig(_Model):
         "h264", title="Codec", description="h264 (default) or mjpeg (fallback, larger)."
     )
     encoder: str = Field(
-        "",
+        "auto",
         title="FFmpeg encoder",
-        description="Encoder name; empty picks libx264 for h264 (h264_v4l2m2m on a Pi, nvenc on Jetson).",
+        description=(
+            "auto (or empty): the board's hardware H.264 encoder when it works (h264_v4l2m2m on a Pi 4,"
+            " h264_nvmpi or h264_nvv4l2 on a Jetson), else libx264; or an FFmpeg encoder name, which"
+            " falls back to libx264 (or mjpeg) when it fails to open or fails while recording."
+        ),
     )
     crf: int = Field(28, ge=0, le=51, title="Quality (CRF)", description="libx264 constant quality.")
     bitrate_kbps: int = Field(

@@ -216,12 +216,17 @@ def _iso_text(value: float | None) -> str | None:
 
 
 class RecorderStatus(_Wire):
-    """A camera's recorder counters in a status document."""
+    """A camera's recorder counters in a status document; `encoder` is the FFmpeg encoder in use and
+    `fallback` why the recorder left the one before it (a hardware encoder that failed)."""
+
+    _omit_when_none = frozenset({"encoder", "fallback"})
 
     segments: int = 0
     bytes: int = 0
     errors: int = 0
     frames_dropped_disk: int = 0
+    encoder: str | None = None
+    fallback: str | None = None
 
 
 class CameraStatus(_Wire):

@@ -47,6 +47,10 @@ class RecorderCounters(Protocol):
     def errors(self) -> int: ...
     @property
     def frames_dropped_disk(self) -> int: ...
+    @property
+    def encoder(self) -> str: ...
+    @property
+    def encoder_fallback(self) -> str: ...
 
 
 class DeletedCounters(Protocol):
@@ -130,6 +134,8 @@ def camera_status(report: CameraReport) -> CameraStatus:
             bytes=recorder.bytes,
             errors=recorder.errors,
             frames_dropped_disk=recorder.frames_dropped_disk,
+            encoder=recorder.encoder or None,
+            fallback=recorder.encoder_fallback or None,
         ),
     )
 
@@ -243,6 +249,7 @@ def change_key(message: StatusMessage) -> tuple[object, ...]:
             c.last_error,
             c.device,
             c.recorder.errors if c.recorder else None,
+            c.recorder.encoder if c.recorder else None,
             bool(c.recorder and c.recorder.frames_dropped_disk),
         )
         for c in message.cameras

@@ -6,12 +6,25 @@ keyframe (no global header), so any run of packets starting at a keyframe decode
 no B-frames: decode order is presentation order. `force_keyframe` asks for an IDR frame at a segment
 boundary; the packet for it may come out a few frames later (encoder look-ahead), which is why the
 recorder cuts segments on packets, not on frames.
+
+Which encoder: `storage.encoder: auto` (the default) tries the board's hardware H.264 encoders that
+the FFmpeg build has (a Pi 4 or Zero 2's `h264_v4l2m2m`; a Jetson's `h264_nvmpi` / `h264_nvv4l2`; a
+Pi 5 has none), then libx264; a named encoder is tried before libx264 too (`encoder_candidates`). The
+recorder moves down that list when an encoder fails to open or fails at run time.
+
+libx264 settings, sized for one camera per core of a Pi 5 at 1080p 10 fps (scripts/bench_camera_path.py
+measures them on real frames): `threads=1` (one core per camera, and each extra frame thread holds its
+own frames: x264's automatic count is 1.5 per core), `rc-lookahead=2` with `sync-lookahead=0` (the
+look-ahead holds lowres and full frames: 10 frames cost 1080p about 110 MB and a second of delay; 2 keep
+macroblock-tree rate control, as efficient as 10 on street footage at the same quality, for about
+60 MB and 0.3 s). The preset comes from the config (veryfast by default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import cast
 
 import av
@@ -23,7 +36,22 @@ from edge_agent.formats.config import StorageConfig
 from edge_agent.formats.media import EncodedPacket, StreamInfo
 
 TIME_BASE = Fraction(1, 1000)
+AUTO = "auto"
 DEFAULT_ENCODERS = {"h264": "libx264", "mjpeg": "mjpeg"}
+BOARD_MODEL = Path("/proc/device-tree/model")
+# The hardware H.264 encoders worth trying on a board, by the start of its device-tree model, first
+# match wins. A Pi 5 has no H.264 encoder block; a Jetson's depends on the FFmpeg build it runs.
+BOARD_ENCODERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Raspberry Pi 5", ()),
+    ("Raspberry Pi", ("h264_v4l2m2m",)),
+    ("NVIDIA Jetson", ("h264_nvmpi", "h264_nvv4l2", "h264_v4l2m2m")),
+)
+X264_THREADS = 1
+X264_LOOKAHEAD = 2
+# Bits per pixel per frame a hardware encoder gets when no bitrate is configured (about 2 Mbit/s at
+# 1080p 10 fps): hardware encoders have no constant-quality mode.
+HARDWARE_BITS_PER_PIXEL = 0.1
+PROBE_FRAMES = 3
 
 
 class EncoderError(Exception):
@@ -31,15 +59,47 @@ class EncoderError(Exception):
 
 
 def encoder_name(storage: StorageConfig) -> str:
-    """The FFmpeg encoder to use: the configured one, or libx264 / mjpeg by codec."""
-    return storage.encoder or DEFAULT_ENCODERS[storage.codec]
+    """The encoder a bare `VideoEncoder` opens: the configured one, or libx264 / mjpeg by codec."""
+    return DEFAULT_ENCODERS[storage.codec] if storage.encoder in ("", AUTO) else storage.encoder
 
 
-def _options(storage: StorageConfig, name: str, fps: float) -> dict[str, str]:
+def board_model(path: Path = BOARD_MODEL) -> str:
+    """The board's device-tree model ("Raspberry Pi 4 Model B Rev 1.4"), "" when there is none."""
+    try:
+        return path.read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def encoder_candidates(
+    storage: StorageConfig, model: str | None = None, available: Collection[str] | None = None
+) -> list[str]:
+    """The encoders to try, in order: a named one then the software one; for `auto` (or empty), the
+    board's hardware H.264 encoders that this FFmpeg build has, then libx264."""
+    software = DEFAULT_ENCODERS[storage.codec]
+    if storage.encoder not in ("", AUTO):
+        return list(dict.fromkeys([storage.encoder, software]))
+    if storage.codec != "h264":
+        return [software]
+    model = board_model() if model is None else model
+    have = av.codecs_available if available is None else available
+    hardware = next((names for prefix, names in BOARD_ENCODERS if model.startswith(prefix)), ())
+    return [name for name in hardware if name in have] + [software]
+
+
+def _options(storage: StorageConfig, name: str, size: tuple[int, int], fps: float) -> dict[str, str]:
     gop = max(1, round(storage.gop_seconds * fps))
     options = {"g": str(gop), "bf": "0"}
     if name == "libx264":
-        options.update({"preset": storage.preset, "forced-idr": "1"})
+        options.update(
+            {
+                "preset": storage.preset,
+                "forced-idr": "1",
+                "threads": str(X264_THREADS),
+                "rc-lookahead": str(X264_LOOKAHEAD),
+                "sync-lookahead": "0",
+            }
+        )
         if storage.bitrate_kbps:
             options.update(
                 {
@@ -52,27 +112,33 @@ def _options(storage: StorageConfig, name: str, fps: float) -> dict[str, str]:
             options["crf"] = str(storage.crf)
     elif storage.codec == "mjpeg":
         options = {"qmin": str(storage.mjpeg_qscale), "qmax": str(storage.mjpeg_qscale)}
-    elif storage.bitrate_kbps:
-        options["b"] = f"{storage.bitrate_kbps}k"
+    else:
+        width, height = size
+        kbps = storage.bitrate_kbps or round(width * height * fps * HARDWARE_BITS_PER_PIXEL / 1000)
+        options["b"] = f"{kbps}k"
     return options
 
 
 class VideoEncoder:
     """One open encoder for one resolution; not thread-safe (one camera thread uses it)."""
 
-    def __init__(self, storage: StorageConfig, size: tuple[int, int], fps: float, epoch: float) -> None:
-        name = encoder_name(storage)
+    def __init__(
+        self, storage: StorageConfig, size: tuple[int, int], fps: float, epoch: float, name: str = ""
+    ) -> None:
+        name = name or encoder_name(storage)
         width, height = size
         pix_fmt = "yuvj420p" if storage.codec == "mjpeg" else "yuv420p"
+        if name not in av.codecs_available:
+            raise EncoderError(f"encoder {name!r}: not in this FFmpeg build")
         try:
             context = cast(VideoCodecContext, av.CodecContext.create(name, "w"))
             context.width, context.height = width, height
             context.pix_fmt = pix_fmt
             context.time_base = TIME_BASE
             context.framerate = Fraction(fps).limit_denominator(1001)
-            context.options = _options(storage, name, fps)
+            context.options = _options(storage, name, size, fps)
             context.open()
-        except (av.FFmpegError, ValueError) as error:
+        except (av.FFmpegError, ValueError, OSError) as error:
             raise EncoderError(f"encoder {name!r} ({storage.codec} {width}x{height}): {error}") from None
         self._context = context
         self._duration = max(1, round(1000 / fps))
@@ -142,6 +208,31 @@ class VideoEncoder:
             for p in packets
             if p.pts is not None
         ]
+
+
+EncoderFactory = Callable[[StorageConfig, tuple[int, int], float, float, str], VideoEncoder]
+"""Opens an encoder: (storage, size, fps, epoch, name) -> VideoEncoder (EncoderError when it cannot)."""
+
+
+def probe_encoder(
+    storage: StorageConfig,
+    name: str,
+    size: tuple[int, int],
+    fps: float,
+    open_encoder: EncoderFactory = VideoEncoder,
+) -> str:
+    """Open `name` for real and encode a few grey frames at `size`: "" when packets come out, else why
+    not. A hardware encoder can open and still fail at the first frame (no device, no memory)."""
+    try:
+        encoder = open_encoder(storage, size, fps, 0.0, name)
+        image = np.full((size[1], size[0], 3), 128, np.uint8)
+        packets = []
+        for index in range(PROBE_FRAMES):
+            packets += encoder.encode(image, index / fps, force_keyframe=index == 0)
+        packets += encoder.flush()
+    except EncoderError as error:
+        return str(error)
+    return "" if packets else f"encoder {name!r} gave no packet for {PROBE_FRAMES} frames"
 
 
 def decode_packets(stream: StreamInfo, packets: Iterable[EncodedPacket]) -> Iterator[np.ndarray]:

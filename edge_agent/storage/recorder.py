@@ -12,6 +12,10 @@ an event only some frames later), so the pre-roll is never shorter than configur
 ends on a keyframe (the post-roll runs on to the next one), so that the memory buffer starts where the
 segment stopped and a new event close behind finds its whole pre-roll.
 
+An encoder that fails to open or fails at run time hands over to the next of `encoder_candidates` (a
+hardware encoder to libx264): the segment in progress is sealed, the reason kept for status, and the
+frame encoded again by the next one. Only when the last candidate fails does the error path below run.
+
 A write error (full disk, I/O error) never leaves `on_frame`: the segment in progress is dropped, the
 error is counted and logged, retention is asked to make room, and recording resumes at the next keyframe.
 The packets lost meanwhile are counted as `frames_dropped_disk`.
@@ -35,7 +39,12 @@ from edge_agent.formats.config import CameraConfig, RecordingMode, StorageConfig
 from edge_agent.formats.media import EncodedPacket, StreamInfo
 from edge_agent.formats.sealing import SegmentWriter
 from edge_agent.formats.times import Clock
-from edge_agent.storage.encoder import EncoderError, VideoEncoder
+from edge_agent.storage.encoder import (
+    EncoderError,
+    EncoderFactory,
+    VideoEncoder,
+    encoder_candidates,
+)
 from edge_agent.storage.ringbuffer import PendingSegment, RingBuffer
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,8 @@ class RecorderStats:
     errors: int
     frames_dropped_disk: int
     last_error: str
+    encoder: str = ""  # the encoder in use (or to be opened at the next frame)
+    encoder_fallback: str = ""  # why the recorder left an earlier encoder; "" when it never did
 
 
 class PreRoll:
@@ -113,7 +124,9 @@ class Recorder:
         *,
         device_id: str = "",
         clock: Clock = time.monotonic,
+        open_encoder: EncoderFactory = VideoEncoder,
     ) -> None:
+        """`open_encoder` opens an encoder by name (a test may wrap one that fails)."""
         self.camera = camera
         self._storage = storage
         self._ring = ring
@@ -124,6 +137,10 @@ class Recorder:
         self._lock = threading.Lock()
         self._mode = camera.recording
         self._encoder: VideoEncoder | None = None
+        self._open_encoder = open_encoder
+        self._candidates = encoder_candidates(storage) if camera.recording is not RecordingMode.OFF else []
+        self._candidate = 0
+        self._fallback = ""
         self._pending: PendingSegment | None = None
         self._writer: SegmentWriter | None = None
         self._segment_start = 0.0
@@ -153,7 +170,7 @@ class Recorder:
         with self._lock:
             try:
                 self._track_event(frame.captured_at, event_open, event_start)
-                for packet in self._encode(frame):
+                for packet in self._encode_or_fall_back(frame):
                     self._on_packet(packet)
             except EncoderError as error:
                 self._fail(f"{self.camera.id}: {error}")
@@ -174,6 +191,36 @@ class Recorder:
             self._in_event = False
             self._wanted_until = t + self.camera.motion.post_roll_seconds
 
+    def _encode_or_fall_back(self, frame: MaskedFrame) -> list[EncodedPacket]:
+        """The frame's packets from the first encoder that takes it (EncoderError from the last one)."""
+        while True:
+            try:
+                return self._encode(frame)
+            except EncoderError as error:
+                if self._candidate + 1 >= len(self._candidates):
+                    raise
+                self._fall_back(str(error))
+
+    def _fall_back(self, reason: str) -> None:
+        """Leave the failing encoder for the next candidate; what it had encoded is sealed."""
+        failed, following = self._candidates[self._candidate], self._candidates[self._candidate + 1]
+        log.warning("%s: %s; falling back to %s", self.camera.id, reason, following)
+        self._fallback = reason
+        self._candidate += 1
+        encoder, self._encoder = self._encoder, None
+        try:
+            if encoder is not None:
+                for packet in encoder.flush():
+                    self._on_packet(packet, encoder.stream)
+        except EncoderError as error:
+            log.info("%s: the packets still inside %s are lost: %s", self.camera.id, failed, error)
+        try:
+            self._close_segment()
+        except (OSError, sqlite3.Error) as error:
+            self._fail(f"{self.camera.id}: writing a segment: {error}")
+            self._drop_segment()
+        self._preroll.clear()  # the next encoder's packets start another stream
+
     def _encode(self, frame: MaskedFrame) -> list[EncodedPacket]:
         if self._encoder is not None and self._encoder.size != frame.size:
             log.info("%s: resolution changed to %dx%d, new encoder", self.camera.id, *frame.size)
@@ -183,7 +230,10 @@ class Recorder:
             self._encoder = None
             self._preroll.clear()
         if self._encoder is None:
-            self._encoder = VideoEncoder(self._storage, frame.size, self.camera.fps, frame.captured_at)
+            name = self._candidates[self._candidate]
+            self._encoder = self._open_encoder(
+                self._storage, frame.size, self.camera.fps, frame.captured_at, name
+            )
             self._want_keyframe = False
         force = self._want_keyframe or (
             self._writer is not None
@@ -200,9 +250,11 @@ class Recorder:
             return True
         return self._event_start - self.camera.motion.pre_roll_seconds <= t <= self._wanted_until
 
-    def _on_packet(self, packet: EncodedPacket) -> None:
-        assert self._encoder is not None
-        stream = self._encoder.stream
+    def _on_packet(self, packet: EncodedPacket, stream: StreamInfo | None = None) -> None:
+        """Seal or buffer one packet of `stream` (the open encoder's, unless named)."""
+        if stream is None:
+            assert self._encoder is not None
+            stream = self._encoder.stream
         t = stream.seconds(packet.pts)
         wanted = self._wanted(t)
         if self._writer is not None:
@@ -340,4 +392,6 @@ class Recorder:
                 errors=self._errors,
                 frames_dropped_disk=self._dropped,
                 last_error=self._last_error,
+                encoder=self._candidates[self._candidate] if self._candidates else "",
+                encoder_fallback=self._fallback,
             )
