@@ -133,9 +133,11 @@ def read_bundle(path: Path, device: Ed25519PublicKey, unsigned: set[int]) -> tup
                 sequence = sequences[member.name]
                 data = archive.extractfile(member).read()
                 try:
-                    segments[sequence] = read_segment(data, device, sequence not in unsigned)
+                    found = read_segment(data, device, sequence not in unsigned)
                 except (ValueError, InvalidSignature):
-                    segments[sequence] = None
+                    found = None
+                # A segment stored under another's name (swapped, replayed) fails too.
+                segments[sequence] = found if found and found["header"]["sequence"] == sequence else None
     return manifest, segments
 
 

@@ -369,13 +369,14 @@ def read_bundle(path: Path, device_key: Ed25519PublicKey) -> tuple[dict[str, Any
         for row, data in reader.segments():
             if data is None:
                 continue
+            sequence = int(row["sequence"])
             try:
-                info = verify_segment(data, device_key, allow_partial=True)
+                info = verify_segment(data, device_key, allow_partial=True, expect_sequence=sequence)
             except SegmentError:
-                sealed[int(row["sequence"])] = SealedSegment(False)
+                sealed[sequence] = SealedSegment(False)
                 continue
             hashes = info.packet_sha256
-            sealed[info.sequence] = SealedSegment(
+            sealed[sequence] = SealedSegment(
                 True,
                 info.sha256,
                 segment_record(info, data).signed_sha256,
