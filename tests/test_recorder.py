@@ -179,6 +179,19 @@ def test_pre_roll_through_the_live_stage_starts_before_the_first_moving_frame(tm
     assert 2.0 <= starts[0] - times[0] < 3.0
 
 
+def test_a_segment_cut_asks_for_one_keyframe_not_one_per_frame_of_look_ahead(tmp_path: Path) -> None:
+    """The keyframe that ends a segment comes out a few frames after it is asked for; asking again at
+    each of those frames made every one an IDR frame (a third of the encoder's time went there)."""
+    keys = make_keys()
+    cam = camera()
+    st = storage(tmp_path, segment_seconds=2.0, gop_seconds=30.0)  # no keyframe but the forced ones
+    ring = RingBuffer(tmp_path, st, footage_clock)
+    record(ring, cam, st, keys, synthetic_frames(cam, 75, T0))
+    opened = _opened(ring, keys)
+    assert len(opened) == 4
+    assert [sum(p.keyframe for p in o.packets) for o in opened] == [1, 1, 1, 1]
+
+
 def test_a_resolution_change_seals_the_segment_and_starts_a_new_stream(tmp_path: Path) -> None:
     keys = make_keys()
     small, large = camera(size=(160, 120)), camera(size=(320, 240))

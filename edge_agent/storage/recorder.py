@@ -149,6 +149,7 @@ class Recorder:
         self._event_start = math.inf
         self._wanted_until = -math.inf
         self._want_keyframe = False
+        self._cut_requested = False  # the keyframe that ends the segment in progress was asked for
         self._segments = 0
         self._bytes = 0
         self._packets = 0
@@ -235,12 +236,17 @@ class Recorder:
                 self._storage, frame.size, self.camera.fps, frame.captured_at, name
             )
             self._want_keyframe = False
-        force = self._want_keyframe or (
+        # One keyframe asked per segment end: it comes out a few frames later (look-ahead), and asking
+        # again meanwhile would make each of those frames an IDR frame (costly in time and bytes).
+        cut_due = (
             self._writer is not None
+            and not self._cut_requested
             and frame.captured_at - self._segment_start >= self._storage.segment_seconds
         )
+        force = self._want_keyframe or cut_due
         if force:
             self._want_keyframe = False
+            self._cut_requested = True
         return self._encoder.encode(frame.image, frame.captured_at, force_keyframe=force)
 
     # ---- packets -----------------------------------------------------------------------------------
@@ -305,6 +311,7 @@ class Recorder:
                 journal=self._pending.journal,
             )
             self._segment_start = start
+            self._cut_requested = False
             for _, packet in packets:
                 self._append(packet)
         except OSError:
