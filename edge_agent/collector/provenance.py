@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_agent import __version__
 from edge_agent.collector.mp4 import PacketRef
 from edge_agent.collector.pki import CollectorCredential
 from edge_agent.formats.bundle import BundleError, BundleReader
@@ -45,6 +46,7 @@ from edge_agent.formats.keys import load_ed25519_public, public_key_id
 from edge_agent.formats.media import sample_digest
 from edge_agent.formats.sealing import (
     FRAME_HASH_VERSION,
+    PACKET_HASH_RULE,
     SIGNATURE_DOMAIN,
     SIGNATURE_SIZE,
     SegmentError,
@@ -181,7 +183,7 @@ def build_assertion(
         "officer": manifest.get("officer", ""),
         "requested": {"start": iso_ms(start), "end": iso_ms(end), "start_ts": start, "end_ts": end},
         "bundle_id": manifest.get("bundle_id", ""),
-        "frame_hash": "nal-sha256",
+        "frame_hash": PACKET_HASH_RULE,
         "segments": [_segment_entry(r) for r in records],
         "samples": sample_runs(samples),
         "gaps": [{"start_ts": g["start_ts"], "end_ts": g["end_ts"], "reason": g["reason"]} for g in gaps],
@@ -230,7 +232,7 @@ def sign_clip(clip: Path, assertion: dict[str, Any], credential: CollectorCreden
     The library validates its own output against the CSU CA before the file is replaced.
     """
     definition = {
-        "claim_generator_info": [{"name": GENERATOR, "version": "1"}],
+        "claim_generator_info": [{"name": GENERATOR, "version": __version__}],
         "title": clip.name,
         "format": MP4_MIME,
         "assertions": [
