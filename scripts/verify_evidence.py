@@ -362,10 +362,11 @@ def check_evidence(
     """(statements, problems) from our assertion: the device, its signatures, each frame, gaps, chain."""
     statements, problems = [], []
     device, camera, asked = evidence["device"], evidence["camera"], evidence["requested"]
-    statements.append(
-        f"camera {camera} of device {device} (site {evidence['site']}), from {asked['start']}"
-        f" (clip time 00:00:00) to {asked['end']}"
-    )
+    statements += [
+        f"camera {camera} of device {device} (site {evidence['site']}),"
+        f" from {asked['start']} to {asked['end']}",
+        "clip time 00:00:00 is the first frame shown at or after the start",
+    ]
     statements.append(f"requisition {evidence['requisition']}, officer {evidence['officer'] or 'not named'}")
     kid = evidence["device_key"]["id"]
     device_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(evidence["device_key"]["ed25519"]))

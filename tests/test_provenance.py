@@ -141,8 +141,9 @@ def test_a_real_export_is_valid_and_trusted_under_the_csu_ca(site, capsys) -> No
     assert lines == [
         "C2PA manifest: signed by Ville de Test CSU collector (issuer Ville de Test), valid, trusted:"
         " issued under the CSU CA",
-        "camera cam1 of device pi-01 (site ville-01), from 2023-11-14T22:13:22.550Z (clip time 00:00:00)"
-        " to 2023-11-14T22:13:32.550Z",
+        "camera cam1 of device pi-01 (site ville-01),"
+        " from 2023-11-14T22:13:22.550Z to 2023-11-14T22:13:32.550Z",
+        "clip time 00:00:00 is the first frame shown at or after the start",
         "requisition PV 2024/118, officer lt-martin",
         f"device key {key_id}: one the CSU knows",
         f"frames 00:00:00-00:00:09 signed by device pi-01 (key {key_id})",

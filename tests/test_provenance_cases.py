@@ -188,7 +188,7 @@ def test_the_script_imports_only_what_a_court_expert_installs() -> None:
     }
     third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
     assert third_party == {"av", "c2pa", "cryptography"}
-    assert len(SCRIPT.read_text().splitlines()) < 450
+    assert len(SCRIPT.read_text().splitlines()) < 500  # read in an hour
 
 
 @pytest.mark.parametrize(

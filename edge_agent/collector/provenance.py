@@ -650,7 +650,8 @@ def _check_assertion(
     device, camera = assertion["device"], assertion["camera"]
     report.statements += [
         f"camera {camera} of device {device} (site {assertion['site']}), from"
-        f" {assertion['requested']['start']} (clip time 00:00:00) to {assertion['requested']['end']}",
+        f" {assertion['requested']['start']} to {assertion['requested']['end']}",
+        "clip time 00:00:00 is the first frame shown at or after the start",
         f"requisition {assertion['requisition']}, officer {assertion['officer'] or 'not named'}",
     ]
     key_id = assertion["device_key"]["id"]
