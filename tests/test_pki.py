@@ -228,3 +228,17 @@ def test_import_names_unusable_files(tmp_path: Path) -> None:
         import_credential(tmp_path / "keys", cert, tmp_path / "key.pem", ca_file, NOW)
     with pytest.raises(PkiError, match=r"nokeys/collector_cert.pem: cannot read"):
         load_credential(tmp_path / "nokeys")
+
+
+def test_show_says_when_the_certificate_cannot_sign(tmp_path: Path, capsys) -> None:
+    init_pki(tmp_path / "csu", "Ville", NOW)
+    init_pki(tmp_path / "other", "Ailleurs", NOW)
+    for name in ("collector_cert.pem", "collector_cert_key.pem"):
+        (tmp_path / "csu" / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    assert collector_main(["pki", "show", "--keys", str(tmp_path / "csu")]) == 1
+    assert (
+        "cannot sign exports: O=Ailleurs,CN=Ailleurs CSU collector is not issued by"
+        in capsys.readouterr().out
+    )
+    assert collector_main(["pki", "show", "--keys", str(tmp_path / "none")]) == 1
+    assert "none/collector_cert.pem: cannot read" in capsys.readouterr().err
