@@ -69,7 +69,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _rows(db: Path) -> list[Any]:
     store = open_store(db, readonly=True)
     try:
-        return store.motion_after(0, limit=10_000_000)  # in the order stored: rows[before:] are new
+        # in the order stored (rows[before:] are new), the devices' messages only: the fleet's last
+        # wills make the collector write ends of its own
+        rows = store.motion_after(0, limit=10_000_000)
+        return [row for row in rows if row.end_reason is None]
     finally:
         store.close()
 

@@ -120,10 +120,11 @@ class Collector:
         assert self.ingestor.ready.wait(10), "collector did not subscribe"
 
     def wait_events(self, count: int, timeout: float = 15) -> bool:
-        """Wait until `count` motion rows are stored."""
+        """Wait until `count` motion messages of the devices are stored (not counting the ends the
+        collector writes when a device goes offline)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(self.store.events()) >= count:
+            if sum(e.end_reason is None for e in self.store.events()) >= count:
                 return True
             time.sleep(0.05)
         return False

@@ -92,13 +92,9 @@ def test_registry_from_status_availability_and_motion(ingestor: Ingestor) -> Non
     assert handle(f"{ROOT}/s2/d9/availability", b'"offline"') == "stored"
     assert handle(f"{ROOT}/s1/d1/cam0/motion", _motion("e1")) == "stored"
     store = ingestor.store
-    sites = {s.site: s for s in store.sites()}
-    assert (sites["s1"].devices, sites["s1"].online, sites["s1"].cameras, sites["s1"].cameras_running) == (
-        2,
-        1,
-        3,
-        2,
-    )
+    sites = {s.site: s for s in store.sites(NOW + 1)}
+    s1 = sites["s1"]  # d2 never said it is online: its camera is not counted as running
+    assert (s1.devices, s1.online, s1.cameras, s1.cameras_running) == (2, 1, 3, 1)
     assert (sites["s2"].devices, sites["s2"].online) == (1, 0)
     status = store.device_status("s1", "d1")
     assert status is not None and status.online and status.clip_url == "https://d1.s1:8480"
@@ -214,6 +210,40 @@ def test_sites_and_events_commands(
     assert "--since 'last tuesday'" in capsys.readouterr().out
     assert collector_main(["sites", "--db", str(tmp_path / "none.sqlite")]) == 1
     assert "no collector database" in capsys.readouterr().out
+
+
+def test_sites_counts_running_cameras_of_online_devices_with_a_fresh_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 6: a device whose last will came was listed with CAMERAS RUNNING 2/2."""
+    now = time.time()
+    store = open_store(tmp_path / "c.sqlite")
+    live = Ingestor(store, ROOT)
+    two = ("running", "running")
+    for device, age in (("up", 5), ("dead", 5), ("silent", 200)):
+        live.handle(f"{ROOT}/s1/{device}/availability", b'"online"')
+        live.handle(f"{ROOT}/s1/{device}/status", _status("s1", device, ts=now - age, states=two))
+    live.handle(f"{ROOT}/s1/dead/cam0/motion", _motion("open", ts=now - 3, start_ts=iso_ms(now - 3)))
+    live.handle(f"{ROOT}/s1/dead/availability", b'"offline"')
+    store.close()
+    db = str(tmp_path / "c.sqlite")
+    assert collector_main(["sites", "--db", db]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["s1", "2/3", "2/6"]
+    assert collector_main(["sites", "--db", db, "--stale-after", "300", "--json"]) == 0
+    [site] = json.loads(capsys.readouterr().out)
+    assert (site["online"], site["cameras_running"], site["cameras"]) == (2, 4, 6)  # `silent` is fresh
+    for bad in ("0", "-5", "nan"):
+        assert collector_main(["sites", "--db", db, "--stale-after", bad]) == 2
+        assert f"--stale-after {float(bad):g}: must be a positive number" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        collector_main(["sites", "--help"])
+    assert "(default 90: 3 x the 30 s status interval" in " ".join(capsys.readouterr().out.split())
+    # the event open when the device died was ended by the collector, and says so
+    assert collector_main(["events", "--db", db, "--site", "s1", "--json"]) == 0
+    [end, start] = json.loads(capsys.readouterr().out)
+    assert (end["phase"], end["end_reason"], start["end_reason"]) == ("end", "device-offline", None)
+    assert collector_main(["events", "--db", db, "--site", "s1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[3] == "end:device-offline"
 
 
 def test_events_command_lists_the_newest_first_and_a_limit_keeps_the_newest(
@@ -375,6 +405,11 @@ POISONS: list[tuple[str, bytes, str]] = [
         "status",
         _status("s1", "d1").replace(b'"uptime_s":5.0', b'"uptime_s":Infinity'),
         "uptime_s: must be a finite",
+    ),
+    (
+        "status",
+        _status("s1", "d1").replace(b'"uptime_s":5.0', b'"uptime_s":5.0,"heartbeat_s":0'),
+        "heartbeat_s: 0.0 is outside 1..86400",
     ),
 ]
 

@@ -13,8 +13,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from edge_agent.collector.console.fleet import FleetRules, fleet_view
 from edge_agent.collector.store import (
+    DEVICE_OFFLINE,
     LATEST,
+    STALE_AFTER_S,
+    STALE_PERIODS,
     AvailabilityRecord,
     MalformedRecord,
     MotionRecord,
@@ -34,7 +38,13 @@ from edge_agent.formats.mqtt_wire import SCHEMA, CameraStatus, MotionMessage, St
 NOW = 1714564800.0
 
 
-def status(site: str, device: str, ts: float, states: tuple[str, ...] = ("running",)) -> StatusRecord:
+def status(
+    site: str,
+    device: str,
+    ts: float,
+    states: tuple[str, ...] = ("running",),
+    heartbeat_s: float | None = None,
+) -> StatusRecord:
     message = StatusMessage(
         schema=SCHEMA,
         site=site,
@@ -44,6 +54,7 @@ def status(site: str, device: str, ts: float, states: tuple[str, ...] = ("runnin
         uptime_s=5.0,
         cameras=[CameraStatus(id=f"cam{i}", state=s, fps=10.0, masks=1) for i, s in enumerate(states)],
         clip_url=f"https://{device}.{site}:8480",
+        heartbeat_s=heartbeat_s,
     )
     return StatusRecord(message, json.dumps(message.wire()), NOW)
 
@@ -91,9 +102,10 @@ def test_registry_rows_from_a_batch(store: Store) -> None:
         motion("s1", "d1", "e1"),
     ]
     assert store.write(records, NOW + 1) == ["stored"] * 5
-    sites = {s.site: s for s in store.sites()}
+    sites = {s.site: s for s in store.sites(NOW + 1)}
     s1 = sites["s1"]
-    assert (s1.devices, s1.online, s1.cameras, s1.cameras_running, s1.last_seen) == (2, 1, 3, 2, NOW)
+    # d2 never said it is online: its camera is not counted as running
+    assert (s1.devices, s1.online, s1.cameras, s1.cameras_running, s1.last_seen) == (2, 1, 3, 1, NOW)
     assert (sites["s2"].devices, sites["s2"].online) == (1, 0)
     d1 = store.device_status("s1", "d1")
     assert d1 is not None and d1.online and d1.clip_url == "https://d1.s1:8480" and d1.version == "1.0"
@@ -164,7 +176,7 @@ def test_an_older_status_never_replaces_a_newer_one(store: Store) -> None:
     current = store.device_status("s1", "d1")
     assert current is not None and current.status is not None
     assert [c["state"] for c in current.status["cameras"]] == ["b", "b"]
-    assert [(s.site, s.cameras, s.cameras_running) for s in store.sites()] == [("s1", 2, 0)]
+    assert [(s.site, s.cameras, s.cameras_running) for s in store.sites(NOW + 41)] == [("s1", 2, 0)]
     assert [h.ts - NOW for h in store.status_history("s1", "d1")] == [0, 10, 20, 30, 40]
     assert [h.ts - NOW for h in store.status_history("s1", "d1", since=NOW + 25)] == [30, 40]
     assert store.counters()["stale"] == 2
@@ -202,8 +214,9 @@ def test_purge_removes_only_what_is_older(store: Store, monkeypatch: pytest.Monk
     monkeypatch.setattr(store_sql, "PURGE_CHUNK", 3)  # several chunks per table
     day = 86400.0
     old, recent = NOW - 40 * day, NOW - day
-    records: list[Record] = [motion("s1", "d1", f"old{i}", ts=old + i) for i in range(7)]
-    records += [motion("s1", "d1", f"new{i}", ts=recent + i) for i in range(2)]
+    # motion of another device than the one going offline below (which would close its events)
+    records: list[Record] = [motion("s1", "d2", f"old{i}", ts=old + i) for i in range(7)]
+    records += [motion("s1", "d2", f"new{i}", ts=recent + i) for i in range(2)]
     records += [status("s1", "d1", old + i) for i in range(4)] + [status("s1", "d1", recent)]
     records += [
         AvailabilityRecord("s1", "d1", "online", old),
@@ -232,6 +245,198 @@ def test_events_are_newest_first_and_a_limit_keeps_the_newest(store: Store) -> N
     assert [e.event_id for e in store.events(site="s1", limit=1)] == ["tie"]
     # the live view still reads in the order stored
     assert [e.event_id for e in store.motion_after(0)][:3] == ["e3", "e0", "e9"]
+
+
+# --- what users see is true (issue 14 item 6) ----------------------------------------------------------
+
+
+def online(site: str, device: str, at: float = NOW) -> AvailabilityRecord:
+    return AvailabilityRecord(site, device, "online", at)
+
+
+def offline(site: str, device: str, at: float = NOW) -> AvailabilityRecord:
+    return AvailabilityRecord(site, device, "offline", at)
+
+
+def test_only_cameras_of_online_devices_with_a_fresh_status_are_running(store: Store) -> None:
+    """`sites` said "CAMERAS RUNNING 2/2" for a device whose last will had come. Running counts the
+    cameras of online devices whose last status is fresh: younger than the stale limit, or than three of
+    the heartbeats a device declares; the same verdicts as the console's fleet page."""
+    two = ("running", "running")
+    now = NOW + 1000
+    store.write(
+        [
+            online("s1", "fine"),
+            status("s1", "fine", now - 10, two),
+            online("s1", "dead"),
+            status("s1", "dead", now - 10, two),
+            offline("s1", "dead", NOW + 1),  # last will, after its last status
+            online("s1", "silent"),
+            status("s1", "silent", now - 100, two),  # 100 s > 3 x 30 s
+            online("s1", "metered"),
+            status("s1", "metered", now - 600, two, heartbeat_s=300),  # 600 s < 3 x 300 s
+            online("s1", "lost"),
+            status("s1", "lost", now - 1000, two, heartbeat_s=300),
+            online("s1", "broken"),
+            status("s1", "broken", now - 10, ("running", "error")),
+            status("s2", "never-online", now - 10, two),
+        ],
+        now,
+    )
+    counts = {s.site: (s.online, s.devices, s.cameras_running, s.cameras) for s in store.sites(now)}
+    # running: fine 2 + metered 2 + broken 1
+    assert counts == {"s1": (5, 6, 5, 12), "s2": (0, 1, 0, 2)}
+    assert store.sites(now, stale_after_s=120.0)[0].cameras_running == 7  # `silent` is fresh then
+    assert store.sites(now + 300)[0].cameras_running == 2  # `metered` alone: 900 s old, 3 heartbeats
+
+    rules = FleetRules(status_interval_s=STALE_AFTER_S / STALE_PERIODS)
+    view = fleet_view(store.devices(), now, rules)
+    fresh_online = [d for d in view.devices if not any(p.code in ("offline", "stale") for p in d.problems)]
+    per_site = {site: 0 for site in counts}
+    for device in fresh_online:
+        per_site[device.site] += sum(c.state == "running" for c in device.cameras)
+    assert per_site == {s.site: s.cameras_running for s in store.sites(now)}, "the console agrees"
+
+
+def _ends(store: Store) -> dict[tuple[str, str], tuple[float, str | None]]:
+    """(device, event_id) -> (ts, end_reason) of every end stored, checking one end per event."""
+    ends = [e for e in store.motion_after(0, limit=10_000) if e.phase == "end"]
+    found = {(e.device, e.event_id): (e.ts, e.end_reason) for e in ends}
+    assert len(found) == len(ends), "one end per event"
+    return found
+
+
+def test_going_offline_closes_the_devices_open_events_once(store: Store) -> None:
+    store.write(
+        [
+            online("s1", "d1"),
+            motion("s1", "d1", "open", "start", NOW),
+            motion("s1", "d1", "open", "update", NOW + 20),
+            motion("s1", "d1", "done", "start", NOW),
+            motion("s1", "d1", "done", "end", NOW + 5),
+            motion("s1", "d1", "ahead", "start", NOW + 200),  # the device's clock runs ahead
+            motion("s1", "d2", "elsewhere", "start", NOW),
+        ],
+        NOW,
+    )
+    before = store.last_motion_id()
+    assert store.write([offline("s1", "d1", NOW + 60)], NOW + 60) == ["stored"]
+    assert _ends(store) == {
+        ("d1", "done"): (NOW + 5, None),
+        ("d1", "open"): (NOW + 60, DEVICE_OFFLINE),  # at the offline
+        ("d1", "ahead"): (NOW + 200, DEVICE_OFFLINE),  # never before its own messages
+    }
+    new = store.motion_after(before)  # the live view sees the ends
+    assert sorted((e.event_id, e.phase, e.end_reason) for e in new) == [
+        ("ahead", "end", DEVICE_OFFLINE),
+        ("open", "end", DEVICE_OFFLINE),
+    ]
+    [closed] = [e for e in new if e.event_id == "open"]
+    assert (closed.camera, closed.start_ts, closed.zones, closed.stored_at) == (
+        "cam0",
+        NOW,
+        ["door"],
+        NOW + 60,
+    )
+    # a redelivered last will, or a later one, adds nothing
+    assert store.write([offline("s1", "d1", NOW + 61)], NOW + 61) == ["duplicate"]
+    store.write([online("s1", "d1", NOW + 70), offline("s1", "d1", NOW + 80)], NOW + 80)
+    assert len(_ends(store)) == 3
+    assert [e.event_id for e in store.events(device="d2")] == ["elsewhere"]  # another device: open
+
+
+def test_the_devices_own_end_replaces_the_collectors(store: Store) -> None:
+    """The device lost its link, not its life: after reconnecting, its outbox resends the real end."""
+    store.write([online("s1", "d1"), motion("s1", "d1", "e1", "start", NOW)], NOW)
+    store.write([offline("s1", "d1", NOW + 60)], NOW + 60)
+    assert _ends(store) == {("d1", "e1"): (NOW + 60, DEVICE_OFFLINE)}
+    before = store.last_motion_id()
+    resent: list[Record] = [
+        online("s1", "d1", NOW + 90),
+        motion("s1", "d1", "e1", "end", NOW + 30, received=NOW + 90),
+    ]
+    assert store.write(resent, NOW + 90) == ["stored", "stored"]
+    assert _ends(store) == {("d1", "e1"): (NOW + 30, None)}
+    assert [e.phase for e in store.motion_after(before)] == ["end"]  # the live view sees it replaced
+    assert store.write(resent[1:], NOW + 91) == ["duplicate"]  # redelivered: the real one stays
+    store.write([offline("s1", "d1", NOW + 120)], NOW + 120)
+    assert _ends(store) == {("d1", "e1"): (NOW + 30, None)}
+
+
+def test_a_batch_closes_what_arrived_before_the_offline_not_after(store: Store) -> None:
+    """One batch (a backlog after a collector restart): start, last will, reconnect, a new start."""
+    batch: list[Record] = [
+        online("s1", "d1"),
+        motion("s1", "d1", "before", "start"),
+        offline("s1", "d1"),
+        online("s1", "d1"),
+        motion("s1", "d1", "after", "start"),
+        motion("s1", "d2", "last-word", "start"),
+        offline("s1", "d2"),
+    ]
+    store.write(batch, NOW)
+    assert _ends(store) == {
+        ("d1", "before"): (NOW, DEVICE_OFFLINE),
+        ("d2", "last-word"): (NOW, DEVICE_OFFLINE),
+    }
+
+
+def test_a_start_another_collector_stores_after_the_offline_is_closed(db: str) -> None:
+    """Two collectors on one database: the start reached the first before the last will reached the
+    second, but the second committed first. A start that arrived after the offline (the device is back,
+    its `online` still on its way) stays open."""
+    first, second = open_store(db), open_store(db)
+    try:
+        first.write([online("s1", "d1")], NOW)
+        second.write([offline("s1", "d1", NOW + 10)], NOW + 10)
+        assert first.write([motion("s1", "d1", "late", received=NOW + 5)], NOW + 5) == ["stored"]
+        assert first.write([motion("s1", "d1", "new", received=NOW + 20)], NOW + 20) == ["stored"]
+        assert _ends(second) == {("d1", "late"): (NOW + 10, DEVICE_OFFLINE)}
+        # the other way round: a start received after a last will that another collector commits later
+        first.write([online("s1", "d2", NOW + 30), motion("s1", "d2", "live", received=NOW + 50)], NOW + 50)
+        second.write([offline("s1", "d2", NOW + 40)], NOW + 40)
+        assert ("d2", "live") not in _ends(second)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_collectors_closing_at_once_write_one_end_per_event(db: str) -> None:
+    """Two collectors get the same starts and last wills in different orders and batches, concurrently:
+    whatever the interleaving, every event ends once, by the collector, with no deadlock."""
+    devices = [f"d{i}" for i in range(6)]
+    records: list[Record] = [online("s1", d, NOW - 1) for d in devices]
+    records += [motion("s1", devices[i % 6], f"e{i}", received=NOW) for i in range(120)]
+    wills: list[Record] = [offline("s1", d, NOW + 10) for d in devices]
+    setup = open_store(db)
+    setup.write(records[:6], NOW - 1)
+    setup.close()
+    stores = [open_store(db), open_store(db)]
+    errors: list[BaseException] = []
+
+    def collector(index: int) -> None:
+        order = list(records[6:]) + wills
+        random.Random(index).shuffle(order)
+        try:
+            for start in range(0, len(order), 7):
+                chunk = order[start : start + 7]
+                stores[index].write(chunk, max(r.received_at for r in chunk))
+        except BaseException as error:  # reported below, with the thread's failure
+            errors.append(error)
+
+    threads = [threading.Thread(target=collector, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not errors, errors
+        ends = _ends(stores[0])
+        assert sorted(ends) == sorted((devices[i % 6], f"e{i}") for i in range(120))
+        assert {reason for _, reason in ends.values()} == {DEVICE_OFFLINE}
+    finally:
+        for opened in stores:
+            opened.close()
 
 
 def test_live_view_reads_rows_after_an_id(store: Store) -> None:

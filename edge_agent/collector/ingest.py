@@ -203,6 +203,8 @@ def check_status(status: StatusMessage, now: float, limits: Limits) -> None:
     if len(status.clip_url) > limits.max_text or not status.clip_url.isprintable():
         raise PayloadError(f"clip_url: at most {limits.max_text} printable characters")
     _number("uptime_s", status.uptime_s, 0.0, 1e10)
+    if status.heartbeat_s is not None:  # the period a status goes stale by: the device config's bounds
+        _number("heartbeat_s", status.heartbeat_s, 1.0, 86400.0)
     if len(status.cameras) > limits.max_list:
         raise PayloadError(f"cameras: more than {limits.max_list}")
     seen: set[str] = set()

@@ -12,7 +12,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from edge_agent.collector.store import SchemaError, Store, StoreUnavailable, open_store
+from edge_agent.collector.store import (
+    STALE_AFTER_S,
+    STALE_PERIODS,
+    STATUS_INTERVAL_S,
+    EventRow,
+    SchemaError,
+    Store,
+    StoreUnavailable,
+    open_store,
+)
 from edge_agent.formats.times import TimeFormatError, iso_ms, parse_iso
 
 DEFAULT_DB = "collector.sqlite"
@@ -43,6 +52,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add `sites` and `events`."""
     sites = subparsers.add_parser("sites", help="sites, devices online, cameras running")
     sites.add_argument("--db", default=DEFAULT_DB, help="registry written by `serve` (file or postgresql://)")
+    sites.add_argument(
+        "--stale-after",
+        type=float,
+        default=STALE_AFTER_S,
+        metavar="SECONDS",
+        help=f"a device's last status older than this is stale (default {STALE_AFTER_S:g}: "
+        f"{STALE_PERIODS} x the {STATUS_INTERVAL_S:g} s status interval; {STALE_PERIODS} x its heartbeat "
+        "when the device declares one, as the console judges); cameras of a stale or offline device "
+        "are not counted as running",
+    )
     sites.add_argument("--json", action="store_true", help="JSON instead of a table")
     sites.set_defaults(handler=show_sites)
     events = subparsers.add_parser("events", help="motion events of a site, newest first")
@@ -66,12 +85,15 @@ def _open(db: str) -> Store | None:
 
 
 def show_sites(args: argparse.Namespace) -> int:
-    """Print every site with its device and camera counts."""
+    """Print every site with its device and camera counts (running: of online devices, fresh status)."""
+    if not args.stale_after > 0:
+        print(f"--stale-after {args.stale_after:g}: must be a positive number of seconds")
+        return 2
     store = _open(args.db)
     if store is None:
         return 1
     try:
-        sites = store.sites()
+        sites = store.sites(time.time(), args.stale_after)
         devices = store.devices()
     finally:
         store.close()
@@ -130,8 +152,13 @@ def show_events(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     rows = [
-        (iso_ms(e.ts), e.device, e.camera, e.phase, e.event_id, f"{e.score:.2f}", ",".join(e.zones) or "-")
+        (iso_ms(e.ts), e.device, e.camera, _phase(e), e.event_id, f"{e.score:.2f}", ",".join(e.zones) or "-")
         for e in events
     ]
     print(table(("TIME (UTC)", "DEVICE", "CAMERA", "PHASE", "EVENT", "SCORE", "ZONES"), rows))
     return 0
+
+
+def _phase(event: EventRow) -> str:
+    """The phase, and why the collector wrote it when it did (`end:device-offline`)."""
+    return f"{event.phase}:{event.end_reason}" if event.end_reason else event.phase

@@ -321,6 +321,7 @@ class Console:
             score=row.score,
             zones=row.zones,
             last_id=row.id,
+            end_reason=row.end_reason,
         )
         html = self.templates.get_template("_alert_row.html").render(
             alert=alert, csrf="", can_ack=True, back="/alerts"
@@ -330,7 +331,7 @@ class Console:
                 "key": alert.key,
                 "html": html,
                 "phase": row.phase,
-                "state": "ended" if alert.ended else "open",
+                "state": alert.state,
                 "last": fmt_time(row.ts),
                 "site": row.site,
                 "camera": row.camera,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.collector.store import DeviceStatus
+from edge_agent.collector.store import STALE_PERIODS, STATUS_INTERVAL_S, DeviceStatus
 from edge_agent.formats.times import TimeFormatError, parse_iso
 
 # Severities, worst first: the page sorts by them and colours by them.
@@ -23,7 +23,7 @@ CRITICAL, WARNING, NOTICE = 0, 1, 2
 class FleetRules:
     """When a device or camera counts as a problem."""
 
-    status_interval_s: float = 30.0  # the devices' status period when they do not say (stale after 3)
+    status_interval_s: float = STATUS_INTERVAL_S  # the devices' status period when they do not say
     legal_retention_days: float = 0.0  # the CSU's legal days; 0 judges each device by its own setting
     disk_full_fraction: float = 0.9
     outbox_backlog: int = 100
@@ -197,8 +197,9 @@ def device_view(row: DeviceStatus, now: float, rules: FleetRules) -> DeviceView:
         problems.append(Problem(CRITICAL, "offline", "offline"))
     elif age is None:
         problems.append(Problem(WARNING, "stale", "no status yet"))
-    elif age > 3 * (_number(status.get("heartbeat_s")) or rules.status_interval_s):
-        # A device that publishes on change plus a heartbeat says how long its silences may last.
+    elif age > STALE_PERIODS * (_number(status.get("heartbeat_s")) or rules.status_interval_s):
+        # A device that publishes on change plus a heartbeat says how long its silences may last
+        # (`csu-collector sites` applies the same rule: SQLStore.sites).
         problems.append(Problem(WARNING, "stale", f"status {age:.0f} s old"))
     for judged in (
         _disk_problem(status.get("disk"), rules),

@@ -12,6 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_agent.collector.store.base import (
+    DEVICE_OFFLINE,
+    STALE_AFTER_S,
+    STALE_PERIODS,
+    STATUS_INTERVAL_S,
     AvailabilityChange,
     AvailabilityRecord,
     DeviceStatus,
@@ -35,7 +39,11 @@ from edge_agent.collector.store.sqlite import SQLiteStore
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
+    "DEVICE_OFFLINE",
     "LATEST",
+    "STALE_AFTER_S",
+    "STALE_PERIODS",
+    "STATUS_INTERVAL_S",
     "AvailabilityChange",
     "AvailabilityRecord",
     "DeviceStatus",

@@ -21,6 +21,14 @@ from edge_agent.formats.mqtt_wire import MotionMessage, StatusMessage
 
 Outcome = Literal["stored", "duplicate", "stale", "malformed"]
 
+DEVICE_OFFLINE = "device-offline"
+"""`EventRow.end_reason` of an end the collector wrote: the device went offline with the event open."""
+STATUS_INTERVAL_S = 30.0
+"""The devices' status period when they declare no heartbeat (the console's FleetRules default)."""
+STALE_PERIODS = 3
+"""A status older than this many periods (the device's heartbeat, else the interval) is stale."""
+STALE_AFTER_S = STALE_PERIODS * STATUS_INTERVAL_S
+
 
 class SchemaError(RuntimeError):
     """The database schema is not the one this collector needs; the message says what to run."""
@@ -82,7 +90,11 @@ Record = AvailabilityRecord | StatusRecord | MotionRecord | MalformedRecord
 
 @dataclass(frozen=True)
 class SiteSummary:
-    """One site: how many devices are online, how many cameras, when it was last heard."""
+    """One site: how many devices are online, how many cameras, when it was last heard.
+
+    `cameras_running` counts only the cameras of devices that are online and whose last status is fresh:
+    the last word of a dead or silent device says nothing of its cameras now.
+    """
 
     site: str
     devices: int
@@ -122,6 +134,9 @@ class EventRow:
     boxes: list[list[float]]
     zones: list[str]
     stored_at: float
+    end_reason: str | None = None
+    """None for a message of the device; DEVICE_OFFLINE for an end the collector wrote when the device
+    went offline with the event open (a real end the device sends later replaces it)."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +203,12 @@ class Store(ABC):
         """The latest malformed payloads: (topic, error, at), newest first."""
 
     @abstractmethod
-    def sites(self) -> list[SiteSummary]:
-        """Every site with its device and camera counts."""
+    def sites(self, now: float, stale_after_s: float = STALE_AFTER_S) -> list[SiteSummary]:
+        """Every site with its device and camera counts at time `now`.
+
+        A device's status is stale when older than STALE_PERIODS heartbeats if the device declares its
+        heartbeat, else older than `stale_after_s` (the console's rule: collector/console/fleet.py).
+        """
 
     @abstractmethod
     def devices(self, site: str | None = None) -> list[DeviceStatus]:

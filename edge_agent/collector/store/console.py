@@ -18,7 +18,7 @@ from edge_agent.collector.store.sql import SQLStore
 _ALERT_SQL = """
 SELECT m.site, m.device, m.camera, m.event_id, MIN(m.start_ts), MAX(m.ts),
        MAX(CASE WHEN m.phase = 'end' THEN 1 ELSE 0 END), MAX(m.score), MAX(m.zones), MAX(m.id),
-       a.user_name, a.at, a.comment
+       a.user_name, a.at, a.comment, MAX(m.end_reason)
 FROM motion_events m
 LEFT JOIN console_acks a ON a.site = m.site AND a.device = m.device AND a.event_id = m.event_id
 WHERE {where}
@@ -95,6 +95,15 @@ class Alert:
     zones: list[str]
     last_id: int
     ack: Acknowledgement | None = None
+    end_reason: str | None = None
+    """Why the collector ended it (`device-offline`); None when the device did."""
+
+    @property
+    def state(self) -> str:
+        """`open`, `ended`, or why the collector ended it in words (`ended: device offline`)."""
+        if not self.ended:
+            return "open"
+        return f"ended: {self.end_reason.replace('-', ' ')}" if self.end_reason else "ended"
 
     @property
     def key(self) -> str:
@@ -264,4 +273,5 @@ def _alert(row: tuple[Any, ...]) -> Alert:
         zones=json.loads(row[8]),
         last_id=int(row[9]),
         ack=ack,
+        end_reason=row[13],
     )

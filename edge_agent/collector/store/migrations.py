@@ -180,6 +180,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "what screens say is true: the reason of an end the collector wrote (device-offline), "
+        "the heartbeat a device declares (its status is stale after three)",
+        (
+            # NULL for every message a device sent; an end the collector closed says why.
+            "ALTER TABLE motion_events ADD COLUMN end_reason TEXT",
+            "ALTER TABLE devices ADD COLUMN heartbeat_s {real}",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -9,6 +9,10 @@ touches before anything else; the rows of one device (its status, cameras, motio
 only ever written by the transaction holding that device's lock. The status update is conditional
 (`status_ts < new ts`), so under READ COMMITTED the second of two concurrent writers re-checks it against
 the first one's committed row: an older status never overwrites a newer one, whoever writes last.
+
+The same lock orders the ends the collector writes when a device goes offline with events open (reason
+`device-offline`): whichever collector stores the offline or a start, the other sees its committed rows,
+the start's arrival time says whether the offline closes it, and the unique end per event keeps one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from edge_agent.collector.store.base import (
+    DEVICE_OFFLINE,
+    STALE_AFTER_S,
+    STALE_PERIODS,
     AvailabilityChange,
     AvailabilityRecord,
     DeviceStatus,
@@ -44,7 +51,34 @@ MALFORMED_KEPT = 1000
 PURGE_CHUNK = 10_000
 """Rows deleted per transaction by retention, so that a purge never holds long locks."""
 _COUNTER_OF: dict[str, str] = {"duplicate": "duplicates", "stale": "stale", "malformed": "malformed"}
-_EVENT_COLUMNS = "id, site, device, camera, event_id, phase, ts, start_ts, score, boxes, zones, stored_at"
+_EVENT_COLUMNS = (
+    "id, site, device, camera, event_id, phase, ts, start_ts, score, boxes, zones, stored_at, end_reason"
+)
+# The end the collector writes for an event still open when its device goes offline: one per event (the
+# partial unique index of migration 2), at the offline time (or at the event's latest message, when the
+# device's clock runs ahead), so a redelivered offline or a second collector adds nothing. `{which}`
+# picks the events: parameters (at, at, stored_at, end_reason, *which).
+_CLOSE_OPEN_EVENTS = """
+INSERT INTO motion_events (site, device, camera, event_id, phase, ts, start_ts, score, boxes, zones,
+                           stored_at, end_reason)
+SELECT s.site, s.device, s.camera, s.event_id, 'end',
+       CASE WHEN (SELECT MAX(u.ts) FROM motion_events u
+                  WHERE u.site = s.site AND u.device = s.device AND u.event_id = s.event_id) > ?
+            THEN (SELECT MAX(u.ts) FROM motion_events u
+                  WHERE u.site = s.site AND u.device = s.device AND u.event_id = s.event_id)
+            ELSE ? END,
+       s.start_ts, s.score, '[]', s.zones, ?, ?
+FROM motion_events s
+WHERE s.phase = 'start' AND {which}
+  AND NOT EXISTS (SELECT 1 FROM motion_events e WHERE e.site = s.site AND e.device = s.device
+                  AND e.event_id = s.event_id AND e.phase = 'end')
+ON CONFLICT DO NOTHING
+"""
+# At an offline: the device's open events whose start was stored by then (a start another collector
+# received after the offline is not closed by it).
+_CLOSE_AT_OFFLINE = _CLOSE_OPEN_EVENTS.format(which="s.site = ? AND s.device = ? AND s.stored_at <= ?")
+# One event whose start arrived before its device's offline.
+_CLOSE_EVENT = _CLOSE_OPEN_EVENTS.format(which="s.site = ? AND s.device = ? AND s.event_id = ?")
 _DEVICE_COLUMNS = "site, device, online, last_seen, version, clip_url, status_json, malformed"
 
 
@@ -150,7 +184,7 @@ class SQLStore(Store):
         outcomes: list[Outcome] = ["stored"] * len(records)
         with self._transaction() as tx:
             _touch(tx, records)
-            _write_availability(tx, records, outcomes)
+            _write_availability(tx, records, outcomes, now)
             _write_statuses(tx, records, outcomes, now)
             _write_motion(tx, records, outcomes, now)
             _write_malformed(tx, records, outcomes)
@@ -191,8 +225,8 @@ class SQLStore(Store):
             rows = tx.rows("SELECT topic, error, at FROM malformed ORDER BY id DESC LIMIT ?", (limit,))
         return [(r[0], r[1], r[2]) for r in rows]
 
-    def sites(self) -> list[SiteSummary]:
-        """Every site with its device and camera counts."""
+    def sites(self, now: float, stale_after_s: float = STALE_AFTER_S) -> list[SiteSummary]:
+        """Every site with its device and camera counts; running cameras of fresh, online devices only."""
         with self._reading() as tx:
             rows = tx.rows(
                 """
@@ -200,10 +234,14 @@ class SQLStore(Store):
                        (SELECT COUNT(*) FROM devices d WHERE d.site = s.site),
                        (SELECT COUNT(*) FROM devices d WHERE d.site = s.site AND d.online = 1),
                        (SELECT COUNT(*) FROM cameras c WHERE c.site = s.site),
-                       (SELECT COUNT(*) FROM cameras c WHERE c.site = s.site AND c.state = 'running'),
+                       (SELECT COUNT(*) FROM cameras c
+                        JOIN devices d ON d.site = c.site AND d.device = c.device
+                        WHERE c.site = s.site AND c.state = 'running' AND d.online = 1
+                          AND d.status_ts >= ? - COALESCE(? * d.heartbeat_s, ?)),
                        s.last_seen
                 FROM sites s ORDER BY s.site
-                """
+                """,
+                (now, float(STALE_PERIODS), stale_after_s),
             )
         return [SiteSummary(*row) for row in rows]
 
@@ -316,8 +354,12 @@ def _touch(tx: Tx, records: Sequence[Record]) -> None:
     )
 
 
-def _write_availability(tx: Tx, records: Sequence[Record], outcomes: list[Outcome]) -> None:
-    """Set online/offline in arrival order; a change adds a history row, a repeat is a duplicate."""
+def _write_availability(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], now: float) -> None:
+    """Set online/offline in arrival order; a change adds a history row, a repeat is a duplicate.
+
+    Going offline closes the device's open events stored until then (an end with reason DEVICE_OFFLINE):
+    its own end may never come. Starts of this batch are written later and judged then (`_write_motion`).
+    """
     items: list[tuple[int, AvailabilityRecord]] = list(_indexed(records, AvailabilityRecord))
     if not items:
         return
@@ -330,12 +372,17 @@ def _write_availability(tx: Tx, records: Sequence[Record], outcomes: list[Outcom
         ],
     )
     history = []
+    closing = []
     for (index, record), did_change in zip(items, changed, strict=True):
-        if did_change:
-            history.append((record.site, record.device, record.state, record.received_at))
-        else:
+        if not did_change:
             outcomes[index] = "duplicate"
+            continue
+        history.append((record.site, record.device, record.state, record.received_at))
+        if record.state == "offline":
+            at = record.received_at
+            closing.append((at, at, now, DEVICE_OFFLINE, record.site, record.device, at))
     tx.many("INSERT INTO availability (site, device, state, at) VALUES (?, ?, ?, ?)", history)
+    tx.many(_CLOSE_AT_OFFLINE, closing)
 
 
 def _write_statuses(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], now: float) -> None:
@@ -371,7 +418,7 @@ def _write_statuses(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], 
     if not new:
         return
     applied = tx.many_returning(
-        "UPDATE devices SET status_json = ?, status_ts = ?, version = ?, clip_url = ? "
+        "UPDATE devices SET status_json = ?, status_ts = ?, version = ?, clip_url = ?, heartbeat_s = ? "
         "WHERE site = ? AND device = ? AND (status_ts IS NULL OR status_ts < ?) RETURNING device",
         [
             (
@@ -379,6 +426,7 @@ def _write_statuses(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], 
                 r.status.ts,
                 r.status.version,
                 r.status.clip_url,
+                r.status.heartbeat_s,
                 r.status.site,
                 r.status.device,
                 r.status.ts,
@@ -415,10 +463,19 @@ def _write_statuses(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], 
 
 
 def _write_motion(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], now: float) -> None:
-    """Insert motion rows in arrival order; a row already stored is a duplicate."""
+    """Insert motion rows in arrival order; a row already stored is a duplicate.
+
+    A device's own end replaces the one the collector wrote when it went offline (its outbox resends it
+    after reconnecting). A start whose device went offline after it arrived is closed at once.
+    """
     items: list[tuple[int, MotionRecord]] = list(_indexed(records, MotionRecord))
     if not items:
         return
+    tx.many(
+        "DELETE FROM motion_events WHERE site = ? AND device = ? AND event_id = ? AND phase = 'end' "
+        "AND end_reason IS NOT NULL",
+        [(r.site, r.device, r.event.event_id) for _, r in items if r.event.phase == "end"],
+    )
     inserted = tx.many_returning(
         "INSERT INTO motion_events (site, device, camera, event_id, phase, ts, start_ts, score, boxes, "
         "zones, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
@@ -439,9 +496,50 @@ def _write_motion(tx: Tx, records: Sequence[Record], outcomes: list[Outcome], no
             for _, r in items
         ],
     )
-    for (index, _), is_new in zip(items, inserted, strict=True):
+    starts: list[tuple[int, MotionRecord]] = []
+    for (index, record), is_new in zip(items, inserted, strict=True):
         if not is_new:
             outcomes[index] = "duplicate"
+        elif record.event.phase == "start":
+            starts.append((index, record))
+    _close_started_before_offline(tx, records, starts, now)
+
+
+def _close_started_before_offline(
+    tx: Tx, records: Sequence[Record], starts: list[tuple[int, MotionRecord]], now: float
+) -> None:
+    """Close the new starts that arrived before their device's offline: later in this batch (the
+    availability phase ran before them), or already stored by another collector (the device row, locked
+    by this transaction, says offline since a time at or after the start's arrival)."""
+    if not starts:
+        return
+    later_offline: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for index, availability in _indexed(records, AvailabilityRecord):
+        if availability.state == "offline":
+            where = (availability.site, availability.device)
+            later_offline.setdefault(where, []).append((index, availability.received_at))
+    offline_since = _offline_since(tx, {(r.site, r.device) for _, r in starts})
+    closing = []
+    for index, record in starts:
+        where = (record.site, record.device)
+        after = [at for i, at in later_offline.get(where, []) if i > index]
+        since = offline_since.get(where)
+        at = after[0] if after else since if since is not None and since >= record.received_at else None
+        if at is not None:
+            closing.append((at, at, now, DEVICE_OFFLINE, *where, record.event.event_id))
+    tx.many(_CLOSE_EVENT, closing)
+
+
+def _offline_since(tx: Tx, devices: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
+    """Which of these devices are offline now, and since when (one query: most are online)."""
+    ordered = sorted(devices)
+    values = ", ".join(["(?, ?)"] * len(ordered))
+    rows = tx.rows(
+        "SELECT site, device, availability_at FROM devices WHERE online = 0 "
+        f"AND availability_at IS NOT NULL AND (site, device) IN (VALUES {values})",
+        [part for device in ordered for part in device],
+    )
+    return {(site, device): float(at) for site, device, at in rows}
 
 
 def _write_malformed(tx: Tx, records: Sequence[Record], outcomes: list[Outcome]) -> None:
@@ -498,6 +596,7 @@ def _event(row: tuple[Any, ...]) -> EventRow:
         boxes=json.loads(row[9]),
         zones=json.loads(row[10]),
         stored_at=row[11],
+        end_reason=row[12],
     )
 
 
