@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -361,20 +360,26 @@ def _fill(directory: Path) -> None:
         os.close(fd)
 
 
-def test_full_disk_refuses_new_events_and_stop_still_goes_offline(
+def test_a_full_disk_holds_new_events_in_memory_in_order_and_stop_still_goes_offline(
     mosquitto: LocalBroker, recorder: Recorder, full_disk: Path
 ) -> None:
+    """A disk filled by something else must not cost motion events (issue 13 item 1): they wait in memory,
+    in order, and reach the outbox and the broker once the disk has room again."""
     link = _link(mosquitto, full_disk)
     try:
         link.publish_event(Event("before-full"))
         assert link.wait_delivered(5)
-        mosquitto.stop()  # queue events the disk must keep
-        link.publish_event(Event("queued"))
         _fill(full_disk)
-        with pytest.raises(sqlite3.OperationalError, match="full"):
-            link.publish_event(Event("no-room"))  # the camera worker counts and logs a failed sink
-        assert link.stats().outbox_pending == 1  # what was stored before is still there
-        mosquitto.start()
+        assert link.publish_event(Event("no-room")) == 0  # held in memory, not lost, not raised
+        assert link.publish_event(Event("behind-it")) == 0  # behind it: the order is kept
+        assert link.stats().outbox_pending == 2
+        assert not link.wait_delivered(0.5)
+        (full_disk / "filler").unlink()
+        assert link.wait_delivered(10)
+        assert recorder.wait_for(lambda _m: len(recorder.on(f"{BASE}/cam1/motion")) == 3, timeout=5)
+        ids = [json.loads(p)["event_id"] for p in recorder.on(f"{BASE}/cam1/motion")]
+        assert ids == ["before-full", "no-room", "behind-it"]
+        assert link.stats().outbox_dropped == 0
     finally:
         link.stop(drain_timeout_s=0.5)
     late = Recorder(mosquitto.port, f"{BASE}/availability")

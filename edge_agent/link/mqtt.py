@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -66,6 +67,8 @@ CommandHandler = Callable[[dict[str, Any]], Mapping[str, Any]]
 by returning a result with `"ok": false` (and `error`, `message`)."""
 
 MIN_STATUS_GAP_S = 1.0
+SPILL_MAX = 2_000
+"""Events held in memory while the outbox cannot be written; beyond, the oldest is dropped and counted."""
 _OFFLINE = b'"offline"'
 _ONLINE = b'"online"'
 
@@ -201,6 +204,9 @@ class MqttLink:
         self._last_error = ""
         self._local_ip = ""
         self._final_stats: LinkStats | None = None
+        self._spill: deque[tuple[str, bytes]] = deque()  # events the outbox could not take yet
+        self._spill_lock = threading.Lock()
+        self._spill_lost = 0
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -247,11 +253,47 @@ class MqttLink:
     # --- public API -----------------------------------------------------------------------------
 
     def publish_event(self, event: MotionEventLike) -> int:
-        """Queue a motion event phase (committed to disk on return); returns its outbox id."""
+        """Queue a motion event phase; its outbox id once committed to disk, 0 while held in memory.
+
+        When the outbox cannot be written (a full disk, an I/O error), the event waits in memory, in
+        order behind any already waiting, and the sender moves it to the outbox as soon as a write
+        succeeds: a disk filled by something else costs no event until SPILL_MAX of them wait.
+        """
         payload = encode(motion_payload(event))
-        message_id = self.outbox.put(self.topics.motion(event.camera_id), payload, qos=1, now=self._clock())
+        topic = self.topics.motion(event.camera_id)
+        message_id = 0
+        with self._spill_lock:
+            if self._spill:
+                self._hold_in_memory(topic, payload)  # behind those already waiting: order is kept
+            else:
+                try:
+                    message_id = self.outbox.put(topic, payload, qos=1, now=self._clock())
+                except (sqlite3.Error, OSError) as error:
+                    log.warning("outbox write failed (%s): events wait in memory until it succeeds", error)
+                    self._last_error = f"outbox: {error}"
+                    self._hold_in_memory(topic, payload)
         self._wake.set()
         return message_id
+
+    def _hold_in_memory(self, topic: str, payload: bytes) -> None:
+        if len(self._spill) >= SPILL_MAX:
+            self._spill.popleft()
+            self._spill_lost += 1
+        self._spill.append((topic, payload))
+
+    def _drain_spill(self) -> None:
+        """Move events held in memory to the outbox, oldest first, while writes succeed."""
+        with self._spill_lock:
+            while self._spill:
+                topic, payload = self._spill[0]
+                try:
+                    self.outbox.put(topic, payload, qos=1, now=self._clock())
+                except (sqlite3.Error, OSError):
+                    return
+                self._spill.popleft()
+            if self._last_error.startswith("outbox:"):
+                log.info("outbox writable again: events held in memory are on disk")
+                self._last_error = ""
 
     def status_changed(self) -> None:
         """A camera changed state: publish status soon (coalesced, at most one per second)."""
@@ -266,8 +308,8 @@ class MqttLink:
         return LinkStats(
             connected=self.client.is_connected(),
             connections=self._connections,
-            outbox_pending=outbox.pending,
-            outbox_dropped=outbox.dropped,
+            outbox_pending=outbox.pending + len(self._spill),
+            outbox_dropped=outbox.dropped + self._spill_lost,
             outbox_corrupt_files=outbox.corrupt_files,
             rejected=self._rejected,
             commands=self._command_count,
@@ -285,7 +327,7 @@ class MqttLink:
         """Block until the outbox is empty (every event acknowledged); False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.outbox.stats().pending == 0:
+            if self.outbox.stats().pending == 0 and not self._spill:
                 return True
             time.sleep(0.02)
         return False
@@ -358,6 +400,7 @@ class MqttLink:
             self._wake.wait(timeout=0.5)
             self._wake.clear()
             try:
+                self._drain_spill()
                 self._apply_acks()
                 if self.client.is_connected():
                     self._pump()
