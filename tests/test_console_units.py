@@ -257,3 +257,13 @@ def test_http_login_throttling(console: ConsoleServer) -> None:
     assert codes == [401] * 5 + [429]
     assert _login(console.url, "olivia")[1].status_code == 429, "blocked even with the right password"
     assert _login(console.url, "adam")[1].status_code == 429, "the address is blocked for every name"
+
+
+def test_the_console_signs_its_exports_when_the_collector_has_a_certificate(tmp_path: Path) -> None:
+    from edge_agent.collector.commands.cli import main as collector_main
+    from edge_agent.collector.console.devices import CsuKeys
+
+    generate_csu_keys(tmp_path)
+    assert CsuKeys.load(tmp_path).credential is None  # no PKI yet: exports are not C2PA-signed
+    assert collector_main(["pki", "init", "--keys", str(tmp_path), "--org", "Ville de Test"]) == 0
+    assert CsuKeys.load(tmp_path).credential is not None

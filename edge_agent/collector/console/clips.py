@@ -114,6 +114,7 @@ class ClipJobs:
                 self.gateway.keys.signing,
                 self.gateway.keys.sealing,
                 self.gateway.device_key(request.site, request.device),
+                self.gateway.keys.credential,
             )
             job.state = "downloading"
             with endpoint:

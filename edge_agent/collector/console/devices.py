@@ -28,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.collector.console.data import ConsoleData
 from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.collector.ingest import BrokerAddress
+from edge_agent.collector.pki import CollectorCredential, optional_credential
 from edge_agent.formats.keys import (
     CSU_SEALING_NAME,
     CSU_SIGNING_NAME,
@@ -53,6 +54,9 @@ class CsuKeys:
 
     signing: Ed25519PrivateKey
     sealing: X25519PrivateKey
+    credential: CollectorCredential | None = None
+    """The collector's certificate (`csu-collector pki init`): clips the console fetches are then C2PA-signed
+    like those of `fetch-clip`."""
 
     @classmethod
     def load(cls, directory: Path) -> CsuKeys:
@@ -60,6 +64,7 @@ class CsuKeys:
         return cls(
             load_ed25519_private(directory / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}"),
             load_x25519_private(directory / f"{CSU_SEALING_NAME}{PRIVATE_SUFFIX}"),
+            optional_credential(directory),
         )
 
 
