@@ -198,3 +198,26 @@ def test_reconnect_counts(failures: int) -> None:
     wait_for(lambda: worker.stats().state is CameraState.RUNNING)
     worker.stop()
     assert worker.stats().reconnects == failures
+
+
+def _masked(size: tuple[int, int], seq: int) -> MaskedFrame:
+    width, height = size
+    return MaskedFrame("cam", seq, seq / 10, np.zeros((height, width, 3), np.uint8))
+
+
+def test_the_frame_queue_is_bounded_in_bytes_not_only_in_frames() -> None:
+    """Sixteen 1080p frames are 100 MB that the allocator keeps once a burst filled them: the queue
+    holds what fits in its byte budget (at least two frames), dropping the oldest and saying so."""
+    from edge_agent.camera.pipeline import QUEUE_BYTES, FrameQueue
+
+    big = FrameQueue(16)
+    dropped = [big.put(_masked((1920, 1080), seq)) for seq in range(5)]
+    assert dropped == [0, 0, 1, 1, 1]  # 2 x 6.2 MB fit in 16 MiB, a third does not
+    queued = [big.get(timeout=0.1), big.get(timeout=0.1), big.get(timeout=0.05)]
+    assert [None if f is None else f.seq for f in queued] == [3, 4, None]
+    small = FrameQueue(16)
+    assert sum(small.put(_masked((320, 240), seq)) for seq in range(20)) == 4  # the frame count binds
+    assert QUEUE_BYTES // (1280 * 720 * 3) == 6  # 720p: six frames
+    assert not small.empty() and small.get(0.1) is not None
+    empty = FrameQueue(4)
+    assert empty.get(timeout=0.05) is None and empty.empty()

@@ -181,7 +181,7 @@ def test_pre_roll_through_the_live_stage_starts_before_the_first_moving_frame(tm
 
 def test_a_segment_cut_asks_for_one_keyframe_not_one_per_frame_of_look_ahead(tmp_path: Path) -> None:
     """The keyframe that ends a segment comes out a few frames after it is asked for; asking again at
-    each of those frames made every one an IDR frame (a third of the encoder's time went there)."""
+    each of those frames made every one an IDR frame (about 1.5 ms of 11 a frame at 1080p went there)."""
     keys = make_keys()
     cam = camera()
     st = storage(tmp_path, segment_seconds=2.0, gop_seconds=30.0)  # no keyframe but the forced ones

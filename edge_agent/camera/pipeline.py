@@ -2,16 +2,17 @@
 
 Two threads per camera share the camera's mask -> motion stage (`camera.stage`, the same one
 `motion-replay` runs). The capture thread reads the source, masks each frame (the only path out of a
-source) and puts it on a bounded queue; when the queue is full the oldest frame is dropped and counted, so
-a slow consumer never blocks capture. The processing thread runs motion detection and the event tracker,
-hands events to the event sinks and every frame to the frame sinks. A source that fails or ends is
-reopened with exponential backoff; a camera that requires masks and has none never opens its source.
+source) and puts it on a queue bounded in bytes (`FrameQueue`); when it is full the oldest frame is
+dropped and counted, so a slow consumer never blocks capture, and a 1080p camera never piles up a
+hundred megabytes of frames that the allocator then keeps. The processing thread runs motion detection
+and the event tracker, hands events to the event sinks and every frame to the frame sinks. A source
+that fails or ends is reopened with exponential backoff; a camera that requires masks and has none never
+opens its source.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -31,6 +32,10 @@ from edge_agent.formats.times import Clock
 log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[CameraConfig, Clock], FrameSource]
+# What a camera's queue may hold: two 1080p BGR frames, six at 720p (a burst of 0.2 to 0.6 s at 10 fps;
+# the processing thread needs about 15 ms a frame at 1080p on one core here, 45 on a Pi 5).
+QUEUE_BYTES = 16 * 1024 * 1024
+QUEUE_MIN_FRAMES = 2
 EventSink = Callable[[MotionEvent], object]
 
 
@@ -105,6 +110,49 @@ class RateMeter:
         return (len(self._times) - 1) / (self._times[-1] - self._times[0])
 
 
+class FrameQueue:
+    """Masked frames from the capture thread to the processing thread, at most `max_frames` of them and
+    no more bytes than `max_bytes` (but at least `QUEUE_MIN_FRAMES`, whatever their size); `put` drops
+    the oldest frames to make room and says how many."""
+
+    def __init__(self, max_frames: int, max_bytes: int = QUEUE_BYTES) -> None:
+        self._max_frames = max(1, max_frames)
+        self._max_bytes = max_bytes
+        self._frames: deque[MaskedFrame] = deque()
+        self._bytes = 0
+        self._ready = threading.Condition()
+
+    def put(self, frame: MaskedFrame) -> int:
+        """Queue a frame (never blocks); the number of older frames dropped for it."""
+        size = frame.image.nbytes
+        dropped = 0
+        with self._ready:
+            while self._frames and (
+                len(self._frames) >= self._max_frames
+                or (len(self._frames) >= QUEUE_MIN_FRAMES and self._bytes + size > self._max_bytes)
+            ):
+                self._bytes -= self._frames.popleft().image.nbytes
+                dropped += 1
+            self._frames.append(frame)
+            self._bytes += size
+            self._ready.notify()
+        return dropped
+
+    def get(self, timeout: float) -> MaskedFrame | None:
+        """The oldest frame, waiting up to `timeout` seconds for one; None when none came."""
+        with self._ready:
+            if not self._frames and not self._ready.wait_for(lambda: bool(self._frames), timeout):
+                return None
+            frame = self._frames.popleft()
+            self._bytes -= frame.image.nbytes
+            return frame
+
+    def empty(self) -> bool:
+        """Whether no frame waits."""
+        with self._ready:
+            return not self._frames
+
+
 class CameraWorker:
     """Runs one camera until `stop()`; thread-safe `stats()` and `latest_frame()`."""
 
@@ -124,7 +172,7 @@ class CameraWorker:
         self._source_factory = source_factory
         self._clock = clock
         self._backoff = backoff or Backoff()
-        self._queue: queue.Queue[MaskedFrame] = queue.Queue(maxsize=queue_size)
+        self._queue = FrameQueue(queue_size)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._state = CameraState.STARTING
@@ -243,25 +291,17 @@ class CameraWorker:
             self._state = CameraState.RUNNING
             self._meter.tick(time.monotonic())
             self._latest = frame
-        while True:
-            try:
-                self._queue.put_nowait(frame)
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                    with self._lock:
-                        self._drops += 1
-                except queue.Empty:
-                    pass
+        dropped = self._queue.put(frame)
+        if dropped:
+            with self._lock:
+                self._drops += dropped
 
     def _process_loop(self) -> None:
         stage = self._stage
         assert stage is not None
         while not (self._stop.is_set() and self._queue.empty()):
-            try:
-                frame = self._queue.get(timeout=0.2)
-            except queue.Empty:
+            frame = self._queue.get(timeout=0.2)
+            if frame is None:
                 continue
             self._emit(stage.observe(frame).events)
             with self._lock:
