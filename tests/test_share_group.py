@@ -265,3 +265,69 @@ def test_database_connections_cut_under_load_delay_rows_but_lose_none(
     assert sorted(ids) == [f"e{i:05d}" for i in range(total)]
     assert counters["stored"] == total
     assert counters["store_retries"] >= 1, counters  # the cut really hit a write, which was retried
+
+
+def test_a_share_group_collector_started_after_the_devices_learns_who_is_online(
+    mosquitto: LocalBroker, db: str
+) -> None:
+    """Brokers send no retained message on a shared subscription: the collector reads them once, plainly."""
+    publisher = Publisher(mosquitto.port)
+    try:
+        publisher.publish(f"{ROOT}/s1/d-early/availability", b'"online"', retain=True)
+        publisher.publish(f"{ROOT}/s1/d-early/status", _status("d-early", NOW, "running"), retain=True)
+        publisher.flush()
+    finally:
+        publisher.close()
+    collector = Serve(mosquitto, db, "csu-late")
+    try:
+        collector.wait_subscribed()
+        query = "SELECT online FROM devices WHERE site = 's1' AND device = 'd-early'"
+        _wait(lambda: _rows(db, query) == [(1,)], 15, collector.log)
+        time.sleep(6)  # past the catch-up window: live messages are shared again, not doubled
+        live = Publisher(mosquitto.port)
+        try:
+            live.publish(f"{ROOT}/s1/d-early/cam0/motion", _motion("e-live", NOW + 5))
+            live.flush()
+        finally:
+            live.close()
+        _wait(lambda: _motion_count(db) == 1, 15, collector.log)
+    finally:
+        counters = collector.stop()
+    assert counters["stored"] >= 3
+
+
+class _SubscriptionLog:
+    """Stands in for the broker side of paho's client: EMQX or HiveMQ (which, unlike mosquitto, send no
+    retained message on a shared subscription) cannot run here, so what matters is what is asked of them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def subscribe(self, topics: list[tuple[str, int]]) -> None:
+        self.calls.append(("subscribe", [t for t, _ in topics]))
+
+    def unsubscribe(self, topics: list[str]) -> None:
+        self.calls.append(("unsubscribe", list(topics)))
+
+
+def test_a_share_group_collector_asks_for_retained_state_plainly_then_drops_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edge_agent.collector import ingest
+    from edge_agent.collector.store import open_store
+
+    monkeypatch.setattr(ingest, "RETAINED_WINDOW_S", 0.05)
+    store = open_store(tmp_path / "c.sqlite")
+    try:
+        ingestor = ingest.Ingestor(store)
+        ingestor._share_group = "csu"
+        client = _SubscriptionLog()
+        ingestor._on_connect(client, None, None, ReasonCode(mqtt.CONNACK >> 4, "Success"), None)  # type: ignore[arg-type]
+        _wait(lambda: len(client.calls) == 3, 5)
+    finally:
+        store.close()
+    plain = [f"{ROOT}/+/+/availability", f"{ROOT}/+/+/status"]
+    assert client.calls[0] == ("subscribe", [f"$share/csu/{f}" for f in ingest.collector_filters(ROOT)])
+    assert client.calls[1:] == [("subscribe", plain), ("unsubscribe", plain)]

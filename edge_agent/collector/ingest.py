@@ -84,6 +84,10 @@ SESSION_TAKEN_OVER = 142
 INT64_MAX = 2**63 - 1
 
 
+RETAINED_WINDOW_S = 5.0
+"""How long a share-group collector keeps its plain subscription to retained availability and status."""
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
     """Where the broker is, from `mqtt://[user:pass@]host[:port]` or `mqtts://...`."""
@@ -482,6 +486,22 @@ class Ingestor:
         self._connection += 1  # messages of an older connection are redelivered on this one, not acked
         log.info("collector connected (session present: %s)", getattr(flags, "session_present", "?"))
         client.subscribe([(f, 1) for f in self._filters()])
+        if self._share_group:
+            self._catch_up_retained(client)
+
+    def _catch_up_retained(self, client: mqtt.Client) -> None:
+        """Read the fleet's retained availability and status once, outside the share group.
+
+        A broker sends no retained message on a shared subscription, so a collector started after the
+        devices would never learn who is online: a plain subscription to those two topics brings the
+        retained ones, and is dropped after RETAINED_WINDOW_S so that live messages stay shared. What it
+        delivers twice is harmless (idempotent writes).
+        """
+        filters = [f for f in collector_filters(self.topic_root) if f.endswith(("/availability", "/status"))]
+        client.subscribe([(f, 1) for f in filters])
+        timer = threading.Timer(RETAINED_WINDOW_S, client.unsubscribe, args=(filters,))
+        timer.daemon = True
+        timer.start()
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
