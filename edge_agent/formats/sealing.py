@@ -84,7 +84,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from edge_agent.formats import strictjson
 from edge_agent.formats.keys import public_key_id
-from edge_agent.formats.media import MAX_EPOCH_S, EncodedPacket, StreamInfo, StreamModel, packet_digest
+from edge_agent.formats.media import (
+    MAX_EPOCH_S,
+    EncodedPacket,
+    Epoch,
+    StreamInfo,
+    StreamModel,
+    packet_digest,
+)
 
 FORMAT = "edge-agent-segment"
 VERSION = 2
@@ -155,7 +162,6 @@ class SegmentDecryptError(SegmentError):
 _Text = Annotated[str, StringConstraints(max_length=128)]
 _Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 _Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-_Epoch = Annotated[float, Field(ge=0.0, le=MAX_EPOCH_S, allow_inf_nan=False)]
 _Sequence = Annotated[int, Field(ge=0, le=MAX_SEQUENCE)]
 _Count = Annotated[int, Field(ge=0, le=MAX_PACKETS + 1)]
 
@@ -183,7 +189,7 @@ class SegmentHeader(_Checked):
     device: _Text = ""
     device_key_id: _Text = ""
     sequence: _Sequence
-    start_ts: _Epoch
+    start_ts: Epoch
     prev_sha256: Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-f]{64})?$")]
     cipher: _Text
     key: KeyWrap
@@ -195,11 +201,11 @@ class SegmentTrailer(_Checked):
 
     camera: _Name
     sequence: _Sequence
-    end_ts: _Epoch
+    end_ts: Epoch
     records: _Count
     packets: _Count
     closed: Literal["sealed", "recovered"] = "sealed"
-    recovered_at: _Epoch | None = None
+    recovered_at: Epoch | None = None
     packet_hash: _Text | None = None
     packet_sha256: list[_Hex64] | None = Field(None, max_length=MAX_PACKETS)
 
