@@ -139,11 +139,11 @@ class FailingEncoder(VideoEncoder):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self._frames = 0
 
-    def encode(self, image: np.ndarray, captured_at: float, force_keyframe: bool = False):  # type: ignore[no-untyped-def]
+    def encode(self, image: np.ndarray, captured_at: float, force_keyframe: bool = False, i420=None):  # type: ignore[no-untyped-def]
         self._frames += 1
         if self._frames >= self.fail_at:
             raise EncoderError("encoder 'h264_flaky': VIDIOC_QBUF: No such device")
-        return super().encode(image, captured_at, force_keyframe)
+        return super().encode(image, captured_at, force_keyframe, i420)
 
 
 def flaky_factory(

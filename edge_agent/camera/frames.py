@@ -38,4 +38,11 @@ class Frame(_Image):
 
 @dataclass(frozen=True, slots=True)
 class MaskedFrame(_Image):
-    """A frame whose private areas have been masked in place; the only kind consumers accept."""
+    """A frame whose private areas have been masked in place; the only kind consumers accept.
+
+    `i420`, when the camera's stage made it, is the same masked image in I420 (BT.601 limited range,
+    H*3/2 x W): one conversion serves both the encoder (its input format) and the motion detector (its
+    Y plane is the grey image).
+    """
+
+    i420: np.ndarray | None = None

@@ -130,7 +130,7 @@ class MotionDetector:
 
     def detect(self, frame: MaskedFrame) -> MotionResult:
         """Update the background with this frame and report where it moves."""
-        gray = self._prepare(frame.image)
+        gray = self._prepare(frame.image) if frame.i420 is None else self._prepare_luma(frame.i420)
         elapsed = frame.captured_at - self._last_ts
         self._last_ts = frame.captured_at
         self._frames += 1
@@ -159,6 +159,19 @@ class MotionDetector:
                 image = cv2.resize(image, (2 * width, 2 * height), interpolation=cv2.INTER_NEAREST)
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+        return cv2.GaussianBlur(gray, (3, 3), 0).astype(np.float32)
+
+    def _prepare_luma(self, i420: np.ndarray) -> np.ndarray:
+        """The same grey image from the Y plane of an I420 frame: Y = 16 + 219/255 x grey (BT.601, the
+        weights of BGR2GRAY), so scaling back after the downscale gives the grey levels the thresholds
+        are tuned in, at a third of the resize cost (one plane instead of three)."""
+        luma = i420[: self.frame_size[1]]
+        small_width, small_height = self.detect_size
+        if luma.shape[1] > 2 * small_width:
+            luma = cv2.resize(luma, (2 * small_width, 2 * small_height), interpolation=cv2.INTER_NEAREST)
+        if (luma.shape[1], luma.shape[0]) != self.detect_size:
+            luma = cv2.resize(luma, self.detect_size, interpolation=cv2.INTER_AREA)
+        gray = cv2.addWeighted(luma, 255.0 / 219.0, luma, 0.0, -16.0 * 255.0 / 219.0)  # saturates
         return cv2.GaussianBlur(gray, (3, 3), 0).astype(np.float32)
 
     def _follow_light(self, gray: np.ndarray) -> None:

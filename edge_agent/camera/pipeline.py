@@ -303,11 +303,12 @@ class CameraWorker:
             frame = self._queue.get(timeout=0.2)
             if frame is None:
                 continue
-            self._emit(stage.observe(frame).events)
+            output = stage.observe(frame)
+            self._emit(output.events)
             with self._lock:
                 self._event_open = stage.event_open
             for sink in self._frame_sinks:
-                self._call_sink(sink.on_frame, frame, stage.event_open, stage.event_start)
+                self._call_sink(sink.on_frame, output.frame, stage.event_open, stage.event_start)
         self._emit(stage.close())
         for sink in self._frame_sinks:
             self._call_sink(sink.close)

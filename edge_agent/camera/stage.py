@@ -3,6 +3,11 @@
 One object holds the three, so that the live camera worker and `edge-agent motion-replay` run the very
 same steps on each frame and a technician tuning with a replay sees what the camera would decide.
 
+The stage also converts each masked frame to I420 once (`MaskedFrame.i420`): the encoder takes it as
+its input and the detector reads the grey image off its Y plane, instead of each converting the BGR
+image on its own; a replay computes it too, so that it decides exactly as the camera. It is made from the
+masked image, so detection still sees only masked pixels.
+
 The stage is split in two calls because the live worker splits it across two threads: `mask` runs on
 the capture thread (no raw frame ever reaches the queue), `observe` on the processing thread. Each call
 must always come from the same thread; `step` does both for a caller with a single thread (the replay).
@@ -10,7 +15,10 @@ must always come from the same thread; `step` does both for a caller with a sing
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+import cv2
 
 from edge_agent.camera.frames import Frame, MaskedFrame
 from edge_agent.camera.motion import EventTracker, MotionDetector, MotionEvent, MotionResult
@@ -61,8 +69,12 @@ class MotionStage:
         return self.masker.apply(frame)
 
     def observe(self, frame: MaskedFrame) -> StageOutput:
-        """Run detection and event tracking on a masked frame, at its capture time."""
+        """Run detection and event tracking on a masked frame, at its capture time; the output's frame
+        carries its I420 conversion (for even sizes: I420 has no odd ones)."""
         self._last_ts = frame.captured_at
+        width, height = frame.size
+        if frame.i420 is None and width % 2 == 0 and height % 2 == 0:
+            frame = dataclasses.replace(frame, i420=cv2.cvtColor(frame.image, cv2.COLOR_BGR2YUV_I420))
         if not self.motion.enabled:
             return StageOutput(frame, None, [])
         if self._detector is None or self._detector.frame_size != frame.size:

@@ -161,13 +161,18 @@ class VideoEncoder:
         return self.stream.width, self.stream.height
 
     def encode(
-        self, image: np.ndarray, captured_at: float, force_keyframe: bool = False
+        self,
+        image: np.ndarray,
+        captured_at: float,
+        force_keyframe: bool = False,
+        i420: np.ndarray | None = None,
     ) -> list[EncodedPacket]:
-        """Encode one BGR image captured at `captured_at`; returns the packets that came out."""
+        """Encode one BGR image captured at `captured_at`; returns the packets that came out. `i420`:
+        the same image already converted (the camera stage's), taken as is by a yuv420p encoder."""
         # A clock stepped backwards must not make pts go backwards: encoders and muxers refuse that.
         pts = max(self._last_pts + 1, round((captured_at - self.stream.pts_epoch) * 1000))
         self._last_pts = pts
-        frame = self._frame(image)
+        frame = self._frame(image, i420)
         frame.pts = pts
         frame.time_base = TIME_BASE
         if force_keyframe:
@@ -177,7 +182,7 @@ class VideoEncoder:
         except av.FFmpegError as error:
             raise EncoderError(f"encoder {self.stream.encoder!r}: {error}") from None
 
-    def _frame(self, image: np.ndarray) -> av.VideoFrame:
+    def _frame(self, image: np.ndarray, i420: np.ndarray | None = None) -> av.VideoFrame:
         """The image as an encoder input, without copying the caller's pixels.
 
         For yuv420p, OpenCV's SIMD BGR->I420 (the same BT.601 limited-range matrix as swscale) takes about
@@ -185,8 +190,13 @@ class VideoEncoder:
         full range) has no OpenCV equivalent: swscale converts it from the wrapped BGR buffer.
         """
         if self.stream.pix_fmt == "yuv420p":
-            i420: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
-            return av.VideoFrame.from_numpy_buffer(i420, format="yuv420p")
+            height, width = image.shape[:2]
+            planes: np.ndarray = (
+                i420
+                if i420 is not None and i420.shape == (height * 3 // 2, width)
+                else cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+            )
+            return av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")
         return av.VideoFrame.from_numpy_buffer(image, format="bgr24")
 
     def flush(self) -> list[EncodedPacket]:
