@@ -121,8 +121,9 @@ class SyntheticSource:
             if x1 > x0 and y1 > y0:
                 image[y0:y1, x0:x1] = cv2.resize(patch, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
         plus, minus = self._noise[(seq * 7 + self.settings.seed) % _NOISE_BANK]
-        cv2.add(image, plus, dst=image)
-        cv2.subtract(image, minus, dst=image)
+        # The same noise on the three channels: kept as one plane (a third of the memory), spread here.
+        cv2.add(image, cv2.merge((plus, plus, plus)), dst=image)
+        cv2.subtract(image, cv2.merge((minus, minus, minus)), dst=image)
         return image
 
     def read(self) -> Frame:
@@ -154,9 +155,8 @@ def _noise_bank(
     width, height = size
     bank = []
     for _ in range(_NOISE_BANK):
-        noise = np.clip(np.round(rng.normal(0.0, sigma, (height, width, 1))), -40, 40).astype(np.int16)
-        noise3 = np.repeat(noise, 3, axis=2)
-        bank.append((np.clip(noise3, 0, 255).astype(np.uint8), np.clip(-noise3, 0, 255).astype(np.uint8)))
+        noise = np.clip(np.round(rng.normal(0.0, sigma, (height, width))), -40, 40).astype(np.int16)
+        bank.append((np.clip(noise, 0, 255).astype(np.uint8), np.clip(-noise, 0, 255).astype(np.uint8)))
     return bank
 
 
