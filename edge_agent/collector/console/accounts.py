@@ -7,6 +7,7 @@ SHA-256 of a session token is stored, so the database alone does not let anyone 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -111,10 +112,14 @@ class Passwords:
 
     def dummy_verify(self, password: str) -> None:
         """Spend the time of a real check, so that an unknown user name answers as slowly as a known one."""
-        self.verify(_DUMMY_HASH, password)
+        self.verify(_dummy_hash(), password)
 
 
-_DUMMY_HASH = PasswordHasher().hash("not a password of anyone")
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on first use, not at import: argon2 takes 64 MiB for it, and every `edge-agent` command
+    # imports this module through the demo's parser.
+    return PasswordHasher().hash("not a password of anyone")
 
 
 def new_token() -> str:
