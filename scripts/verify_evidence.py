@@ -47,6 +47,7 @@ GAP_WORDS = {
     "not-yet-recorded": "not yet recorded when requested",
     "tampered": "a segment failed verification at the CSU and was left out",
     "chain-break": "footage missing: the device's hash chain is broken here",
+    "crash": "the device stopped abruptly (power cut or crash); what it had written was kept",
 }
 
 

@@ -261,3 +261,20 @@ def test_a_malformed_assertion_is_named_not_a_traceback(site, tmp_path: Path) ->
         " (ValueError: non-hexadecimal number found in fromhex() arg at position 0)",
         "result: NOT VERIFIED (1 problem(s))",
     ]
+
+
+def test_every_gap_reason_has_words_in_both_verifiers() -> None:
+    """A gap the device or the collector names must read as a sentence in a report, not as a code."""
+    import importlib.util
+
+    from edge_agent.collector.provenance import GAP_WORDS
+    from edge_agent.formats.bundle import GAP_REASONS
+
+    spec = importlib.util.spec_from_file_location("verify_evidence", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    standalone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standalone)
+    collector_reasons = ("missing", "tampered")  # the collector's own, for segments it refused or lacks
+    for reason in (*GAP_REASONS, *collector_reasons):
+        assert reason in GAP_WORDS and reason in standalone.GAP_WORDS, reason
+    assert GAP_WORDS == standalone.GAP_WORDS  # the same words whichever tool the court expert runs

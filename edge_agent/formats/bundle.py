@@ -88,6 +88,8 @@ class BundleSegment:
 
 
 CHAIN_BREAK = "chain-break"
+GAP_REASONS = ("retention", CHAIN_BREAK, "crash", "not-recorded", "not-yet-recorded")
+"""Every reason a device gives a gap (see the module docstring); reports put each in words."""
 """The gap reason of a break in the hash chain (sequence numbers skip: segments removed or set aside)."""
 
 
