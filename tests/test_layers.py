@@ -88,3 +88,17 @@ def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
 def test_each_layer_is_a_folder(layer: str) -> None:
     assert (PACKAGE / layer / "__init__.py").is_file()
+
+
+def test_the_device_command_line_does_not_load_the_collector() -> None:
+    """`edge-agent run` builds the whole parser at each start: the CSU side (console, argon2, PostgreSQL
+    driver) must not come along into the device's memory."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from edge_agent.commands.cli import build_parser; build_parser();"
+        "print(sorted(m for m in sys.modules if m.startswith('edge_agent.collector')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

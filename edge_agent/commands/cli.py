@@ -17,7 +17,7 @@ COMMAND_MODULES = [
     "edge_agent.commands.doctor",
     "edge_agent.commands.motion_replay",
     "edge_agent.commands.run_cmd",
-    "edge_agent.commands.demo",
+    "edge_agent.commands.demo_cmd",
 ]
 
 

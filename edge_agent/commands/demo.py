@@ -38,14 +38,6 @@ FETCH_SECONDS = 20.0
 CONSOLE_PORT = 8080
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `demo` command."""
-    parser = subparsers.add_parser("demo", help="run a simulated site end to end (Ctrl-C to stop)")
-    parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (default: until Ctrl-C)")
-    parser.add_argument("--dir", type=Path, default=Path("demo-site"), help="working folder (wiped each run)")
-    parser.set_defaults(handler=demo)
-
-
 def demo_config(root: Path, broker_port: int, device: KeyPairPaths, csu: CsuKeyPaths) -> dict[str, Any]:
     """The demo site's config document: two cameras, one continuous, one recording on motion."""
     street = {"name": "street", "points": [[0.0, 0.3], [1.0, 0.3], [1.0, 1.0], [0.0, 1.0]]}
