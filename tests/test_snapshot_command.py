@@ -42,6 +42,9 @@ def _reply(subscriber: Subscriber, payload: dict[str, Any], request_id: str) -> 
     def replies() -> list[dict[str, Any]]:
         return [r for r in subscriber.json_on(f"{TOPIC}/cmd_result") if r.get("request_id") == request_id]
 
+    # The agent subscribes to its commands before it publishes its first status (one connection keeps
+    # the order): once a status is seen, a command cannot reach the broker before the subscription.
+    assert subscriber.wait_for(lambda _m: bool(subscriber.on(f"{TOPIC}/status")), timeout=20)
     before = len(replies())
     subscriber.publish(f"{TOPIC}/cmd/snapshot", json.dumps(payload).encode())
     assert subscriber.wait_for(lambda _m: len(replies()) > before, timeout=10)
