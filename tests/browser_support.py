@@ -80,10 +80,19 @@ def chromium(download_dir: Path | None = None) -> Iterator[Any]:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something true; AssertionError after `timeout`."""
+    """Poll `predicate` until it returns something true; AssertionError after `timeout`.
+
+    An element that went stale (the page was replaced between finding it and reading it: a form's answer
+    arriving, a live update swapping the table) counts as "not yet", not as a failure.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

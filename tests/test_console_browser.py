@@ -52,8 +52,12 @@ def _by(kind: str) -> Any:
 
 def _text(driver: Any, css: str) -> str:
     """The text of the element, once the page shows it (a form's answer may still be loading)."""
-    found = wait_until(lambda: driver.find_elements(_by("CSS_SELECTOR"), css))
-    return str(found[0].text)
+
+    def read() -> tuple[str] | None:
+        found = driver.find_elements(_by("CSS_SELECTOR"), css)
+        return (str(found[0].text),) if found else None  # a tuple: an empty text is still an answer
+
+    return str(wait_until(read)[0])
 
 
 def _utc(ts: float) -> str:
