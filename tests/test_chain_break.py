@@ -106,7 +106,7 @@ def _fetch(tmp_path: Path, site, ring: RingBuffer):
     with running_server(config, ring, keys["device"], keys["collector"]) as server:
         endpoint = DeviceEndpoint(server.local_url, RequestSigner(keys["collector"]))
         return fetch_clip(
-            endpoint, request, collector_keys, tmp_path / "export", AuditLog(tmp_path / "audit.jsonl")
+            endpoint, request, collector_keys, tmp_path / "export", AuditLog(tmp_path / "csu-audit.jsonl")
         )
 
 
@@ -143,7 +143,7 @@ def test_a_segment_gone_from_the_chain_on_the_device_is_a_named_chain_break(
     kept = {s["sequence"] for s in evidence["segments"]}
     assert kept == set(range(2, 9)) - {n for a, b in missing for n in range(a, b + 1)}
     assert all(s["status"] == "verified" for s in evidence["segments"])
-    audit = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
+    audit = json.loads((tmp_path / "csu-audit.jsonl").read_text().splitlines()[-1])
     assert (audit["outcome"], audit["result"]) == ("exported", "incomplete")
 
 
@@ -193,7 +193,7 @@ def _cli_fetch(tmp_path: Path, site, ring: RingBuffer, *extra: str) -> int:
                 "--site", "ville-01", "--device", "pi-01", "--camera", "cam1",
                 "--start", str(RANGE[0]), "--end", str(RANGE[1]), "--requisition", "PV 2024/118",
                 "--url", server.local_url, "--keys", str(csu_dir), "--device-key", str(device_pub),
-                "--audit", str(tmp_path / "audit.jsonl"), "-o", str(tmp_path / "export"), "--no-progress",
+                "--audit", str(tmp_path / "csu-audit.jsonl"), "-o", str(tmp_path / "export"), "--no-progress",
                 *extra,
             ]
         )  # fmt: skip
