@@ -31,14 +31,19 @@ def audit_log_path(keys: Path, given: Path | None = None) -> Path:
     return Path(configured) if configured else keys / AUDIT_NAME
 
 
-def add_keys_and_audit(parser: argparse.ArgumentParser) -> None:
-    """The `--keys` and `--audit` options, with the defaults above."""
+def add_keys(parser: argparse.ArgumentParser) -> None:
+    """The `--keys` option, with the default above."""
     parser.add_argument(
         "--keys",
         type=Path,
         default=default_keys_dir(),
         help=f"CSU key directory (default: ${KEYS_ENV} or ./keys)",
     )
+
+
+def add_keys_and_audit(parser: argparse.ArgumentParser) -> None:
+    """The `--keys` and `--audit` options, with the defaults above."""
+    add_keys(parser)
     parser.add_argument(
         "--audit",
         type=Path,

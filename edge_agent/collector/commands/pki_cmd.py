@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 from pathlib import Path
 
 from cryptography import x509
 
+from edge_agent.collector.paths import add_keys
 from edge_agent.collector.pki import (
     PkiError,
     credential_problems,
@@ -24,29 +24,25 @@ from edge_agent.collector.pki import (
 )
 
 
-def _default_keys() -> Path:
-    return Path(os.environ.get("CSU_KEYS_DIR", "keys"))
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pki` and its sub-commands."""
     pki = subparsers.add_parser("pki", help="the collector's X.509 certificate that signs exports (C2PA)")
     actions = pki.add_subparsers(dest="pki_action", required=True)
     init = actions.add_parser("init", help="create a CSU CA and a collector certificate (Ed25519)")
-    init.add_argument("--keys", type=Path, default=_default_keys(), help="CSU key directory")
+    add_keys(init)
     init.add_argument("--org", default="CSU", help="the town or body named in the certificates")
     init.add_argument("--days", type=int, default=10 * 365, help="collector certificate lifetime (days)")
     init.add_argument("--force", action="store_true", help="replace an existing CA and certificate")
     init.set_defaults(handler=init_command)
     imported = actions.add_parser("import", help="use an existing certificate and key")
-    imported.add_argument("--keys", type=Path, default=_default_keys(), help="CSU key directory")
+    add_keys(imported)
     imported.add_argument("--cert", type=Path, required=True, help="PEM: the certificate, then intermediates")
     imported.add_argument("--key", type=Path, required=True, help="PEM: its private key (Ed25519 or ECDSA)")
     imported.add_argument("--ca", type=Path, help="PEM: the CA certificate (default: the root ending --cert)")
     imported.add_argument("--force", action="store_true", help="replace an existing certificate")
     imported.set_defaults(handler=import_command)
     show = actions.add_parser("show", help="the certificates of a key directory, and whether they can sign")
-    show.add_argument("--keys", type=Path, default=_default_keys(), help="CSU key directory")
+    add_keys(show)
     show.set_defaults(handler=show_command)
 
 
