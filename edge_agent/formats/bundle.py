@@ -88,9 +88,9 @@ class BundleSegment:
 
 
 CHAIN_BREAK = "chain-break"
+"""The gap reason of a break in the hash chain (sequence numbers skip: segments removed or set aside)."""
 GAP_REASONS = ("retention", CHAIN_BREAK, "crash", "not-recorded", "not-yet-recorded")
 """Every reason a device gives a gap (see the module docstring); reports put each in words."""
-"""The gap reason of a break in the hash chain (sequence numbers skip: segments removed or set aside)."""
 
 
 @dataclass(frozen=True)
