@@ -56,6 +56,14 @@ def test_the_stage_shares_the_masked_i420(datasets: Path) -> None:
     assert odd.frame.i420 is None  # I420 has no odd sizes: the encoder converts (pads) on its own
 
 
+def test_without_motion_detection_the_stage_converts_nothing(datasets: Path) -> None:
+    """Nothing in the stage reads the frame then: a recorder converts what it needs, and a camera that
+    neither detects nor records costs no conversion (about 1 ms a 1080p frame)."""
+    config = camera().model_copy(update={"motion": camera().motion.model_copy(update={"enabled": False})})
+    output = MotionStage.for_camera(config).step(Frame("cam", 0, 0.0, vtest(datasets, 1)[0]))
+    assert output.frame.i420 is None and output.result is None and output.events == []
+
+
 def test_detection_on_the_luma_plane_decides_as_on_the_bgr_image(datasets: Path) -> None:
     """The grey image from the Y plane is the BGR one within a grey level: the same decisions and
     events, the same score within a percent (a detector fed the BGR frames directly, as before)."""

@@ -3,10 +3,10 @@
 One object holds the three, so that the live camera worker and `edge-agent motion-replay` run the very
 same steps on each frame and a technician tuning with a replay sees what the camera would decide.
 
-The stage also converts each masked frame to I420 once (`MaskedFrame.i420`): the encoder takes it as
-its input and the detector reads the grey image off its Y plane, instead of each converting the BGR
-image on its own; a replay computes it too, so that it decides exactly as the camera. It is made from the
-masked image, so detection still sees only masked pixels.
+When motion detection is on, the stage converts each masked frame to I420 once (`MaskedFrame.i420`):
+the detector reads the grey image off its Y plane and the encoder takes it as its input, instead of each
+converting the BGR image on its own; a replay computes it too, so that it decides exactly as the camera.
+It is made from the masked image, so detection still sees only masked pixels.
 
 The stage is split in two calls because the live worker splits it across two threads: `mask` runs on
 the capture thread (no raw frame ever reaches the queue), `observe` on the processing thread. Each call
@@ -69,14 +69,16 @@ class MotionStage:
         return self.masker.apply(frame)
 
     def observe(self, frame: MaskedFrame) -> StageOutput:
-        """Run detection and event tracking on a masked frame, at its capture time; the output's frame
-        carries its I420 conversion (for even sizes: I420 has no odd ones)."""
+        """Run detection and event tracking on a masked frame, at its capture time; with motion enabled,
+        the output's frame carries its I420 conversion (for even sizes: I420 has no odd ones)."""
         self._last_ts = frame.captured_at
+        if not self.motion.enabled:
+            # Nothing here reads the frame: a recorder that needs I420 converts it itself, and a camera
+            # that neither detects nor records pays for no conversion at all.
+            return StageOutput(frame, None, [])
         width, height = frame.size
         if frame.i420 is None and width % 2 == 0 and height % 2 == 0:
             frame = dataclasses.replace(frame, i420=cv2.cvtColor(frame.image, cv2.COLOR_BGR2YUV_I420))
-        if not self.motion.enabled:
-            return StageOutput(frame, None, [])
         if self._detector is None or self._detector.frame_size != frame.size:
             # A source reopened at another resolution needs a background model (and mask) of that size.
             self._detector = MotionDetector(self.motion, frame.size, self.masker.mask_for(frame.size))
