@@ -114,13 +114,15 @@ class EncodedPacket:
     data: bytes
 
 
-def annexb_units(data: bytes) -> Iterator[bytes]:
-    """The NAL units of an Annex B packet, start codes removed.
+def annexb_units(data: bytes) -> Iterator[memoryview]:
+    """The NAL units of an Annex B packet, start codes removed (views into `data`, not copies: this
+    runs on every frame the device seals).
 
     A unit ends where the next start code `00 00 01` begins, and a zero byte just before that start
     code belongs to it (the 4-byte form `00 00 00 01`); bytes before the first start code are not a
     unit. This is how FFmpeg rewrites Annex B into an MP4 sample, so both give the same units.
     """
+    view = memoryview(data)
     start = data.find(b"\x00\x00\x01")
     while start != -1:
         begin = start + 3
@@ -129,11 +131,13 @@ def annexb_units(data: bytes) -> Iterator[bytes]:
         if start != -1 and end > begin and data[end - 1] == 0:
             end -= 1
         if end > begin:
-            yield data[begin:end]
+            yield view[begin:end]
 
 
-def length_prefixed_units(data: bytes, length_size: int = 4) -> Iterator[bytes]:
-    """The NAL units of a length-prefixed sample (MP4/AVCC); ValueError when the lengths do not fit."""
+def length_prefixed_units(data: bytes, length_size: int = 4) -> Iterator[memoryview]:
+    """The NAL units of a length-prefixed sample (MP4/AVCC), as views into `data`; ValueError when the
+    lengths do not fit."""
+    view = memoryview(data)
     if length_size not in (1, 2, 4):
         raise ValueError(f"NAL length size {length_size} (1, 2 or 4 expected)")
     offset = 0
@@ -145,11 +149,11 @@ def length_prefixed_units(data: bytes, length_size: int = 4) -> Iterator[bytes]:
         if offset + size > len(data):
             raise ValueError(f"NAL unit of {size} bytes overruns the sample at byte {offset}")
         if size:
-            yield data[offset : offset + size]
+            yield view[offset : offset + size]
         offset += size
 
 
-def units_digest(units: Iterator[bytes]) -> bytes:
+def units_digest(units: Iterator[memoryview]) -> bytes:
     """SHA-256 over each NAL unit as 4-byte big-endian length then bytes (unambiguous concatenation)."""
     digest = hashlib.sha256()
     for unit in units:
