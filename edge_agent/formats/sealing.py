@@ -421,7 +421,9 @@ class SegmentWriter:
     def _record(self, plaintext: bytes, flags: int) -> None:
         sealed = self._aead.encrypt(_nonce(self._counter, flags), plaintext, self._aad)
         self._counter += 1
-        self._write(_RECORD_HEAD.pack(flags, len(sealed)) + sealed)
+        # Head and ciphertext written apart: joining them would copy the whole frame once more.
+        self._write(_RECORD_HEAD.pack(flags, len(sealed)))
+        self._write(sealed)
         self._out.flush()
 
     def append(self, packet: EncodedPacket) -> None:
