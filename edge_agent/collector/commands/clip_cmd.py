@@ -18,13 +18,14 @@ import json
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.collector.evidence import BUNDLE_FILE, CLIP_FILE, ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.collector.ingest import parse_broker_url
-from edge_agent.collector.paths import add_keys_and_audit, audit_log_path, default_keys_dir
+from edge_agent.collector.paths import add_keys, add_keys_and_audit, audit_log_path
 from edge_agent.collector.pki import PkiError, PkiPaths, load_ca, optional_credential
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.collector.provenance import has_manifest, load_device_keys, verify_clip
@@ -82,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     verify = subparsers.add_parser("verify", help="re-check an exported clip directory")
     verify.add_argument("directory", type=Path)
-    verify.add_argument("--keys", type=Path, default=default_keys_dir(), help="CSU key directory")
+    add_keys(verify)
     verify.add_argument(
         "--collector-key",
         type=Path,
@@ -223,9 +224,13 @@ def _push_settings(args: argparse.Namespace) -> PushSettings:
     )
 
 
+def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey:
+    """The CSU's private signing key in --keys (KeyFileError naming the file)."""
+    return load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}")
+
+
 def _endpoint(args: argparse.Namespace) -> DeviceEndpoint:
-    signing = load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}")
-    return DeviceEndpoint(_device_url(args), RequestSigner(signing), args.ca_file)
+    return DeviceEndpoint(_device_url(args), RequestSigner(_signing_key(args)), args.ca_file)
 
 
 def _time(name: str, raw: str) -> float:
@@ -245,7 +250,7 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
         push = _push_settings(args) if via == "push" else None
         endpoint = _endpoint(args) if push is None else None
         keys = CollectorKeys(
-            signing=load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}"),
+            signing=_signing_key(args),
             sealing=load_x25519_private(args.keys / f"{CSU_SEALING_NAME}{PRIVATE_SUFFIX}"),
             device=load_ed25519_public(args.device_key),
             credential=optional_credential(args.keys),
@@ -270,16 +275,13 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
         else:
             assert push is not None
             outcome = push_clip(push, request, keys, args.output, audit, progress, args.partial)
-    except FetchError as error:
-        print(f"fetch-clip: {error}", file=sys.stderr)
-        return 1
-    except ClipRejected as error:
+    except (FetchError, ClipRejected) as error:
         print(f"fetch-clip: {error}", file=sys.stderr)
         return 1
     evidence = outcome.evidence
     clip = evidence["clip"] or {}
     print(
-        f"{evidence['verification']['result']}: {args.output / 'clip.mp4'}"
+        f"{evidence['verification']['result']}: {args.output / CLIP_FILE}"
         f" ({clip.get('frames', 0)} frames, {clip.get('duration_s', 0)} s)"
     )
     for gap in evidence["gaps"]:
