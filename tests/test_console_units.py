@@ -252,6 +252,19 @@ def test_http_refusals_cookies_and_escaping(console: ConsoleServer) -> None:
     assert refused.status_code == 403 and "CSRF" in refused.text
 
 
+@pytest.mark.parametrize(
+    ("asked", "shown"),
+    [("", "24"), ("abc", "24"), ("nan", "24"), ("0", "0.1"), ("inf", "744"), ("99999", "744"), ("3", "3")],
+)
+def test_alert_hours_are_bounded_and_a_bad_value_falls_back(
+    console: ConsoleServer, asked: str, shown: str
+) -> None:
+    session, _ = _login(console.url, "ines")
+    page = session.get(console.url + "/alerts", params={"hours": asked} if asked else {})
+    assert page.status_code == 200
+    assert f'name="hours" value="{shown}"' in page.text
+
+
 def test_http_login_throttling(console: ConsoleServer) -> None:
     codes = [_login(console.url, "olivia", "wrong password")[1].status_code for _ in range(6)]
     assert codes == [401] * 5 + [429]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,8 @@ CSP = (
     " form-action 'self'"
 )
 SNAPSHOTS_KEPT = 256
+MAX_HOURS = 24 * 31.0
+"""The longest look back a page offers (a month)."""
 DEFAULT_MAX_CLIP_S = 4 * 3600.0
 SYSTEM_ACTOR = "console"
 
@@ -505,10 +508,7 @@ class Console:
 
     def _alert_query(self, query: Any) -> tuple[AlertQuery, dict[str, str]]:
         filters = {k: str(query.get(k, "")).strip()[:64] for k in ("site", "camera", "zone")}
-        try:
-            hours = min(max(float(query.get("hours", self.settings.alert_hours)), 0.1), 24 * 31)
-        except ValueError:
-            hours = self.settings.alert_hours
+        hours = _hours(query, default=self.settings.alert_hours, lowest=0.1)
         filters["hours"] = f"{hours:g}"
         alert_query = AlertQuery(
             since=self.clock() - hours * 3600,
@@ -595,10 +595,7 @@ class Console:
         if status is None:
             return self._error(request, 404, f"No device {site}/{device} known to this collector.")
         account: Account = request[ACCOUNT]
-        try:
-            hours = min(max(float(request.query.get("hours", "0.25")), 0.05), 24 * 31)
-        except ValueError:
-            hours = 0.25
+        hours = _hours(request.query, default=0.25, lowest=0.05)
         now = self.clock()
         start = now - hours * 3600
         alerts = await self._run(
@@ -962,6 +959,18 @@ def _split_device(form: Form) -> tuple[str, str]:
     if raw and not sub.ok:
         form.errors["device_ref"] = "device_ref: " + "; ".join(sub.errors.values())
     return site, device
+
+
+def _hours(query: Any, default: float, lowest: float) -> float:
+    """A page's `hours` parameter held within `lowest`..MAX_HOURS; `default` when absent or not a number
+    (NaN too: it passes every bound and would select nothing)."""
+    try:
+        hours = float(query.get("hours", default))
+    except ValueError:
+        return default
+    if math.isnan(hours):
+        return default
+    return min(max(hours, lowest), MAX_HOURS)
 
 
 def _max_clip_s(status: dict[str, Any] | None, default: float) -> float:
