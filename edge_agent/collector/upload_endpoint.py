@@ -130,6 +130,7 @@ class UploadEndpoint:
         """Drop a registration and its bytes (after the bundle was moved out, or given up)."""
         with self._changed:
             self._uploads.pop(upload_id, None)
+        self._locks.pop(upload_id, None)  # else one lock per upload ever made stays for the process's life
         self.part_path(upload_id).unlink(missing_ok=True)
         self._json_path(upload_id).unlink(missing_ok=True)
 
@@ -234,9 +235,9 @@ class UploadEndpoint:
                 400, "size-changed", f"this upload is {registration.size} bytes, not {announced.total}"
             )
         held = self.held(registration.upload_id)
-        if announced.first is None or announced.first != held or announced.end is None:
-            return UploadAck(held, registration.size, held == registration.size), announced.first is None
-        length = announced.end - announced.first
+        if announced.is_query or announced.first != held or announced.end is None:
+            return UploadAck(held, registration.size, held == registration.size), announced.is_query
+        length = announced.end - held
         if request.content_length != length:
             raise _Refusal(400, "bad-length", f"Content-Length must be {length}, the size of the range")
         if length > MAX_CHUNK_BYTES:
