@@ -17,6 +17,7 @@ from edge_agent.collector.upload_endpoint import UploadEndpoint, UploadEndpointT
 from edge_agent.formats.config import ConfigError, parse_config
 from edge_agent.formats.signing import RequestSigner, signed_command
 from edge_agent.formats.times import iso_ms
+from edge_agent.formats.upload import UploadAck, parse_content_range
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import random_ring
 from tests.push_support import DeviceSide, audit_entries, device_side, upload_command, uploader_config
@@ -273,6 +274,57 @@ def test_expired_and_oversized_uploads_are_refused(tmp_path: Path, endpoint: Upl
         endpoint.register(small, TOKEN, time.time() + 60, 1000)
     with pytest.raises(ValueError, match="hex"):
         endpoint.register("../x", TOKEN, time.time() + 60, 1000)
+
+
+def test_a_put_without_content_range_is_refused_and_a_forgotten_upload_is_gone(
+    tmp_path: Path, endpoint: UploadEndpoint
+) -> None:
+    bare = requests.put(_url(endpoint), data=b"x", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert (bare.status_code, bare.json()["error"]) == (400, "missing-range")
+    assert _put(endpoint, TOKEN, "bytes 0-9/100", b"0123456789").json()["held"] == 10
+    endpoint.forget(UPLOAD_ID)
+    assert list(endpoint.spool.iterdir()) == []
+    assert _put(endpoint, TOKEN, "bytes */100").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        ("bytes 0-9", "expected 'bytes FIRST-LAST/TOTAL'"),
+        ("bytes 9-0/100", "empty or runs past the total"),
+        ("bytes 0-100/100", "empty or runs past the total"),
+        ("items 0-9/100", "expected"),
+        ("bytes -1-9/100", "expected"),
+    ],
+)
+def test_a_bad_content_range_is_named(header: str, words: str) -> None:
+    with pytest.raises(ValueError, match="Content-Range") as raised:
+        parse_content_range(header)
+    assert words in str(raised.value)
+
+
+def test_content_range_reads_a_range_and_a_query() -> None:
+    ranged = parse_content_range(" bytes 0-9/100 ")  # surrounding blanks are not the client's error
+    assert (ranged.first, ranged.end, ranged.total, ranged.is_query) == (0, 10, 100, False)
+    query = parse_content_range("bytes */100")
+    assert (query.first, query.end, query.total, query.is_query) == (None, None, 100, True)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"<html>502 Bad Gateway</html>", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"held": 1, "size": 2}', "missing or mistyped"),
+        (b'{"held": "1", "size": 2, "complete": false}', "missing or mistyped"),
+        (b'{"held": 3, "size": 2, "complete": false}', "outside 0..2"),
+        (b'{"held": -1, "size": 2, "complete": false}', "outside 0..2"),
+    ],
+)
+def test_a_bad_upload_reply_is_named(body: bytes, words: str) -> None:
+    with pytest.raises(ValueError, match="upload reply") as raised:
+        UploadAck.parse(body)
+    assert words in str(raised.value)
 
 
 def test_one_upload_at_a_time_and_stop_ends_it(
