@@ -19,6 +19,7 @@ from edge_agent.collector.download import DeviceEndpoint
 from edge_agent.collector.evidence import ClipRejected, process_bundle, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.formats.audit import AuditLog, verify_log
+from edge_agent.formats.bundle import build_manifest, plan_bundle, sign_manifest, write_bundle
 from edge_agent.formats.signing import RequestSigner
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import CuttingProxy, device_config, encode_segments, running_server
@@ -238,3 +239,39 @@ def test_bundle_with_an_unlisted_member_leaves_no_mp4(tmp_path: Path, site) -> N
         process_bundle(bundle, keys["device"].public_key(), keys["csu"], clip)
     assert "000000000099.seg: not listed in the manifest" in str(rejected.value)
     assert not clip.exists()  # the segments remuxed before the intruder are not left behind
+
+
+@pytest.mark.parametrize(
+    ("gaps", "named"),
+    [
+        ({"start_ts": 0}, "gaps: not a list"),
+        (["nan"], "gaps[0]: start_ts and end_ts must be finite numbers"),
+        ([{"start_ts": T0, "end_ts": float("inf"), "reason": "off"}], "gaps[0]: start_ts and end_ts"),
+        ([{"start_ts": T0, "end_ts": T0 + 1, "reason": 7}], "gaps[0]: reason must be text"),
+    ],
+)
+def test_a_signed_manifest_with_unusable_gap_rows_is_rejected_naming_the_row(
+    tmp_path: Path, site, gaps, named: str
+) -> None:
+    """Gap rows are read before any footage: bad ones (a device bug) are named, never a traceback."""
+    _, keys, _ = site
+    manifest = build_manifest(
+        site="ville-01",
+        device="pi-01",
+        camera="cam1",
+        requisition="PV 2024/118",
+        start_ts=T0,
+        end_ts=T0 + 6,
+        segments=[],
+        gaps=[],
+        device_public_key=keys["device"].public_key(),
+    )
+    manifest["gaps"] = gaps
+    bundle = tmp_path / "bundle.tar"
+    with bundle.open("wb") as out:
+        write_bundle(plan_bundle(manifest, sign_manifest(manifest, keys["device"]), []), out)
+    clip = tmp_path / "clip.mp4"
+    with pytest.raises(ClipRejected) as rejected:
+        process_bundle(bundle, keys["device"].public_key(), keys["csu"], clip)
+    assert f"manifest.json: {named}" in str(rejected.value)
+    assert not clip.exists()
