@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import resource
+import signal
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,46 @@ def test_other_open_errors_are_raised_not_quarantined(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="unable to open"):
         Outbox(path, max_messages=10)
     assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
+
+
+@contextmanager
+def _files_limited_to(size: int) -> Iterator[None]:
+    """No file of this process may grow past `size` bytes: a write beyond fails (EFBIG) as on a full disk.
+
+    A disk that fills by the byte lets a test pick where the write fails: between two statements too.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize("room_frames", range(8))
+def test_a_write_cut_short_by_a_full_disk_keeps_nothing_of_the_message(
+    tmp_path: Path, room_frames: int
+) -> None:
+    """At the cap a put inserts, deletes the oldest and counts the drop: a disk that fills after any of these
+    must leave the outbox as it was (and its count right), never the new message kept over the cap."""
+    outbox = Outbox(tmp_path / "o.sqlite", max_messages=3)
+    for i in range(3):
+        outbox.put("t", f"old-{i}".encode())
+    wal = tmp_path / "o.sqlite-wal"
+    room = wal.stat().st_size + room_frames * (24 + 4096)  # WAL frames of 4 KiB pages
+    try:
+        with _files_limited_to(room):
+            outbox.put("t", b"new")
+    except sqlite3.Error:
+        kept = [b"old-0", b"old-1", b"old-2"]
+        dropped = 0
+    else:
+        kept = [b"old-1", b"old-2", b"new"]
+        dropped = 1
+    assert [m.payload for m in outbox.pending()] == kept
+    stats = outbox.stats()
+    assert (stats.pending, stats.dropped) == (3, dropped)
+    outbox.put("t", b"after")  # the disk has room again: the outbox works on
+    assert [m.payload for m in outbox.pending()][-1] == b"after" and outbox.stats().pending == 3

@@ -105,21 +105,27 @@ class Outbox:
         )
 
     def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, now: float = 0.0) -> int:
-        """Store a message (committed on return) and return its id; drops the oldest beyond the cap."""
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                "INSERT INTO messages (topic, payload, qos, retain, created_at) VALUES (?, ?, ?, ?, ?)",
-                (topic, payload, qos, int(retain), now),
-            )
-            self._pending += 1
-            excess = self._pending - self.max_messages
-            if excess > 0:
-                self._pending -= excess
-                self._db.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
-                    (excess,),
+        """Store a message (committed on return) and return its id; drops the oldest beyond the cap.
+
+        One transaction: when a write fails (a full disk), nothing of it is kept and the error is raised.
+        """
+        with self._lock:
+            excess = max(0, self._pending + 1 - self.max_messages)
+            with self._db:
+                # The connection autocommits each statement: without BEGIN, a full disk could keep the
+                # insert and fail the cap's delete, leaving the outbox over its cap and miscounted.
+                self._db.execute("BEGIN")
+                cursor = self._db.execute(
+                    "INSERT INTO messages (topic, payload, qos, retain, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, qos, int(retain), now),
                 )
-                self._add_counter("dropped", excess)
+                if excess:
+                    self._db.execute(
+                        "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)",
+                        (excess,),
+                    )
+                    self._add_counter("dropped", excess)
+            self._pending += 1 - excess  # counted once committed
             return int(cursor.lastrowid or 0)
 
     def pending(self, after_id: int = 0, limit: int = 100) -> list[OutboxMessage]:
