@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from edge_agent.formats.sealing import SegmentWriter
 from edge_agent.formats.signing import RequestSigner
 from edge_agent.storage.index import SegmentRecord
 from edge_agent.storage.ringbuffer import RingBuffer
+from tests.relay_support import ByteFlip, LoopbackRelay
 
 
 def device_config(tmp_path: Path, cameras: tuple[str, ...] = ("cam1",), **clip: Any) -> AgentConfig:
@@ -76,73 +78,24 @@ def audit_lines(config: AgentConfig) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class CuttingProxy:
-    """A loopback TCP proxy that cuts its first `cuts` connections after `after` response bytes."""
+class CuttingProxy(LoopbackRelay):
+    """A loopback TCP proxy that cuts its first `cuts` connections after `after` response bytes, and
+    flips the response byte at `flip_at` of each connection (counted from the HTTP head)."""
 
     def __init__(self, target_port: int, after: int, cuts: int = 1, flip_at: int | None = None) -> None:
-        import socket
-        import threading
-
-        self.target_port = target_port
         self.after = after
         self.cuts_left = cuts
         self.connections = 0
         self.flip_at = flip_at
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._threading = threading
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(target_port)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            cut = self.cuts_left > 0
-            self.cuts_left -= 1
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            limit = self.after if cut else None
-            args = (client, upstream, None, None)
-            self._threading.Thread(target=self._pipe, args=args, daemon=True).start()
-            args = (upstream, client, limit, self.flip_at)
-            self._threading.Thread(target=self._pipe, args=args, daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: Any, sink: Any, limit: int | None, flip_at: int | None) -> None:
-        import socket
-
-        sent = 0
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if flip_at is not None and sent <= flip_at < sent + len(data):
-                    i = flip_at - sent  # alter one byte in transit (counted from the HTTP head)
-                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
-                if limit is not None and sent + len(data) >= limit:
-                    sink.sendall(data[: limit - sent])
-                    break
-                sink.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self._listener.close()
+    def relay(self, client: socket.socket) -> None:
+        """Count the connection; cut it if cuts are left."""
+        self.connections += 1
+        cut = self.cuts_left > 0
+        self.cuts_left -= 1
+        flip = ByteFlip(self.flip_at) if self.flip_at is not None else None
+        self.pump(client, to_client=flip, cut_after=self.after if cut else None)
 
 
 def sealed_ring(root: Path, device_key: Ed25519PrivateKey, now: float) -> RingBuffer:

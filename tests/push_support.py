@@ -6,10 +6,7 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from edge_agent.formats.keys import CsuKeyPaths, KeyPairPaths
 from edge_agent.formats.signing import RequestSigner, signed_command
 from edge_agent.formats.times import iso_ms
 from edge_agent.storage.ringbuffer import RingBuffer
+from tests.relay_support import ByteFlip, LoopbackRelay
 
 SITE, DEVICE = "ville-01", "nomad-01"
 
@@ -185,51 +183,18 @@ class EndpointProcess:
             self.process = None
 
 
-class TamperingProxy:
+class TamperingProxy(LoopbackRelay):
     """A loopback TCP proxy that flips one byte of what the device sends (counted over all connections)."""
 
     def __init__(self, target_port: int, flip_at: int) -> None:
-        self.target_port = target_port
-        self.flip_at = flip_at
-        self.forwarded = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._flip = ByteFlip(flip_at)
+        super().__init__(target_port)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def forwarded(self) -> int:
+        """Bytes the device sent through the proxy so far."""
+        return self._flip.seen
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, self._flip), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
-
-    def _flip(self, data: bytes) -> bytes:
-        with self._lock:
-            start, self.forwarded = self.forwarded, self.forwarded + len(data)
-        if start <= self.flip_at < start + len(data):
-            i = self.flip_at - start
-            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
-        return data
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket, alter: Callable[[bytes], bytes] | None) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(alter(data) if alter else data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self._listener.close()
+    def relay(self, client: socket.socket) -> None:
+        """Pass the connection on, altering the device's side."""
+        self.pump(client, to_server=self._flip)

@@ -43,35 +43,25 @@ from tests.clip_support import (
     running_server,
     seal_segment,
 )
+from tests.relay_support import LoopbackRelay
 
 T0 = 1_700_000_000.0
 FIXTURE = Path(__file__).parent / "fixtures" / "format_v1"
 
 
-class ManInTheMiddle:
+class ManInTheMiddle(LoopbackRelay):
     """A loopback TCP proxy between collector and device: it passes requests on and keeps each whole
     answer it relays; once `replay` is set it answers every request with those bytes, never asking
     the device (it cannot sign a request of its own: it only has what it saw)."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
         self.answers: list[bytes] = []
         self.replay: bytes | None = None
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(target_port)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+    def relay(self, client: socket.socket) -> None:
+        """Read the request and answer it on a thread of its own."""
+        threading.Thread(target=self._handle, args=(client,), daemon=True).start()
 
     def _handle(self, client: socket.socket) -> None:
         with client:
@@ -94,9 +84,6 @@ class ManInTheMiddle:
             self.answers.append(answer)
             with suppress(OSError):
                 client.sendall(answer)
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def _random_segments(ring: Any, device_key: Ed25519PrivateKey, camera: str, start_ts: float) -> None:
