@@ -128,3 +128,18 @@ def test_unreachable_device_is_retried_then_fails(tmp_path: Path, keys) -> None:
     with pytest.raises(FetchError, match="download failed after 3 attempts"):
         download_bundle(endpoint, CLIP, tmp_path / "c.tar", max_attempts=3, sleep=waits.append)
     assert waits == [0.5, 1.0, 2.0]
+
+
+def test_a_full_collector_disk_fails_at_once_naming_the_file(tmp_path: Path, keys) -> None:
+    # The device is fine: asking it again (and again) cannot free the collector's disk.
+    config = device_config(tmp_path, max_clip_seconds=60)
+    ring = random_ring(tmp_path / "ring", keys["device"], T0, 2)
+    (tmp_path / "c.tar.part").symlink_to("/dev/full")
+    waits: list[float] = []
+    with running_server(config, ring, keys["device"], keys["collector"]) as server:
+        endpoint = DeviceEndpoint(server.local_url, RequestSigner(keys["collector"]))
+        with pytest.raises(FetchError, match="No space left on device") as failed:
+            download_bundle(endpoint, CLIP, tmp_path / "c.tar", sleep=waits.append)
+    assert "c.tar.part: cannot be written" in str(failed.value)
+    assert waits == []  # not retried
+    assert not (tmp_path / "c.tar").exists()

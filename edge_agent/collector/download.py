@@ -206,11 +206,13 @@ def download_bundle(
             outcome = _attempt(
                 endpoint, asked, part, etag_file, have, etag, progress, nonce if first else None
             )
-        except OSError as error:  # every requests error, a cut transfer, a local write that failed
+        except (requests.RequestException, _TransferError) as error:  # the network: a new attempt may do
             last_error = error
             log.warning("fetch interrupted (%s); attempt %d/%d", error, attempts, max_attempts)
             sleep(min(backoff_s * 2 ** (attempts - 1), 10.0))
             continue
+        except OSError as error:  # the collector's own disk (full, read-only): no new attempt can help
+            raise FetchError(f"{part}: cannot be written: {error}") from None
         bundle_id, size, restarted = outcome
         restarts += restarted
         if progress is not None:
