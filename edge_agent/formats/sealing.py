@@ -70,6 +70,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal, TypeVar
@@ -699,13 +700,37 @@ def _info(parsed: _Parsed, path: Path | None, device_public_key: Ed25519PublicKe
     )
 
 
-def _read_and_parse(source: Source) -> tuple[_Parsed, Path | None, BinaryIO]:
+@contextmanager
+def _parsed_source(source: Source) -> Iterator[tuple[BinaryIO, _Parsed, Path | None]]:
+    """The source open (closed after the block when opened here), its structure and its path."""
     stream, path, owned = _open_source(source)
     try:
-        return _parse(stream, path), path, stream
+        yield stream, _parse(stream, path), path
     finally:
         if owned:
             stream.close()
+
+
+def _verified(
+    parsed: _Parsed,
+    path: Path | None,
+    device_public_key: Ed25519PublicKey | None,
+    *,
+    allow_partial: bool,
+    expect_camera: str | None = None,
+    expect_sequence: int | None = None,
+) -> SegmentInfo:
+    """`verify_segment` on a file already parsed."""
+    info = _info(parsed, path, device_public_key)
+    if not info.complete and not allow_partial:
+        raise SegmentTruncatedError(info.name, "truncated: the signed trailer is missing")
+    if expect_camera is not None and info.camera != expect_camera:
+        raise SegmentFormatError(info.name, f"belongs to camera {info.camera}, stored under {expect_camera}")
+    if expect_sequence is not None and info.sequence != expect_sequence:
+        raise SegmentFormatError(
+            info.name, f"holds sequence {info.sequence}, stored as sequence {expect_sequence} (swapped?)"
+        )
+    return info
 
 
 def verify_segment(
@@ -723,17 +748,15 @@ def verify_segment(
     a file stored under another segment's name (swapped or replayed). `device_public_key=None` checks
     structure only (the ring buffer's crash recovery on a device without its key).
     """
-    parsed, path, _ = _read_and_parse(source)
-    info = _info(parsed, path, device_public_key)
-    if not info.complete and not allow_partial:
-        raise SegmentTruncatedError(info.name, "truncated: the signed trailer is missing")
-    if expect_camera is not None and info.camera != expect_camera:
-        raise SegmentFormatError(info.name, f"belongs to camera {info.camera}, stored under {expect_camera}")
-    if expect_sequence is not None and info.sequence != expect_sequence:
-        raise SegmentFormatError(
-            info.name, f"holds sequence {info.sequence}, stored as sequence {expect_sequence} (swapped?)"
+    with _parsed_source(source) as (_, parsed, path):
+        return _verified(
+            parsed,
+            path,
+            device_public_key,
+            allow_partial=allow_partial,
+            expect_camera=expect_camera,
+            expect_sequence=expect_sequence,
         )
-    return info
 
 
 def signed_packet_hashes(source: Source, device_public_key: Ed25519PublicKey) -> tuple[bytes, ...] | None:
@@ -885,6 +908,43 @@ def _decode_record(plaintext: bytes, index: int, where: str) -> EncodedPacket | 
     )
 
 
+def _decrypt(
+    stream: BinaryIO, parsed: _Parsed, info: SegmentInfo, csu_private_key: X25519PrivateKey
+) -> Iterator[EncodedPacket]:
+    """The packets of a verified segment, decrypted record by record from its open `stream`.
+
+    From version 2 each packet is also checked against its device-signed frame hash.
+    """
+    key = _unwrap(parsed.header, csu_private_key, info.name)
+    cipher = parsed.header.cipher
+    if cipher not in CIPHERS:
+        raise SegmentFormatError(info.name, f"unknown cipher {cipher!r}")
+    aead = CIPHERS[cipher](key)
+    aad = hashlib.sha256(parsed.header_bytes).digest()
+    for index, (offset, length, flags) in enumerate(parsed.records):
+        stream.seek(offset)
+        try:
+            plaintext = aead.decrypt(_nonce(index, flags), stream.read(length), aad)
+        except InvalidTag:
+            raise SegmentDecryptError(info.name, f"record {index} fails authentication") from None
+        packet = _decode_record(plaintext, index, info.name)
+        if packet is None:
+            if not flags & FLAG_LAST:
+                raise SegmentFormatError(info.name, f"end record {index} is not the last")
+            return
+        signed = info.packet_sha256
+        if signed is not None and packet_digest(info.stream, packet.data).hex() != signed[index]:
+            raise SegmentFormatError(
+                info.name, f"record {index}: the packet differs from its device-signed frame hash"
+            )
+        yield packet
+
+
+def _seekable(source: Source) -> Path | str | bytes:
+    """A caller's stream read whole: records are read back by their offset from the file's start."""
+    return source if isinstance(source, Path | str | bytes | bytearray) else source.read()
+
+
 def iter_packets(
     source: Source,
     csu_private_key: X25519PrivateKey,
@@ -894,42 +954,13 @@ def iter_packets(
 ) -> Iterator[EncodedPacket]:
     """Verify, then decrypt record by record (a truncated segment yields its verified prefix only).
 
-    From version 2 each packet is also checked against its device-signed frame hash.
+    The file is read and verified once, then decrypted from the same open file (a file replaced on
+    disk in between cannot slip in). From version 2 each packet is also checked against its
+    device-signed frame hash.
     """
-    if isinstance(source, Path | str | bytes | bytearray):
-        data_source: Source = source
-    else:
-        data_source = source.read()  # a stream cannot be read twice
-    info = verify_segment(data_source, device_public_key, allow_partial=allow_partial)
-    stream, _, owned = _open_source(data_source)
-    try:
-        parsed = _parse(stream, info.path)
-        key = _unwrap(parsed.header, csu_private_key, info.name)
-        cipher = parsed.header.cipher
-        if cipher not in CIPHERS:
-            raise SegmentFormatError(info.name, f"unknown cipher {cipher!r}")
-        aead = CIPHERS[cipher](key)
-        aad = hashlib.sha256(parsed.header_bytes).digest()
-        for index, (offset, length, flags) in enumerate(parsed.records):
-            stream.seek(offset)
-            try:
-                plaintext = aead.decrypt(_nonce(index, flags), stream.read(length), aad)
-            except InvalidTag:
-                raise SegmentDecryptError(info.name, f"record {index} fails authentication") from None
-            packet = _decode_record(plaintext, index, info.name)
-            if packet is None:
-                if not flags & FLAG_LAST:
-                    raise SegmentFormatError(info.name, f"end record {index} is not the last")
-                return
-            signed = info.packet_sha256
-            if signed is not None and packet_digest(info.stream, packet.data).hex() != signed[index]:
-                raise SegmentFormatError(
-                    info.name, f"record {index}: the packet differs from its device-signed frame hash"
-                )
-            yield packet
-    finally:
-        if owned:
-            stream.close()
+    with _parsed_source(_seekable(source)) as (stream, parsed, path):
+        info = _verified(parsed, path, device_public_key, allow_partial=allow_partial)
+        yield from _decrypt(stream, parsed, info, csu_private_key)
 
 
 def open_segment(
@@ -940,10 +971,9 @@ def open_segment(
     allow_partial: bool = False,
 ) -> OpenedSegment:
     """Verify and decrypt a whole segment (the collector's view; the device cannot do this)."""
-    if not isinstance(source, Path | str | bytes | bytearray):
-        source = source.read()
-    info = verify_segment(source, device_public_key, allow_partial=allow_partial)
-    packets = list(iter_packets(source, csu_private_key, device_public_key, allow_partial=allow_partial))
+    with _parsed_source(_seekable(source)) as (stream, parsed, path):
+        info = _verified(parsed, path, device_public_key, allow_partial=allow_partial)
+        packets = list(_decrypt(stream, parsed, info, csu_private_key))
     return OpenedSegment(info=info, stream=info.stream, packets=packets)
 
 
