@@ -265,6 +265,30 @@ def test_alert_hours_are_bounded_and_a_bad_value_falls_back(
     assert f'name="hours" value="{shown}"' in page.text
 
 
+def _csrf(session: requests.Session, url: str) -> str:
+    token = re.search(r'name="csrf" value="([^"]+)"', session.get(url).text)
+    assert token is not None
+    return token.group(1)
+
+
+def test_refused_forms_answer_400_naming_the_field_and_keep_the_values(console: ConsoleServer) -> None:
+    url = console.url
+    admin, _ = _login(url, "adam")
+    bad_user = {"csrf": _csrf(admin, url + "/users"), "name": "Bad Name!", "role": "admin", "password": "x"}
+    refused = admin.post(url + "/users", data=bad_user, allow_redirects=False)
+    assert refused.status_code == 400
+    assert 'data-field="name"' in refused.text and 'data-field="password"' in refused.text
+    assert 'value="Bad Name!"' in refused.text
+    assert admin.get(url + "/users").status_code == 200, "a plain visit is not a refusal"
+    investigator, _ = _login(url, "ines")
+    release = {"csrf": _csrf(investigator, url + "/holds"), "device_ref": "s1/d9", "hold_id": "h1"}
+    unknown = investigator.post(url + "/holds/release", data=release, allow_redirects=False)
+    assert unknown.status_code == 400
+    assert 'data-field="hold_id"' in unknown.text and "never been heard" in unknown.text
+    lines = [json.loads(line) for line in console.options.audit.read_text().splitlines()]
+    assert any(e["action"] == "console-release" and e.get("outcome") == "refused" for e in lines)
+
+
 def test_http_login_throttling(console: ConsoleServer) -> None:
     codes = [_login(console.url, "olivia", "wrong password")[1].status_code for _ in range(6)]
     assert codes == [401] * 5 + [429]

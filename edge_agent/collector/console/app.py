@@ -309,6 +309,18 @@ class Console:
         )
         return web.Response(text=text, content_type="text/html", status=status)
 
+    def _form_page(
+        self,
+        request: web.Request,
+        template: str,
+        errors: dict[str, str] | None,
+        values: dict[str, str] | None = None,
+        **context: Any,
+    ) -> web.Response:
+        """A page with a form: 400 naming the refused fields when a submission failed, its values kept."""
+        status = 400 if errors else 200
+        return self._page(request, template, status, errors=errors or {}, values=values or {}, **context)
+
     def _error(self, request: web.Request, status: int, message: str) -> web.Response:
         return self._page(request, "error.html", status=status, status_code=status, message=message)
 
@@ -523,14 +535,13 @@ class Console:
         alert_query, filters = self._alert_query(request.query)
         alerts = await self._run(self.data.alerts, alert_query)
         devices = await self._run(self.data.devices)
-        return self._page(
+        return self._form_page(
             request,
             "alerts.html",
-            status=400 if errors else 200,
+            errors,
             alerts=alerts,
             filters=filters,
             sites=sorted({d.site for d in devices}),
-            errors=errors or {},
             snapshot_keys={a.key for a in alerts if self.snapshots.get(a.key)},
         )
 
@@ -614,9 +625,11 @@ class Console:
             coverage_error = str(error)
         timeline = _timeline(start, now, segments, alerts, holds)
         snapshot = self.snapshots.get(f"{site}/{device}/{camera}")
-        return self._page(
+        # The camera page holds the clip form, never refused here (a refused request lands on /clips).
+        return self._form_page(
             request,
             "camera.html",
+            None,
             site=site,
             device=device,
             camera=camera,
@@ -630,8 +643,6 @@ class Console:
             snapshot_error=request.query.get("snapshot_error", ""),
             clip_start=input_time(max(start, now - 60)),
             clip_end=input_time(now - 5),
-            errors={},
-            values={},
             max_clip_s=_max_clip_s(status.status, self.settings.default_max_clip_s),
             now=now,
         )
@@ -677,14 +688,13 @@ class Console:
     ) -> web.Response:
         """The clip request form and the jobs so far."""
         now = self.clock()
-        return self._page(
+        return self._form_page(
             request,
             "clips.html",
-            status=400 if errors else 200,
+            errors,
+            values or {"start": input_time(now - 60), "end": input_time(now - 5)},
             cameras=await self._cameras(),
             jobs=self.jobs.all(),
-            errors=errors or {},
-            values=values or {"start": input_time(now - 60), "end": input_time(now - 5)},
         )
 
     async def clip_request(self, request: web.Request) -> web.StreamResponse:
@@ -773,16 +783,15 @@ class Console:
                 holds = await self._run(self.gateway.holds, site, device)
             except DeviceError as error:
                 device_error = str(error)
-        return self._page(
+        return self._form_page(
             request,
             "holds.html",
-            status=400 if errors else 200,
+            errors,
+            values,
             choices=choices,
             chosen=chosen,
             holds=holds,
             device_error=device_error,
-            errors=errors or {},
-            values=values or {},
         )
 
     async def hold_add(self, request: web.Request) -> web.StreamResponse:
@@ -857,14 +866,8 @@ class Console:
     ) -> web.Response:
         """Every user, a form to add one, disable/enable."""
         users = await self._run(self.data.users)
-        return self._page(
-            request,
-            "users.html",
-            status=400 if errors else 200,
-            users=users,
-            roles=[r.value for r in Role],
-            errors=errors or {},
-            values=values or {},
+        return self._form_page(
+            request, "users.html", errors, values, users=users, roles=[r.value for r in Role]
         )
 
     async def user_add(self, request: web.Request) -> web.StreamResponse:
