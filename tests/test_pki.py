@@ -223,6 +223,10 @@ def test_import_names_unusable_files(tmp_path: Path) -> None:
         import_credential(tmp_path / "keys", garbage, _write(tmp_path / "key.pem", key), ca_file, NOW)
     with pytest.raises(PkiError, match=r"--ca: .*cert.pem does not end with the CSU's root"):
         import_credential(tmp_path / "keys", cert, tmp_path / "key.pem", None, NOW)
+    two_cas = tmp_path / "two-cas.pem"
+    two_cas.write_bytes(ca_file.read_bytes() * 2)
+    with pytest.raises(PkiError, match=r"two-cas.pem: expected one CA certificate, found 2"):
+        import_credential(tmp_path / "keys", cert, tmp_path / "key.pem", two_cas, NOW)
     (tmp_path / "key.pem").chmod(0o644)
     with pytest.raises(PkiError, match=r"key.pem: private key is accessible by group or others"):
         import_credential(tmp_path / "keys", cert, tmp_path / "key.pem", ca_file, NOW)

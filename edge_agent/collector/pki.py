@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.formats.keys import KeyFileError, read_key_file, write_key_file
@@ -95,11 +96,11 @@ class CollectorCredential:
 
     def chain_pem(self) -> str:
         """The certificate chain as concatenated PEM."""
-        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
+        return _pem(self.chain).decode()
 
     def ca_pem(self) -> str:
         """The CSU CA certificate as PEM (the trust anchor exports are checked against)."""
-        return self.ca.public_bytes(serialization.Encoding.PEM).decode()
+        return _pem([self.ca]).decode()
 
     def sign(self, data: bytes) -> bytes:
         """A signature of `data` in the form C2PA expects for the algorithm."""
@@ -257,10 +258,8 @@ def _load_key(path: Path) -> SigningKey:
     return key
 
 
-def _raw_public(certificate: x509.Certificate) -> bytes:
-    return certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def _spki(key: CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def credential_problems(
@@ -269,9 +268,7 @@ def credential_problems(
     """Why `chain` (leaf first) and `key` cannot sign exports that validate under `ca` ([] when they can)."""
     leaf = chain[0]
     problems: list[str] = []
-    if _raw_public(leaf) != key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
+    if _spki(leaf.public_key()) != _spki(key.public_key()):
         problems.append("the key is not the certificate's key")
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         problems.append(
@@ -317,10 +314,7 @@ def import_credential(
         raise PkiError(f"{cert_path}: no certificate in the file")
     key = _load_key(key_path)
     if ca_path is not None:
-        authorities = _load_certificates(ca_path)
-        if len(authorities) != 1:
-            raise PkiError(f"{ca_path}: expected one CA certificate, found {len(authorities)}")
-        ca = authorities[0]
+        ca = load_ca(ca_path)
     elif len(chain) > 1 and chain[-1].issuer == chain[-1].subject:
         ca = chain.pop()
     else:
