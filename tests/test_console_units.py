@@ -18,6 +18,7 @@ from edge_agent.collector.console.data import (
     Acknowledgement,
     AlertQuery,
     DuplicateError,
+    Session,
     open_console_data,
 )
 from edge_agent.collector.console.fleet import CRITICAL, HEALTHY_ROWS, FleetRules, fleet_view
@@ -287,6 +288,19 @@ def test_refused_forms_answer_400_naming_the_field_and_keep_the_values(console: 
     assert 'data-field="hold_id"' in unknown.text and "never been heard" in unknown.text
     lines = [json.loads(line) for line in console.options.audit.read_text().splitlines()]
     assert any(e["action"] == "console-release" and e.get("outcome") == "refused" for e in lines)
+
+
+def test_a_login_forgets_the_sessions_left_idle(console: ConsoleServer) -> None:
+    data = open_console_data(console.options.db)
+    try:
+        recent = time.time()
+        data.create_session(Session("abandoned", "olivia", "c1", NOW, NOW))
+        data.create_session(Session("recent", "olivia", "c2", recent, recent))
+        assert _login(console.url, "ines")[1].status_code == 303
+        assert data.session("abandoned") is None, "idle past the limit: gone"
+        assert data.session("recent") is not None, "still usable: kept"
+    finally:
+        data.close()
 
 
 def test_http_login_throttling(console: ConsoleServer) -> None:

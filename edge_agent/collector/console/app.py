@@ -414,6 +414,8 @@ class Console:
         token = new_token()
         session = Session(token_hash(token), account.name, new_token(), now, now)
         await self._run(self.data.create_session, session)
+        # Sessions whose browser never came back are removed here, at the rare moment a session is made.
+        await self._run(self.data.purge_sessions, now - self.settings.session_idle_s)
         await self._audit("login", account.name, outcome="accepted", remote=remote, role=account.role)
         response = _redirect(target)
         self._set_cookie(response, SESSION_COOKIE, token, max_age=int(self.settings.session_max_s))
