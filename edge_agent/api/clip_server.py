@@ -51,6 +51,7 @@ from edge_agent.formats.config import AgentConfig
 from edge_agent.formats.mqtt_wire import CameraStatus
 from edge_agent.formats.signing import HEADER_NONCE, RequestVerifier, SignatureError
 from edge_agent.formats.times import Clock
+from edge_agent.formats.upload import content_range
 from edge_agent.storage.holds import Hold
 from edge_agent.storage.index import SegmentRecord
 from edge_agent.storage.retention import DeletedFootage
@@ -466,7 +467,7 @@ class ClipServer:
         response.headers["Accept-Ranges"] = "bytes"
         response.headers["Content-Disposition"] = f'attachment; filename="{plan.bundle_id}.tar"'
         if partial:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{plan.size}"
+            response.headers["Content-Range"] = content_range(start, end, plan.size)
         self._accept(
             exchange,
             response.status,
