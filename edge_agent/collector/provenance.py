@@ -115,7 +115,8 @@ def segment_record(info: SegmentInfo, data: bytes) -> SegmentRecord:
         prev_sha256=info.prev_sha256,
         version=info.version,
         state=info.state,
-        signed_sha256=hashlib.sha256(data[:-SIGNATURE_SIZE]).hexdigest() if signed else "",
+        # A view, not a slice: the digest needs no copy of the segment.
+        signed_sha256=hashlib.sha256(memoryview(data)[:-SIGNATURE_SIZE]).hexdigest() if signed else "",
         signature=data[-SIGNATURE_SIZE:] if signed else b"",
         packet_sha256=info.packet_sha256,
     )
@@ -135,13 +136,18 @@ def sample_runs(samples: Sequence[PacketRef]) -> list[dict[str, int]]:
     return runs
 
 
+def _joined(hashes: tuple[str, ...] | None) -> bytes | None:
+    """Hex frame hashes as the concatenated bytes whose SHA-256 the assertion records."""
+    return None if hashes is None else b"".join(bytes.fromhex(h) for h in hashes)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
 def _segment_entry(record: SegmentRecord) -> dict[str, Any]:
     hashes = record.packet_sha256
-    frame_hashes = None if hashes is None else b"".join(bytes.fromhex(h) for h in hashes)
+    frame_hashes = _joined(hashes)
     return {
         "sequence": record.sequence,
         "start_ts": record.start_ts,
@@ -379,13 +385,12 @@ def read_bundle(path: Path, device_key: Ed25519PublicKey) -> tuple[dict[str, Any
             except SegmentError:
                 sealed[sequence] = SealedSegment(False)
                 continue
-            hashes = info.packet_sha256
             sealed[sequence] = SealedSegment(
                 True,
                 info.sha256,
                 segment_record(info, data).signed_sha256,
                 info.prev_sha256,
-                None if hashes is None else b"".join(bytes.fromhex(h) for h in hashes),
+                _joined(info.packet_sha256),
             )
     except (BundleError, OSError) as error:
         raise ValueError(str(error)) from None
