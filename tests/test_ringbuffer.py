@@ -365,6 +365,25 @@ def test_commit_refuses_a_segment_sealed_under_another_name(tmp_path: Path) -> N
     assert _add(ring, keys, T0 + 10).sequence == 2  # the sequence is used again
 
 
+def test_a_segment_the_index_refuses_is_kept_and_its_row_written_at_the_next_commit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = make_keys()
+    ring = _ring(tmp_path, keys, Clock(T0))
+    first = _add(ring, keys, T0)
+    # Another writer holds the index (as a full disk would refuse it): the row cannot be written.
+    with closing(sqlite3.connect(tmp_path / "index.sqlite", timeout=0, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        with caplog.at_level(logging.ERROR, logger="edge_agent.storage.ringbuffer"):
+            second = _add(ring, keys, T0 + 10)
+        other.execute("ROLLBACK")
+    assert "index row for cam1#2 not written" in caplog.text
+    assert second.path.exists() and ring.segments("cam1") == [first]  # kept on disk, not yet listed
+    third = _add(ring, keys, T0 + 20)
+    assert third.prev_sha256 == second.sha256  # the chain went on from the unlisted segment
+    assert _check_consistent(ring, keys) == [first, second, third]
+
+
 def test_maintenance_thread_applies_retention(tmp_path: Path) -> None:
     keys = make_keys()
     clock = Clock(T0)
