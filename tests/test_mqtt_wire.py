@@ -159,3 +159,20 @@ def test_availability_and_commands() -> None:
         "request_id": "r1",
         "error": "hold: bad range",
     }
+
+
+def test_a_result_that_says_it_refused_is_a_refused_reply() -> None:
+    """A handler below the link (holds, uploads) refuses by returning `"ok": false`: the reply says so."""
+    refusal = {"ok": False, "error": "replayed-nonce", "message": "this request was already used"}
+    reply = cmd_result_payload("hold", 0.0, None, refusal)
+    assert reply["ok"] is False
+    assert reply["error"] == "hold: replayed-nonce: this request was already used"
+    assert reply["result"] == refusal  # kept, for its reason code
+    assert cmd_result_payload("hold", 0.0, None, {"ok": False})["error"] == "hold: refused"
+    accepted = cmd_result_payload("hold", 0.0, None, {"ok": True, "hold": {"id": 3}})
+    assert (accepted["ok"], accepted["result"], "error" in accepted) == (
+        True,
+        {"ok": True, "hold": {"id": 3}},
+        False,
+    )
+    assert cmd_result_payload("reload", 0.0)["result"] == {}

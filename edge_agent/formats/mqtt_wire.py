@@ -153,14 +153,25 @@ def motion_payload(event: MotionEventLike) -> dict[str, Any]:
 def cmd_result_payload(
     command: str, ts: float, request_id: Any = None, result: Mapping[str, Any] | None = None, error: str = ""
 ) -> dict[str, Any]:
-    """A reply on `cmd_result`: `ok` with the handler's result, or the error naming what was wrong."""
+    """A reply on `cmd_result`: `ok` with the handler's result, or the error naming what was wrong.
+
+    `ok` is the command's outcome, one rule for every command: it is false on an `error`, and on a
+    result that says `"ok": false` (a refusal by a layer that cannot raise the link's CommandError, such
+    as the clip API's holds and uploads); the error is then the result's `error` and `message`, and the
+    result stays in the reply so that its reason code can be read.
+    """
+    result = dict(result or {})
+    refused = not error and result.get("ok") is False
+    if refused:
+        said = [str(result[k]) for k in ("error", "message") if result.get(k)]
+        error = f"{command}: {': '.join(said) or 'refused'}"
     payload: dict[str, Any] = {"schema": SCHEMA, "command": command, "ts": iso_ms(ts), "ok": not error}
     if request_id is not None:
         payload["request_id"] = request_id
     if error:
         payload["error"] = error
-    else:
-        payload["result"] = dict(result or {})
+    if not error or refused:
+        payload["result"] = result
     return payload
 
 
@@ -378,7 +389,7 @@ class MotionMessage(_Payload):
     ts: float
     start_ts: float
     score: float = 0.0
-    boxes: list[tuple[float, float, float, float]] = Field(default_factory=list)
+    boxes: list[Box] = Field(default_factory=list)
     zones: list[str] = Field(default_factory=list)
 
     _ts = field_validator("ts", "start_ts", mode="before")(_time)

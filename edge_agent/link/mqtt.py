@@ -12,10 +12,10 @@ used by `edge-agent doctor`. Guarantees:
   reconnect or an agent restart, in order (the collector deduplicates a redelivered message);
 - a command is answered on `.../cmd_result`; a malformed or unknown command, a missing, failing or
   hung handler all become an error reply naming what is wrong, never an exception in the agent;
-- a reply's `ok` is the command's outcome, one rule for every command (`reply_payload`): a handler
-  refuses by raising `CommandError`, or by returning a result whose `ok` is false (the layers below the
-  device, such as the clip API's holds and uploads, cannot import this module): either way the reply
-  says `ok: false` with the `error`, and a refusing result is kept in it for its reason code.
+- a reply's `ok` is the command's outcome, one rule for every command (`mqtt_wire.cmd_result_payload`):
+  a handler refuses by raising `CommandError`, or by returning a result whose `ok` is false (the layers
+  below the device, such as the clip API's holds and uploads, cannot import this module): either way
+  the reply says `ok: false` with the `error`, and a refusing result is kept in it for its reason code.
 
 Threads: paho's network thread only records acknowledgements and queues commands; a sender thread
 moves messages from the outbox to paho and publishes status; a command thread answers commands one at
@@ -79,22 +79,6 @@ class CommandError(Exception):
 
 class ClientSetupError(ValueError):
     """The MQTT client cannot be set up as configured; the message names the field."""
-
-
-def reply_payload(
-    command: str, ts: float, request_id: Any, result: Mapping[str, Any], error: str = ""
-) -> dict[str, Any]:
-    """The `cmd_result` payload of a command's outcome: `ok` is false on an `error`, and on a result
-    that says `"ok": false` (then the error is its `error` and `message`, and the result stays in the
-    reply so that its reason code can be read)."""
-    refused = not error and result.get("ok") is False
-    if refused:
-        said = [str(result[k]) for k in ("error", "message") if result.get(k)]
-        error = f"{command}: {': '.join(said) or 'refused'}"
-    payload = cmd_result_payload(command, ts, request_id, result, error)
-    if refused:
-        payload["result"] = dict(result)
-    return payload
 
 
 def make_client(config: AgentConfig, client_id: str = "") -> mqtt.Client:
@@ -320,7 +304,7 @@ class MqttLink:
     def publish_result(self, command: str, result: Mapping[str, Any], request_id: Any = None) -> None:
         """A further reply on `cmd_result` of a command that goes on after its handler returned (the
         progress and outcome of `upload_clip`)."""
-        payload = reply_payload(command, self._clock(), request_id, result)
+        payload = cmd_result_payload(command, self._clock(), request_id, result)
         self.client.publish(self.topics.cmd_result, encode(payload), qos=1)
 
     def wait_delivered(self, timeout_s: float) -> bool:
@@ -480,7 +464,7 @@ class MqttLink:
         except Exception as failure:  # a handler bug: answer and keep going
             log.exception("command %r failed", name)
             error = f"{name} failed: {type(failure).__name__}: {failure}"
-        payload = reply_payload(name, self._clock(), request_id, result, error)
+        payload = cmd_result_payload(name, self._clock(), request_id, result, error)
         if not payload["ok"]:
             self._command_errors += 1
             log.warning("command refused: %s", payload["error"])
