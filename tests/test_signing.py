@@ -150,3 +150,32 @@ def test_the_journal_is_compacted_as_nonces_expire(tmp_path) -> None:
     lines = journal.read_text().splitlines()
     assert len(lines) < 1_100  # rewritten with the live entries only, not 3,000 lines
     assert NonceCache(journal=journal, now=NOW + 3_000).__len__() == 1
+
+
+def test_a_full_disk_leaves_no_torn_journal_line_to_swallow_the_next_nonce(tmp_path) -> None:
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        journal = mount / "seen-nonces.log"
+        cache = NonceCache(journal=journal, now=NOW)
+        cache.add("k:first", NOW + 61, NOW)  # the journal has a page of its own; the filler takes the rest
+        filler = mount / "filler"
+        with filler.open("wb", buffering=0) as out, pytest.raises(OSError):
+            while True:
+                out.write(b"\0" * 4096)
+        with pytest.raises(OSError):  # the journal's page fills: a line comes to straddle its end
+            for index in range(1_000):
+                cache.add(f"k:nonce-{index:04d}", NOW + 61, NOW)
+        assert journal.read_bytes().endswith(b"\n"), "a refused line was left torn"
+        filler.unlink()
+        cache.add("k:after-the-disk-freed", NOW + 61, NOW)
+        after_restart = NonceCache(journal=journal, now=NOW)
+        with pytest.raises(SignatureError) as caught:
+            after_restart.add("k:after-the-disk-freed", NOW + 61, NOW)
+        assert caught.value.reason == "replayed-nonce"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

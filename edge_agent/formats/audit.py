@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.formats.durable import append_durably, fsync_dir
 from edge_agent.formats.times import Clock, iso_ms
 
 GENESIS = "0" * 64
@@ -159,7 +160,7 @@ class AuditLog:
         line = _canonical(entry) + b"\n"
         if self._active_bytes and self._active_bytes + len(line) > self.quota.rotate_bytes:
             self._rotate()
-        start = _append_durably(self.path, line)
+        start = append_durably(self.path, line)
         self._active_bytes = start + len(line)
         if self._active_first_seq is None:
             self._active_first_seq = entry["seq"]
@@ -177,28 +178,10 @@ class AuditLog:
         first = self._active_first_seq if self._active_first_seq is not None else self._head.seq
         target = self.path.with_name(f"{self.path.name}.{first:012d}")
         os.replace(self.path, target)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._rotated_bytes += self._active_bytes
         self._active_bytes = 0
         self._active_first_seq = None
-
-
-def _append_durably(path: Path, line: bytes) -> int:
-    """Append `line` and fsync; where it starts. A line the disk refuses is cut back off (no torn line)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, start)
-            raise
-        return start
-    finally:
-        os.close(fd)
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -222,14 +205,6 @@ def rotated_files(log_path: Path) -> list[Path]:
 def log_files(log_path: Path) -> list[Path]:
     """Every file of a log in chain order: the rotated ones, then the log itself (when it exists)."""
     return rotated_files(log_path) + ([log_path] if log_path.exists() else [])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _first_seq(path: Path) -> int | None:

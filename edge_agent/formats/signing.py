@@ -36,6 +36,7 @@ from urllib.parse import quote
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge_agent.formats.durable import append_durably
 from edge_agent.formats.keys import public_key_id
 from edge_agent.formats.times import Clock
 
@@ -189,10 +190,9 @@ class NonceCache:
         if self._journal_lines > 2 * len(self._expiry) + 1_000:
             self._rewrite(self._journal)
             return
-        with self._journal.open("a", encoding="ascii") as out:
-            out.write(f"{expires_at:.0f} {nonce}\n")
-            out.flush()
-            os.fsync(out.fileno())
+        # A line the disk refuses is cut back off: the next one must not land on a torn line, which
+        # would lose its nonce at the next start.
+        append_durably(self._journal, f"{expires_at:.0f} {nonce}\n".encode("ascii"))
         self._journal_lines += 1
 
     def _rewrite(self, journal: Path) -> None:
