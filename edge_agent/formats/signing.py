@@ -222,11 +222,6 @@ class RequestVerifier:
         self._clock = clock
         self._nonces = NonceCache() if nonces is None else nonces  # an empty cache is falsy
 
-    @property
-    def key_ids(self) -> list[str]:
-        """Ids of the accepted collector keys."""
-        return sorted(self._keys)
-
     def verify(
         self,
         method: str,
