@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -53,21 +52,21 @@ def recover(
     device_public_key: Ed25519PublicKey | None,
     *,
     device_key: Ed25519PrivateKey | None = None,
-    now: float | None = None,
+    now: float,
 ) -> list[str]:
     """Repair the index from the files under `root`; returns one line per repair (also logged).
 
     `device_key` signs the trailer of segments a crash left unfinished (`now` is the recovery time
-    it states); `device_public_key=None` checks the files' structure only (a device without its key).
+    it states) and is the key the files are verified with; otherwise `device_public_key`, or None to
+    check the files' structure only (a device without its key).
     """
     if device_key is not None:
         device_public_key = device_key.public_key()
-    recovered_at = time.time() if now is None else now
     repairs: list[str] = []
     known = {(r.camera, r.sequence): r for r in index.all_segments()}
     on_disk: set[tuple[str, int]] = set()
     for directory in camera_dirs(root):
-        repairs.extend(close_in_flight(root, directory, device_key, recovered_at))
+        repairs.extend(close_in_flight(root, directory, device_key, now))
         for path in sorted(directory.glob(f"*{SUFFIX}")):
             try:
                 sequence = int(path.stem)

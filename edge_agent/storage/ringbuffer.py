@@ -165,8 +165,6 @@ class RingBuffer:
         self._unindexed: list[SegmentRecord] = []
         # Without recovery (a read-only look while the agent runs) nothing on disk is changed. With the
         # device key, recovery closes and signs the segments a crash left unfinished.
-        if device_key is not None:
-            device_public_key = device_key.public_key()
         self.recovery = (
             recover_index(
                 self.root, self._index, self._holds, device_public_key, device_key=device_key, now=clock()
