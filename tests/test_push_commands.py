@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.api.uploader import upload_url_allowed
 from edge_agent.collector.upload_endpoint import UploadEndpoint, UploadEndpointThread
+from edge_agent.formats.audit import AuditLog, AuditQuota
 from edge_agent.formats.config import ConfigError, parse_config
 from edge_agent.formats.signing import RequestSigner, signed_command
 from edge_agent.formats.times import iso_ms
@@ -285,6 +286,23 @@ def test_a_put_without_content_range_is_refused_and_a_forgotten_upload_is_gone(
     endpoint.forget(UPLOAD_ID)
     assert list(endpoint.spool.iterdir()) == []
     assert _put(endpoint, TOKEN, "bytes */100").status_code == 404
+
+
+def test_refusals_of_the_upload_endpoint_stop_at_the_audit_quota(tmp_path: Path) -> None:
+    audit = AuditLog(
+        tmp_path / "collector-audit.jsonl", quota=AuditQuota(max_bytes=4_000, rotate_bytes=4_000)
+    )
+    endpoint = UploadEndpoint(tmp_path / "spool", audit=audit)
+    thread = UploadEndpointThread(endpoint)
+    thread.start()
+    try:
+        endpoint.register(UPLOAD_ID, TOKEN, time.time() + 600, 1000)
+        statuses = {_put(endpoint, "w" * 40, "bytes */100").status_code for _ in range(40)}
+    finally:
+        thread.stop()
+    usage = audit.usage()
+    assert statuses == {401} and usage.withheld > 0 and usage.bytes < 4_000 + 500
+    assert audit_entries(audit.path)[0]["reason"] == "bad-token"
 
 
 @pytest.mark.parametrize(

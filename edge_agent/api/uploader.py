@@ -203,7 +203,7 @@ class Uploader:
             plan = plan_clip(self.config, self.ring, self.device_key, query)
             self._start(_Upload(order, plan))
         except (SignatureError, ParamError) as error:
-            self.audit.append(
+            self.audit.append_if_room(  # a refusal: within the audit log's quota, counted past it
                 action=f"mqtt-{COMMAND}",
                 outcome="refused",
                 reason=error.reason,

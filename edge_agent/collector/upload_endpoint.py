@@ -187,8 +187,8 @@ class UploadEndpoint:
             async with lock:
                 ack, in_order = await self._receive(request, registration, announced)
         except _Refusal as refusal:
-            if self.audit is not None:
-                self.audit.append(
+            if self.audit is not None:  # a refusal: within the audit log's quota, counted past it
+                self.audit.append_if_room(
                     action="upload",
                     outcome="refused",
                     status=refusal.status,
