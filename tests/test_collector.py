@@ -464,6 +464,9 @@ def test_db_upgrade_command_on_both_engines(
     assert "schema version 0, this collector needs" in capsys.readouterr().out
     assert collector_main(["sites", "--db", pg_url]) == 1
     assert f"run `csu-collector db upgrade --db {pg_url}`" in capsys.readouterr().out
+    keys = ["--keys", str(tmp_path / "keys")]
+    assert collector_main(["user", "list", "--db", pg_url, *keys]) == 2
+    assert f"--db: {pg_url}" in capsys.readouterr().err, "no traceback: the reason, naming the option"
     for db in (pg_url, str(tmp_path / "new.sqlite")):
         assert collector_main(["db", "upgrade", "--db", db]) == 0
         out = capsys.readouterr().out
@@ -474,6 +477,8 @@ def test_db_upgrade_command_on_both_engines(
         assert json.loads(capsys.readouterr().out) == []
     assert collector_main(["db", "upgrade", "--db", "postgresql://csu@127.0.0.1:1/none"]) == 1
     assert "--db: postgresql://csu@127.0.0.1:1/none" in capsys.readouterr().out
+    assert collector_main(["user", "list", "--db", "postgresql://csu@127.0.0.1:1/none", *keys]) == 1
+    assert "--db: postgresql://csu@127.0.0.1:1/none" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

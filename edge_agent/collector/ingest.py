@@ -40,16 +40,17 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.collector.store import (
+    DB_ERRORS,
     DEFAULT_POOL_SIZE,
     AvailabilityRecord,
     MalformedRecord,
     MotionRecord,
     Outcome,
     Record,
-    SchemaError,
     StatusRecord,
     Store,
     StoreUnavailable,
+    db_exit,
     open_store,
 )
 from edge_agent.formats.mqtt_wire import (
@@ -661,12 +662,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     try:
         store = open_store(args.db, pool_size=args.pool_size)
-    except SchemaError as error:
-        print(f"--db: {error}")
-        return 2
-    except (StoreUnavailable, OSError) as error:
-        print(f"--db: {error}")
-        return 1
+    except DB_ERRORS as error:
+        return db_exit(error)
     ingestor = Ingestor(store, args.topic_root, batch_size=args.batch_size, batch_wait_s=args.batch_ms / 1000)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

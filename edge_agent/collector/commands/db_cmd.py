@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_agent.collector.store import LATEST, SchemaError, StoreUnavailable, upgrade_schema
+from edge_agent.collector.store import DB_ERRORS, LATEST, db_exit, upgrade_schema
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,12 +25,8 @@ def run_upgrade(args: argparse.Namespace) -> int:
     """Apply the pending migrations and say which."""
     try:
         before, applied = upgrade_schema(args.db)
-    except SchemaError as error:
-        print(f"--db: {error}")
-        return 2
-    except (StoreUnavailable, OSError) as error:
-        print(f"--db: {error}")
-        return 1
+    except DB_ERRORS as error:
+        return db_exit(error)
     if not applied:
         print(f"schema already at version {before} (current: {LATEST})")
         return 0

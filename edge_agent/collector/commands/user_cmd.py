@@ -20,6 +20,7 @@ from edge_agent.collector.console.accounts import (
 )
 from edge_agent.collector.console.data import Account, DuplicateError, open_console_data
 from edge_agent.collector.paths import add_keys_and_audit, audit_log_path
+from edge_agent.collector.store import DB_ERRORS, db_exit
 from edge_agent.formats.audit import AuditLog
 
 
@@ -53,7 +54,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def user_command(args: argparse.Namespace) -> int:
-    """Run one `user` action; exit 0 done, 1 refused, 2 bad input."""
+    """Run one `user` action; exit 0 done, 1 refused or the store out of reach, 2 bad input."""
     audit = AuditLog(audit_log_path(args.keys, args.audit))
     if args.action == "add":
         try:
@@ -62,7 +63,10 @@ def user_command(args: argparse.Namespace) -> int:
         except AccountError as error:
             print(f"user add: {error}", file=sys.stderr)
             return 2
-    data = open_console_data(args.db)
+    try:
+        data = open_console_data(args.db)
+    except DB_ERRORS as error:
+        return db_exit(error, sys.stderr)
     try:
         if args.action == "list":
             for account in data.users():

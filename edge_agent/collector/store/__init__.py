@@ -9,7 +9,9 @@ versioned schema in store/migrations.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from edge_agent.collector.store.base import (
     DEVICE_OFFLINE,
@@ -38,6 +40,7 @@ from edge_agent.collector.store.sql import SQLStore
 from edge_agent.collector.store.sqlite import SQLiteStore
 
 __all__ = [
+    "DB_ERRORS",
     "DEFAULT_POOL_SIZE",
     "DEVICE_OFFLINE",
     "LATEST",
@@ -60,11 +63,23 @@ __all__ = [
     "StatusRecord",
     "Store",
     "StoreUnavailable",
+    "db_exit",
     "device_clip_url",
     "is_postgres_url",
     "open_store",
     "upgrade_schema",
 ]
+
+
+DB_ERRORS = (SchemaError, StoreUnavailable, OSError)
+"""What opening a `--db` raises when it cannot be used (a schema to upgrade, a server or file unreachable)."""
+
+
+def db_exit(error: Exception, out: TextIO | None = None) -> int:
+    """A command's answer to one of DB_ERRORS: the reason under `--db` on `out` (stdout by default), then
+    the exit code: 2 for a schema to upgrade first (the message says how), 1 for a database out of reach."""
+    print(f"--db: {error}", file=out or sys.stdout)
+    return 2 if isinstance(error, SchemaError) else 1
 
 
 def open_store(db: str | Path, readonly: bool = False, pool_size: int = DEFAULT_POOL_SIZE) -> Store:
