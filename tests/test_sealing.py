@@ -28,6 +28,7 @@ from edge_agent.formats.sealing import (
     verify_chain,
     verify_segment,
 )
+from edge_agent.storage.index import SegmentRecord
 from tests.storage_support import Keys, make_keys
 
 STREAM = StreamInfo("h264", "libx264", 64, 48, "yuv420p", Fraction(1, 1000), 10.0, 1000.0, b"\x01\x64")
@@ -386,16 +387,10 @@ def test_a_crafted_trailer_value_is_a_format_error_naming_it(edit: dict[str, Any
         verify_segment(_rewrite(data, trailer=text.encode()), keys.device.public_key())
 
 
-def test_a_crafted_segment_in_a_bundle_is_refused_and_leaves_no_mp4(tmp_path: Path) -> None:
-    from edge_agent.collector.evidence import ClipRejected, process_bundle
+def _bundle(tmp_path: Path, rows: list[SegmentRecord], keys: Keys) -> Path:
+    """A signed bundle of `rows` (cam1 of device pi-01) as the device serves it, as each file is now."""
     from edge_agent.formats.bundle import build_manifest, plan_bundle, sign_manifest, write_bundle
-    from tests.clip_support import encode_segments
 
-    keys = make_keys()
-    ring = encode_segments(tmp_path / "ring", keys.device, keys.csu.public_key(), 1_700_000_000.0, 6.0)
-    rows = ring.segments("cam1")
-    crafted = rows[1].path.read_bytes()
-    rows[1].path.write_bytes(_rewrite(crafted, header=_crafted_header(crafted, "time_base [1, 0]")))
     segments = [r.to_bundle_segment(size=r.path.stat().st_size) for r in rows]
     manifest = build_manifest(
         site="ville-01",
@@ -411,6 +406,19 @@ def test_a_crafted_segment_in_a_bundle_is_refused_and_leaves_no_mp4(tmp_path: Pa
     bundle = tmp_path / "bundle.tar"
     with bundle.open("wb") as out:
         write_bundle(plan_bundle(manifest, sign_manifest(manifest, keys.device), segments), out)
+    return bundle
+
+
+def test_a_crafted_segment_in_a_bundle_is_refused_and_leaves_no_mp4(tmp_path: Path) -> None:
+    from edge_agent.collector.evidence import ClipRejected, process_bundle
+    from tests.clip_support import encode_segments
+
+    keys = make_keys()
+    ring = encode_segments(tmp_path / "ring", keys.device, keys.csu.public_key(), 1_700_000_000.0, 6.0)
+    rows = ring.segments("cam1")
+    crafted = rows[1].path.read_bytes()
+    rows[1].path.write_bytes(_rewrite(crafted, header=_crafted_header(crafted, "time_base [1, 0]")))
+    bundle = _bundle(tmp_path, rows, keys)
     clip = tmp_path / "clip.mp4"
     with pytest.raises(ClipRejected, match=r"000000000002\.seg \(#2\): tampered: .*stream\.time_base"):
         process_bundle(bundle, keys.device.public_key(), keys.csu, clip)
@@ -494,7 +502,6 @@ def test_the_frame_hashes_of_an_exported_mp4_match_the_devices_signatures(tmp_pa
     import av
 
     from edge_agent.collector.evidence import process_bundle
-    from edge_agent.formats.bundle import build_manifest, plan_bundle, sign_manifest, write_bundle
     from edge_agent.formats.media import sample_digest
     from edge_agent.formats.sealing import signed_packet_hashes
     from tests.clip_support import encode_segments
@@ -503,21 +510,7 @@ def test_the_frame_hashes_of_an_exported_mp4_match_the_devices_signatures(tmp_pa
     ring = encode_segments(tmp_path / "ring", keys.device, keys.csu.public_key(), 1_700_000_000.0, 6.0)
     rows = ring.segments("cam1")
     signed = [h for r in rows for h in signed_packet_hashes(r.path, keys.device.public_key()) or ()]
-    segments = [r.to_bundle_segment() for r in rows]
-    manifest = build_manifest(
-        site="ville-01",
-        device="pi-01",
-        camera="cam1",
-        requisition="PV 1",
-        start_ts=rows[0].start_ts,
-        end_ts=rows[-1].end_ts,
-        segments=segments,
-        gaps=[],
-        device_public_key=keys.device.public_key(),
-    )
-    bundle = tmp_path / "bundle.tar"
-    with bundle.open("wb") as out:
-        write_bundle(plan_bundle(manifest, sign_manifest(manifest, keys.device), segments), out)
+    bundle = _bundle(tmp_path, rows, keys)
     clip = tmp_path / "clip.mp4"
     process_bundle(bundle, keys.device.public_key(), keys.csu, clip)
     with av.open(str(clip)) as container:
