@@ -195,14 +195,3 @@ def test_hold_and_release_through_the_cli(recorded_site, served, capsys) -> None
     assert ring.holds() == []
     assert collector_main(["release", *common, str(hold["id"])]) == 1
     assert "unknown-hold" in capsys.readouterr().err
-
-
-def test_hold_on_an_unreachable_device_exits_1_and_bad_keys_exit_2(tmp_path: Path, capsys) -> None:
-    # Nothing listens on port 9: the device is down, not the command line wrong (exit 1, not 2).
-    keys = generate_csu_keys(tmp_path / "keys").signing.private.parent
-    common = ["--site", "ville-01", "--device", "pi-01", "--url", "http://127.0.0.1:9",
-              "--audit", str(tmp_path / "audit.jsonl")]  # fmt: skip
-    assert collector_main(["release", *common, "--keys", str(keys), "hold-1"]) == 1
-    assert "hold-1" in capsys.readouterr().err
-    assert collector_main(["release", *common, "--keys", str(tmp_path / "none"), "hold-1"]) == 2
-    assert "csu_ed25519.pem" in capsys.readouterr().err

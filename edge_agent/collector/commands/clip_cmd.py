@@ -381,7 +381,6 @@ def release_command(args: argparse.Namespace) -> int:
 
 
 def _failed(action: str, args: argparse.Namespace, error: Exception) -> int:
-    """Exit 2 for a value or key file that cannot be used, 1 when the device refused or was not reached."""
     print(f"{action}: {error}", file=sys.stderr)
     if isinstance(error, FetchError):
         _audit(args).append(
@@ -392,4 +391,5 @@ def _failed(action: str, args: argparse.Namespace, error: Exception) -> int:
             site=args.site,
             device=args.device,
         )
-    return 2 if isinstance(error, _UsageError | KeyFileError) else 1
+        return 1
+    return 2
