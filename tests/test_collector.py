@@ -479,6 +479,10 @@ def test_db_upgrade_command_on_both_engines(
     assert "--db: postgresql://csu@127.0.0.1:1/none" in capsys.readouterr().out
     assert collector_main(["user", "list", "--db", "postgresql://csu@127.0.0.1:1/none", *keys]) == 1
     assert "--db: postgresql://csu@127.0.0.1:1/none" in capsys.readouterr().err
+    generate_csu_keys(tmp_path / "csu")
+    console = ["console", "--keys", str(tmp_path / "csu"), "--listen", "127.0.0.1:0"]
+    assert collector_main([*console, "--db", "postgresql://csu@127.0.0.1:1/none"]) == 2
+    assert "console: --db: postgresql://csu@127.0.0.1:1/none" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

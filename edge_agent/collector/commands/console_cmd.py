@@ -18,6 +18,7 @@ from edge_agent.collector.console.server import (
 )
 from edge_agent.collector.ingest import parse_broker_url
 from edge_agent.collector.paths import add_keys_and_audit, audit_log_path
+from edge_agent.collector.store import DB_ERRORS
 from edge_agent.formats.keys import KeyFileError
 
 
@@ -88,6 +89,9 @@ def start_console(args: argparse.Namespace, listen: str) -> ConsoleServer | None
     except KeyFileError as error:
         print(f"console: --keys: {error}", file=sys.stderr)
         return None
+    except DB_ERRORS as error:
+        print(f"console: --db: {error}", file=sys.stderr)
+        return None
     try:
         server.start()
     except OSError as error:
@@ -100,12 +104,12 @@ def start_console(args: argparse.Namespace, listen: str) -> ConsoleServer | None
 
 def console_command(args: argparse.Namespace) -> int:
     """Serve the console until SIGINT/SIGTERM."""
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
     server = start_console(args, args.listen)
     if server is None:
         return 2
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     stopping.wait()
     server.stop()
     return 0
