@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_agent.api.params import ParamError
+from edge_agent.api.snapshots import check_order
 from edge_agent.collector.console.devices import CommandLink
 from edge_agent.collector.ingest import BrokerAddress
 from edge_agent.commands.demo import demo_config
@@ -141,3 +143,20 @@ def test_a_camera_without_a_frame_is_a_failed_snapshot(
     )
     (line,) = _audit(site)
     assert (line["outcome"], line["reason"], line["camera"]) == ("failed", "no-frame", "square")
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "words"),
+    [
+        ({"camera": "square", "zoom": "4"}, "unknown-parameter", "zoom"),
+        ({"camera": "square", "officer": 7}, "malformed-body", "officer"),
+        ({"officer": "OPJ Martin"}, "missing-parameter", "camera"),
+        ({"camera": ""}, "missing-parameter", "camera"),
+        ({"camera": "../etc"}, "bad-camera-id", "camera"),
+        ({"camera": "square", "request_id": "a b"}, "bad-request-id", "request_id"),
+    ],
+)
+def test_bad_snapshot_fields_are_refused_by_name(fields: dict, reason: str, words: str) -> None:
+    with pytest.raises(ParamError) as raised:
+        check_order(fields, "collector-key", ["square"])
+    assert raised.value.reason == reason and words in str(raised.value)

@@ -6,8 +6,9 @@ Pure functions, no I/O: the server maps a `ParamError` to its HTTP status and wr
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent.formats import times
 from edge_agent.formats.references import reference_problem
@@ -66,6 +67,22 @@ def single_values(
     if missing:
         raise ParamError("missing-parameter", f"missing parameter(s): {', '.join(missing)}")
     return values
+
+
+def check_command_fields(
+    fields: Mapping[str, Any], required: Collection[str], optional: Collection[str] = ()
+) -> None:
+    """A signed MQTT command's fields: none unknown, all strings, the required ones given; ParamError
+    naming the bad ones."""
+    unknown = sorted(set(fields) - set(required) - set(optional))
+    if unknown:
+        raise ParamError("unknown-parameter", f"unknown field(s): {', '.join(unknown)}")
+    not_text = sorted(name for name, value in fields.items() if not isinstance(value, str))
+    if not_text:
+        raise ParamError("malformed-body", f"field(s) {', '.join(not_text)}: must be strings")
+    missing = [name for name in required if not fields.get(name)]
+    if missing:
+        raise ParamError("missing-parameter", f"missing field(s): {', '.join(missing)}")
 
 
 def check_camera(raw: str, known: Collection[str]) -> str:

@@ -16,7 +16,13 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.api.params import ParamError, check_camera, check_officer, check_request_id
+from edge_agent.api.params import (
+    ParamError,
+    check_camera,
+    check_command_fields,
+    check_officer,
+    check_request_id,
+)
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.signing import RequestVerifier, SignatureError, verify_command
 
@@ -99,14 +105,7 @@ class SnapshotService:
 
 def check_order(fields: Mapping[str, Any], client: str, cameras: Collection[str]) -> SnapshotOrder:
     """The command's fields, checked; ParamError naming the first bad one."""
-    unknown = sorted(set(fields) - {"camera", *_OPTIONAL})
-    if unknown:
-        raise ParamError("unknown-parameter", f"unknown field(s): {', '.join(unknown)}")
-    not_text = sorted(name for name, value in fields.items() if not isinstance(value, str))
-    if not_text:
-        raise ParamError("malformed-body", f"field(s) {', '.join(not_text)}: must be strings")
-    if not fields.get("camera"):
-        raise ParamError("missing-parameter", "missing field(s): camera")
+    check_command_fields(fields, ("camera",), _OPTIONAL)
     camera = check_camera(fields["camera"], cameras)
     officer = check_officer(fields["officer"]) if fields.get("officer") else ""
     request_id = check_request_id(fields["request_id"]) if fields.get("request_id") else ""

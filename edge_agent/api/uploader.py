@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +33,14 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.api.delivery import FootageIndex, plan_clip
-from edge_agent.api.params import ClipQuery, ParamError, parse_clip_query, parse_time
+from edge_agent.api.params import (
+    ClipQuery,
+    ParamError,
+    check_command_fields,
+    check_request_id,
+    parse_clip_query,
+    parse_time,
+)
 from edge_agent.api.ratelimit import TokenBucket
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.bundle import BundlePlan, read_part
@@ -61,7 +67,6 @@ TIMEOUTS = (10.0, 60.0)
 _CLIP_FIELDS = ("camera", "start", "end", "requisition", "officer")
 _REQUIRED = ("camera", "start", "end", "requisition", "upload_url", "token", "expires")
 _OPTIONAL = ("officer", "request_id")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Replies that a new attempt cannot change: the upload is given up.
 _FINAL_STATUSES = {400: "bad-request", 401: "token-refused", 403: "forbidden", 404: "unknown-upload"}
 _FINAL_STATUSES |= {410: "upload-closed", 413: "too-large"}
@@ -223,15 +228,7 @@ class Uploader:
 
     def check(self, fields: Mapping[str, Any], client: str) -> UploadOrder:
         """The command's fields, checked; ParamError naming the first bad one."""
-        unknown = sorted(set(fields) - set(_REQUIRED) - set(_OPTIONAL))
-        if unknown:
-            raise ParamError("unknown-parameter", f"unknown field(s): {', '.join(unknown)}")
-        not_text = sorted(k for k, v in fields.items() if not isinstance(v, str))
-        if not_text:
-            raise ParamError("malformed-body", f"field(s) {', '.join(not_text)}: must be strings")
-        missing = [name for name in _REQUIRED if not fields.get(name)]
-        if missing:
-            raise ParamError("missing-parameter", f"missing field(s): {', '.join(missing)}")
+        check_command_fields(fields, _REQUIRED, _OPTIONAL)
         pairs = [(name, fields[name]) for name in _CLIP_FIELDS if name in fields]
         query = parse_clip_query(pairs, self.cameras, self.settings.max_clip_seconds, True)
         upload_url = self._check_upload_url(fields["upload_url"])
@@ -245,8 +242,8 @@ class Uploader:
         if expires_at > now + MAX_EXPIRY_S:
             raise ParamError("bad-expiry", f"expires: more than {MAX_EXPIRY_S / 3600:g} h ahead")
         request_id = fields.get("request_id")
-        if request_id is not None and not _REQUEST_ID_RE.match(request_id):
-            raise ParamError("bad-request-id", "request_id: 1 to 64 characters of [A-Za-z0-9_-]")
+        if request_id is not None:
+            check_request_id(request_id)
         return UploadOrder(query, upload_url, token, expires_at, request_id, client)
 
     def _check_upload_url(self, url: str) -> str:
