@@ -390,6 +390,23 @@ def test_a_full_disk_holds_new_events_in_memory_in_order_and_stop_still_goes_off
         late.close()
 
 
+def test_events_still_held_in_memory_at_stop_are_counted_lost(
+    mosquitto: LocalBroker, full_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping while the disk is still full: the events only memory held cannot survive the process; the
+    link says so and counts them dropped, instead of reporting them as still pending."""
+    link = _link(mosquitto, full_disk)
+    try:
+        _fill(full_disk)
+        assert link.publish_event(Event("doomed")) == 0
+        assert link.stats().outbox_pending == 1
+    finally:
+        link.stop(drain_timeout_s=0.5)
+    stats = link.stats()
+    assert (stats.outbox_pending, stats.outbox_dropped) == (0, 1)
+    assert "1 motion event(s) held in memory are lost" in caplog.text
+
+
 def _command(recorder: Recorder, name: str, payload: bytes, properties: Properties | None = None) -> dict:
     before = len(recorder.on(f"{BASE}/cmd_result"))
     recorder.client.publish(f"{BASE}/cmd/{name}", payload, qos=1, properties=properties)

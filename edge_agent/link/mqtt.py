@@ -210,13 +210,24 @@ class MqttLink:
     def stop(self, drain_timeout_s: float = 2.0) -> None:
         """Publish `offline`, wait a little for in-flight acknowledgements, disconnect, close the outbox.
 
-        Messages not acknowledged by then stay in the outbox for the next start.
+        Messages not acknowledged by then stay in the outbox for the next start. Events still held in
+        memory (the outbox could not be written) get a last try; those it cannot take are lost with the
+        process: logged, and counted as dropped.
         """
         self._stopping.set()
         self._wake.set()
         self._commands.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
+        self._drain_spill()
+        with self._spill_lock:
+            if self._spill:
+                log.error(
+                    "%d motion event(s) held in memory are lost: the outbox could not take them",
+                    len(self._spill),
+                )
+                self._spill_lost += len(self._spill)
+                self._spill.clear()
         if self.client.is_connected():
             deadline = time.monotonic() + drain_timeout_s
             while self._handed and time.monotonic() < deadline:
