@@ -7,7 +7,7 @@ import json
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -401,6 +401,32 @@ def test_a_start_another_collector_stores_after_the_offline_is_closed(db: str) -
         second.close()
 
 
+def _write_at_once(
+    stores: list[Store], records: Sequence[Record], batch: int, now: Callable[[list[Record]], float]
+) -> None:
+    """Each store writes every record, in its own shuffled order and batches of `batch`, from its own
+    thread, all at once (as several `serve` processes); fails naming a writer's error or a stuck writer."""
+    errors: list[BaseException] = []
+
+    def collector(index: int) -> None:
+        order = list(records)
+        random.Random(index).shuffle(order)
+        try:
+            for start in range(0, len(order), batch):
+                chunk = order[start : start + batch]
+                stores[index].write(chunk, now(chunk))
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=collector, args=(i,), daemon=True) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads), "a writer still blocked after 60 s: deadlock?"
+
+
 def test_collectors_closing_at_once_write_one_end_per_event(db: str) -> None:
     """Two collectors get the same starts and last wills in different orders and batches, concurrently:
     whatever the interleaving, every event ends once, by the collector, with no deadlock."""
@@ -412,25 +438,8 @@ def test_collectors_closing_at_once_write_one_end_per_event(db: str) -> None:
     setup.write(records[:6], NOW - 1)
     setup.close()
     stores = [open_store(db), open_store(db)]
-    errors: list[BaseException] = []
-
-    def collector(index: int) -> None:
-        order = list(records[6:]) + wills
-        random.Random(index).shuffle(order)
-        try:
-            for start in range(0, len(order), 7):
-                chunk = order[start : start + 7]
-                stores[index].write(chunk, max(r.received_at for r in chunk))
-        except BaseException as error:  # reported below, with the thread's failure
-            errors.append(error)
-
-    threads = [threading.Thread(target=collector, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
     try:
-        assert not errors, errors
+        _write_at_once(stores, records[6:] + wills, 7, lambda chunk: max(r.received_at for r in chunk))
         ends = _ends(stores[0])
         assert sorted(ends) == sorted((devices[i % 6], f"e{i}") for i in range(120))
         assert {reason for _, reason in ends.values()} == {DEVICE_OFFLINE}
@@ -456,24 +465,8 @@ def test_two_collectors_writing_at_once_converge(db: str) -> None:
     records: list[Record] = [status("s1", d, NOW + t) for d in devices for t in range(20)]
     records += [motion(f"s{i % 3}", devices[i % 8], f"e{i}", ts=NOW + i) for i in range(300)]
     stores = [open_store(db), open_store(db)]
-    errors: list[BaseException] = []
-
-    def collector(index: int) -> None:
-        order = list(records)
-        random.Random(index).shuffle(order)
-        try:
-            for start in range(0, len(order), 25):
-                stores[index].write(order[start : start + 25], NOW)
-        except BaseException as error:  # reported below, with the thread's failure
-            errors.append(error)
-
-    threads = [threading.Thread(target=collector, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
     try:
-        assert not errors, errors
+        _write_at_once(stores, records, 25, lambda _chunk: NOW)
         events = stores[0].events(limit=1000)
         assert sorted(e.event_id for e in events) == sorted(f"e{i}" for i in range(300))
         for device in devices:
