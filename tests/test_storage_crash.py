@@ -5,6 +5,7 @@ Also what recovery does with files it did not write: crafted headers, torn or fo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import statistics
@@ -135,6 +136,29 @@ def test_an_unfinished_segment_of_another_device_key_is_set_aside_unsigned(tmp_p
     assert ring.segments("cam1") == []
     assert (root / ".rejected" / "cam1-.000000000001.seg.tmp").read_bytes() == cut[: len(cut) // 2]
     assert any("not this device's" in line for line in ring.recovery)
+    ring.close()
+
+
+def test_a_leftover_under_a_taken_name_is_set_aside_and_a_whole_one_is_kept_as_sealed(tmp_path: Path) -> None:
+    keys = make_keys()
+    root = tmp_path / "ring"
+    (root / "cam1").mkdir(parents=True)
+    first = _seal(keys, sequence=1)
+    (root / "cam1" / "000000000001.seg").write_bytes(first)
+    # Another segment #1 left unfinished: renaming it would replace the sealed one.
+    impostor = _seal(keys, sequence=1)
+    (root / "cam1" / ".000000000001.seg.tmp").write_bytes(impostor)
+    # Killed after `finish`, before the rename: the file is whole and signed by its writer.
+    second = _seal(keys, sequence=2, prev=hashlib.sha256(first).hexdigest())
+    (root / "cam1" / ".000000000002.seg.tmp").write_bytes(second)
+    ring = RingBuffer(root, storage(root), _sealed_clock, device_key=keys.device)
+    rows = ring.segments("cam1")
+    assert [(r.sequence, r.state) for r in rows] == [(1, "complete"), (2, "complete")]
+    assert (root / "cam1" / "000000000001.seg").read_bytes() == first
+    assert (root / "cam1" / "000000000002.seg").read_bytes() == second  # kept as its writer sealed it
+    assert (root / ".rejected" / "cam1-.000000000001.seg.tmp").read_bytes() == impostor
+    assert any("no free segment name" in line for line in ring.recovery), ring.recovery
+    assert not list(root.glob("cam1/.*"))
     ring.close()
 
 
