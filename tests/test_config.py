@@ -91,6 +91,19 @@ def test_good_config_parses_with_shorthand_sources() -> None:
         ("clip_server.tls_cert", "/etc/cert.pem", "clip_server: tls_cert and tls_key go together"),
         ("storage.retention_days", 60, "storage.retention_days: Input should be less than or equal to 31"),
         ("cameras.1.motion.zones.0.points", [[0, 0]], "cameras[1].motion.zones[0].points: at least 3 points"),
+        ("location", {"lat": 91, "lon": 1.4}, "location.lat: Input should be less than or equal to 90"),
+        ("location", {"lat": 43.6}, "location.lon: Field required"),
+        (
+            "location",
+            {"lat": 43.6, "lon": 1.4, "label": "x" * 81},
+            "location.label: String should have at most 80",
+        ),
+        ("mqtt.status_heartbeat_s", 0, "mqtt.status_heartbeat_s: Input should be greater than or equal to 1"),
+        (
+            "clip_server.upload_kbps",
+            -1,
+            "clip_server.upload_kbps: Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_bad_config_names_the_field(path: str, value: Any, expected: str) -> None:
