@@ -58,6 +58,11 @@ _ADVANCE_CHAIN = (
 )
 
 
+def empty_stats(holds: int = 0) -> dict[str, float | int | None]:
+    """The `SegmentIndex.stats` figures of a camera without a segment counted (yet)."""
+    return {"segments": 0, "partial": 0, "bytes": 0, "oldest_ts": None, "newest_ts": None, "holds": holds}
+
+
 def segment_file(root: Path, camera: str, sequence: int) -> Path:
     """Where a sealed segment of `camera` lives under the ring's root."""
     return root / camera / f"{sequence:012d}{SUFFIX}"
@@ -280,15 +285,5 @@ class SegmentIndex:
             for r in rows
         }
         for camera, count in hold_counts.items():
-            result.setdefault(
-                camera,
-                {
-                    "segments": 0,
-                    "partial": 0,
-                    "bytes": 0,
-                    "oldest_ts": None,
-                    "newest_ts": None,
-                    "holds": count,
-                },
-            )
+            result.setdefault(camera, empty_stats(count))
         return result

@@ -31,7 +31,14 @@ from edge_agent.formats.config import StorageConfig
 from edge_agent.formats.sealing import SegmentInfo
 from edge_agent.formats.times import Clock
 from edge_agent.storage.holds import HOLDS_NAME, Hold, HoldBook
-from edge_agent.storage.index import INDEX_NAME, SegmentIndex, SegmentRecord, segment_file, temporary_file
+from edge_agent.storage.index import (
+    INDEX_NAME,
+    SegmentIndex,
+    SegmentRecord,
+    empty_stats,
+    segment_file,
+    temporary_file,
+)
 from edge_agent.storage.maintenance import Maintenance
 from edge_agent.storage.recovery import fsync_dir, journal_file
 from edge_agent.storage.recovery import recover as recover_index
@@ -77,10 +84,7 @@ def _disk_free(path: Path) -> int:
 
 def _count_in(stats: dict[str, dict[str, float | int | None]], row: SegmentRecord) -> None:
     """Add one row to the per-camera figures of `SegmentIndex.stats`."""
-    entry = stats.setdefault(
-        row.camera,
-        {"segments": 0, "partial": 0, "bytes": 0, "oldest_ts": None, "newest_ts": None, "holds": 0},
-    )
+    entry = stats.setdefault(row.camera, empty_stats())
     entry["segments"] = int(entry["segments"] or 0) + 1
     entry["partial"] = int(entry["partial"] or 0) + (row.state == "partial")
     entry["bytes"] = int(entry["bytes"] or 0) + row.size
