@@ -77,3 +77,16 @@ def pg_url(postgres, request):
     url = postgres.create_database(name)
     yield url
     postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A collector database at the current schema on each engine: a SQLite file (made on first open), or a
+    PostgreSQL database upgraded by the `db upgrade` function (a collector never upgrades a shared one)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "collector.sqlite")
+    url: str = request.getfixturevalue("pg_url")
+    from edge_agent.collector.store import upgrade_schema
+
+    upgrade_schema(url)
+    return url

@@ -24,7 +24,7 @@ from edge_agent.collector.console.data import (
 from edge_agent.collector.console.fleet import CRITICAL, HEALTHY_ROWS, FleetRules, fleet_view
 from edge_agent.collector.console.forms import Form
 from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer
-from edge_agent.collector.store import DeviceStatus, MotionRecord, StatusRecord, open_store, upgrade_schema
+from edge_agent.collector.store import DeviceStatus, MotionRecord, StatusRecord, open_store
 from edge_agent.formats.keys import generate_csu_keys
 from edge_agent.formats.mqtt_wire import SCHEMA, MotionMessage, parse_status, parse_topic
 from tests.browser_support import PASSWORD, add_users
@@ -141,15 +141,6 @@ def test_form_reference_and_ident_rules() -> None:
     form.reference("officer")
     form.ident("camera")
     assert form.errors["officer"].startswith("officer:") and form.errors["camera"].startswith("camera:")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "collector.sqlite")
-    url: str = request.getfixturevalue("pg_url")
-    upgrade_schema(url)
-    return url
 
 
 def _motion(event_id: str, phase: str, ts: float, zones: list[str]) -> MotionRecord:

@@ -7,27 +7,17 @@ import re
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from edge_agent.collector.console.data import AlertQuery, open_console_data
 from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer
 from edge_agent.collector.ingest import Ingestor
-from edge_agent.collector.store import open_store, upgrade_schema
+from edge_agent.collector.store import open_store
 from edge_agent.formats.keys import generate_csu_keys
 from edge_agent.formats.times import iso_ms
 from tests.browser_support import PASSWORD, add_users
 
 ROOT = "csu/v1"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return str(tmp_path / "collector.sqlite")
-    url: str = request.getfixturevalue("pg_url")
-    upgrade_schema(url)
-    return url
 
 
 def _motion(event_id: str, phase: str, ts: float, start_ts: float) -> bytes:

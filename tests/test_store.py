@@ -75,17 +75,6 @@ def motion(
     return MotionRecord(site, device, "cam0", event, received)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database at the current schema: a SQLite file, or a PostgreSQL database upgraded by the command's
-    function (a collector never upgrades a shared database itself)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "collector.sqlite")
-    url: str = request.getfixturevalue("pg_url")
-    upgrade_schema(url)
-    return url
-
-
 @pytest.fixture
 def store(db: str) -> Iterator[Store]:
     opened = open_store(db)
