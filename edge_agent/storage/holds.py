@@ -15,6 +15,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edge_agent.formats.durable import fsync_dir
 from edge_agent.formats.times import Clock
 from edge_agent.storage.index import SegmentIndex
 
@@ -145,6 +146,7 @@ class HoldBook:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self._mirror)
+        fsync_dir(self._mirror.parent)  # else a power cut may bring the previous mirror back
 
 
 def _hold(row: sqlite3.Row) -> Hold:

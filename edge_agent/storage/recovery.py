@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge_agent.formats.durable import fsync_dir
 from edge_agent.formats.sealing import MAGIC, SegmentError, close_unfinished, verify_segment
 from edge_agent.formats.times import iso_ms
 from edge_agent.storage.holds import HoldBook
@@ -162,15 +163,6 @@ def close_in_flight(
         if not orphan.with_suffix(".tmp").exists():
             orphan.unlink()  # its segment was renamed (committed or closed) before the journal went
     return lines
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or removal in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def recover_file(

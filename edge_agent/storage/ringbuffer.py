@@ -28,6 +28,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.formats.config import StorageConfig
+from edge_agent.formats.durable import fsync_dir
 from edge_agent.formats.sealing import SegmentInfo
 from edge_agent.formats.times import Clock
 from edge_agent.storage.holds import HOLDS_NAME, Hold, HoldBook
@@ -40,7 +41,7 @@ from edge_agent.storage.index import (
     temporary_file,
 )
 from edge_agent.storage.maintenance import Maintenance
-from edge_agent.storage.recovery import fsync_dir, journal_file
+from edge_agent.storage.recovery import journal_file
 from edge_agent.storage.recovery import recover as recover_index
 from edge_agent.storage.retention import (
     DAY,
