@@ -44,6 +44,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.formats.keys import public_key_id
+from edge_agent.formats.strictjson import canonical
 
 FORMAT = "csu-clip-bundle"
 VERSION = 1
@@ -131,11 +132,6 @@ def bundle_id(
     for segment in segments:
         digest.update(f"\n{segment.sequence}:{segment.sha256}:{segment.size}".encode())
     return digest.hexdigest()[:32]
-
-
-def canonical_json(data: dict[str, Any]) -> bytes:
-    """The exact manifest bytes."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def build_manifest(
@@ -286,7 +282,7 @@ def plan_bundle(manifest: dict[str, Any], signature: bytes, segments: Sequence[B
             parts.append(Part(offset, len(data), data=data))
             offset += len(data)
 
-    manifest_bytes = canonical_json(manifest)
+    manifest_bytes = canonical(manifest)
     add_bytes(_tar_header(MANIFEST_NAME, len(manifest_bytes), 0) + manifest_bytes)
     add_bytes(b"\0" * _padding(len(manifest_bytes)))
     add_bytes(_tar_header(SIGNATURE_NAME, len(signature), 0) + signature)
@@ -303,7 +299,7 @@ def plan_bundle(manifest: dict[str, Any], signature: bytes, segments: Sequence[B
 
 def sign_manifest(manifest: dict[str, Any], device_key: Ed25519PrivateKey) -> bytes:
     """The device's signature of the manifest bytes."""
-    return device_key.sign(canonical_json(manifest))
+    return device_key.sign(canonical(manifest))
 
 
 def read_part(part: Part, offset: int, length: int) -> bytes:

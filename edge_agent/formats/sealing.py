@@ -65,7 +65,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import json
 import math
 import os
 import struct
@@ -309,10 +308,6 @@ def _where(camera: str | None, sequence: int | None, path: Path | str | None) ->
     return f"{who} ({path})" if path else who
 
 
-def _canonical(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _nonce(counter: int, flags: int) -> bytes:
     return counter.to_bytes(11, "big") + bytes([flags])
 
@@ -397,7 +392,7 @@ class SegmentWriter:
             "stream": stream.to_json(),
         }
         self._header = header
-        body = _canonical(header)
+        body = strictjson.canonical(header)
         header_bytes = MAGIC + _LEN.pack(len(body)) + body
         self._aad = hashlib.sha256(header_bytes).digest()
         self._aead = CIPHERS[cipher](data_key)
@@ -454,8 +449,8 @@ class SegmentWriter:
         self._finished = True
         end_ts = self._start_ts if self._last_pts_end is None else self._stream.seconds(self._last_pts_end)
         packets = len(self._digests)
-        self._record(bytes([KIND_END]) + _canonical({"packets": packets}), FLAG_LAST)
-        trailer = _canonical(
+        self._record(bytes([KIND_END]) + strictjson.canonical({"packets": packets}), FLAG_LAST)
+        trailer = strictjson.canonical(
             {
                 "camera": self._camera,
                 "sequence": self._sequence,
@@ -848,7 +843,7 @@ def close_unfinished(
     handle.seek(cut)
     end_ts = max(end for _, end in entries)
     hashes = [d.hex() for d, _ in entries]
-    body = _canonical(
+    body = strictjson.canonical(
         {
             "camera": header.camera,
             "sequence": header.sequence,

@@ -4,6 +4,8 @@ Python's `json` accepts `NaN`, `Infinity` and `1e999` (an infinite float), keeps
 duplicate keys (another parser may keep the first: the same bytes would mean two things), and only
 stops deep nesting with a RecursionError. `load` refuses all of these with a ValueError that says
 what was wrong, so a reader can turn it into its own error naming the file or message.
+
+`canonical` is the other direction: the one byte form of a JSON object that is signed or hashed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def depth(value: Any) -> int:
         deepest = max(deepest, level + 1)
         stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+def canonical(data: dict[str, Any]) -> bytes:
+    """The exact bytes of `data` as signed documents hold it: UTF-8, sorted keys, no spaces."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def load(data: bytes | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
