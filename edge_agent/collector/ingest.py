@@ -408,12 +408,7 @@ class Ingestor:
         except StoreUnavailable:
             raise
         except Exception as error:
-            site, device = (
-                (record.status.site, record.status.device)
-                if isinstance(record, StatusRecord)
-                else (record.site, record.device)
-            )
-            refusal = self._refuse(topic, site, device, f"refused by the store: {error}", now)
+            refusal = self._refuse(topic, record.site, record.device, f"refused by the store: {error}", now)
             return self.store.write([refusal], now)[0]
 
     # --- broker connection ----------------------------------------------------------------------

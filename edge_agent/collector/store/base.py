@@ -59,6 +59,17 @@ class StatusRecord:
     raw_json: str
     received_at: float
 
+    # Every record answers .site and .device: the batch code and the ingestor need no case for this one.
+    @property
+    def site(self) -> str:
+        """The site the status document names."""
+        return self.status.site
+
+    @property
+    def device(self) -> str:
+        """The device the status document names."""
+        return self.status.device
+
 
 @dataclass(frozen=True)
 class MotionRecord:

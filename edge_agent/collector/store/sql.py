@@ -326,18 +326,12 @@ def _indexed(records: Sequence[Record], kind: type[Any]) -> Iterator[tuple[int, 
     return ((i, r) for i, r in enumerate(records) if isinstance(r, kind))
 
 
-def _origin(record: Record) -> tuple[str, str]:
-    if isinstance(record, StatusRecord):
-        return record.status.site, record.status.device
-    return record.site, record.device
-
-
 def _touch(tx: Tx, records: Sequence[Record]) -> None:
     """Upsert the batch's sites, then its devices, in sorted order (the lock order of every writer)."""
     site_seen: dict[str, float] = {}
     device_seen: dict[tuple[str, str], float] = {}
     for record in records:
-        site, device = _origin(record)
+        site, device = record.site, record.device
         if not device:
             continue  # a malformed topic names no device
         site_seen[site] = max(site_seen.get(site, 0.0), record.received_at)
