@@ -91,11 +91,6 @@ class LiveHub:
         """Stop sending to `queue`."""
         self._subscribers.pop(queue, None)
 
-    @property
-    def subscribers(self) -> int:
-        """How many browsers listen."""
-        return len(self._subscribers)
-
     def start(self) -> None:
         """Start polling in the running event loop."""
         self._task = asyncio.get_running_loop().create_task(self._run())
