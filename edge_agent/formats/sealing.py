@@ -276,7 +276,6 @@ class SegmentInfo:
     valid_length: int
     stream: StreamInfo
     path: Path | None = None
-    header: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     version: int = VERSION
     closed: str = CLOSED_SEALED
     packet_sha256: tuple[str, ...] | None = field(default=None, repr=False)
@@ -373,12 +372,13 @@ class SegmentWriter:
         ephemeral_public = _raw(ephemeral.public_key())
         csu_raw = _raw(csu_public_key)
         wrapper = _wrap_key(ephemeral_public, csu_raw, ephemeral.exchange(csu_public_key))
+        self._device_key_id = public_key_id(device_key.public_key())
         header: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
             "camera": camera,
             "device": device,
-            "device_key_id": public_key_id(device_key.public_key()),
+            "device_key_id": self._device_key_id,
             "sequence": sequence,
             "start_ts": start_ts,
             "prev_sha256": prev_sha256,
@@ -391,7 +391,6 @@ class SegmentWriter:
             },
             "stream": stream.to_json(),
         }
-        self._header = header
         body = strictjson.canonical(header)
         header_bytes = MAGIC + _LEN.pack(len(body)) + body
         self._aad = hashlib.sha256(header_bytes).digest()
@@ -469,7 +468,7 @@ class SegmentWriter:
         return SegmentInfo(
             camera=self._camera,
             device=self._device,
-            device_key_id=str(self._header["device_key_id"]),
+            device_key_id=self._device_key_id,
             sequence=self._sequence,
             start_ts=self._start_ts,
             end_ts=end_ts,
@@ -481,7 +480,6 @@ class SegmentWriter:
             complete=True,
             valid_length=self._size,
             stream=self._stream,
-            header=self._header,
             packet_sha256=tuple(self._digests),
         )
 
@@ -521,7 +519,6 @@ class _Reader:
 @dataclass
 class _Parsed:
     header: SegmentHeader
-    raw_header: dict[str, Any]
     header_bytes: bytes
     stream: StreamInfo
     records: list[tuple[int, int, int]]  # (offset of ciphertext, length, flags)
@@ -550,7 +547,7 @@ def _parse(stream: BinaryIO, path: Path | None, *, torn_tail: bool = False) -> _
     body = reader.read(header_len)
     if len(body) < header_len:
         raise SegmentTruncatedError(where, "file ends inside the header")
-    header, raw_header = _load_header(body, path)
+    header = _load_header(body, path)
     where = _where(header.camera, header.sequence, path)
     records: list[tuple[int, int, int]] = []
     valid_length = reader.offset
@@ -585,7 +582,6 @@ def _parse(stream: BinaryIO, path: Path | None, *, torn_tail: bool = False) -> _
         raise SegmentFormatError(where, f"unexpected bytes after the trailer at byte {reader.offset - 1}")
     return _Parsed(
         header=header,
-        raw_header=raw_header,
         header_bytes=MAGIC + raw_len + body,
         stream=StreamInfo.from_model(header.stream),
         records=records,
@@ -599,7 +595,7 @@ def _parse(stream: BinaryIO, path: Path | None, *, torn_tail: bool = False) -> _
     )
 
 
-def _load_header(body: bytes, path: Path | None) -> tuple[SegmentHeader, dict[str, Any]]:
+def _load_header(body: bytes, path: Path | None) -> SegmentHeader:
     raw = _load_object(body, "header", _where(None, None, path))
     header = _checked(SegmentHeader, raw, "header", _claimed_where(raw, path))
     where = _where(header.camera, header.sequence, path)
@@ -608,7 +604,7 @@ def _load_header(body: bytes, path: Path | None) -> tuple[SegmentHeader, dict[st
     num, den = header.stream.time_base
     if num > den:
         raise SegmentFormatError(where, f"header field stream.time_base: {num}/{den} s is over a second")
-    return header, raw
+    return header
 
 
 def _parse_trailer(reader: _Reader, where: str, already: bytes) -> tuple[SegmentTrailer | None, bytes, bytes]:
@@ -688,7 +684,6 @@ def _info(parsed: _Parsed, path: Path | None, device_public_key: Ed25519PublicKe
         valid_length=parsed.valid_length,
         stream=stream,
         path=path,
-        header=parsed.raw_header,
         version=header.version,
         closed=CLOSED_SEALED if trailer is None else trailer.closed,
         packet_sha256=hashes,
