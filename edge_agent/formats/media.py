@@ -82,11 +82,6 @@ class StreamInfo:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> StreamInfo:
-        """Inverse of `to_json`; pydantic.ValidationError (a ValueError) names the field at fault."""
-        return cls.from_model(StreamModel.model_validate(data))
-
-    @classmethod
     def from_model(cls, model: StreamModel) -> StreamInfo:
         """The stream described by a checked header object."""
         num, den = model.time_base

@@ -37,7 +37,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def depth(value: Any) -> int:
+def _depth(value: Any) -> int:
     """How deeply arrays and objects nest in a parsed value (a scalar is 0); iterative, no recursion."""
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
@@ -75,6 +75,6 @@ def load(data: bytes | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
         )
     except RecursionError:
         raise ValueError(f"nested deeper than {max_depth} levels") from None
-    if depth(value) > max_depth:
+    if _depth(value) > max_depth:
         raise ValueError(f"nested deeper than {max_depth} levels")
     return value
