@@ -209,7 +209,7 @@ def test_sites_and_events_commands(
     assert collector_main(["events", "--db", db, "--site", "s1", "--since", "last tuesday"]) == 2
     assert "--since 'last tuesday'" in capsys.readouterr().out
     assert collector_main(["sites", "--db", str(tmp_path / "none.sqlite")]) == 1
-    assert "no collector database" in capsys.readouterr().out
+    assert "--db: " in (out := capsys.readouterr().out) and "no collector database" in out
 
 
 def test_sites_counts_running_cameras_of_online_devices_with_a_fresh_status(
@@ -462,7 +462,7 @@ def test_db_upgrade_command_on_both_engines(
 ) -> None:
     assert collector_main(["serve", "--broker", "mqtt://127.0.0.1:1", "--db", pg_url]) == 2
     assert "schema version 0, this collector needs" in capsys.readouterr().out
-    assert collector_main(["sites", "--db", pg_url]) == 1
+    assert collector_main(["sites", "--db", pg_url]) == 2, "as serve: the schema must be upgraded first"
     assert f"run `csu-collector db upgrade --db {pg_url}`" in capsys.readouterr().out
     keys = ["--keys", str(tmp_path / "keys")]
     assert collector_main(["user", "list", "--db", pg_url, *keys]) == 2

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from edge_agent.collector.store import (
+    DB_ERRORS,
     STALE_AFTER_S,
     STALE_PERIODS,
     STATUS_INTERVAL_S,
     EventRow,
-    SchemaError,
-    Store,
-    StoreUnavailable,
+    db_exit,
     open_store,
 )
 from edge_agent.formats.times import TimeFormatError, iso_ms, parse_iso
@@ -76,22 +75,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     events.set_defaults(handler=show_events)
 
 
-def _open(db: str) -> Store | None:
-    try:
-        return open_store(db, readonly=True, pool_size=1)
-    except (FileNotFoundError, SchemaError, StoreUnavailable) as error:
-        print(error)
-        return None
-
-
 def show_sites(args: argparse.Namespace) -> int:
     """Print every site with its device and camera counts (running: of online devices, fresh status)."""
     if not args.stale_after > 0:
         print(f"--stale-after {args.stale_after:g}: must be a positive number of seconds")
         return 2
-    store = _open(args.db)
-    if store is None:
-        return 1
+    try:
+        store = open_store(args.db, readonly=True, pool_size=1)
+    except DB_ERRORS as error:
+        return db_exit(error)
     try:
         sites = store.sites(time.time(), args.stale_after)
         devices = store.devices()
@@ -139,9 +131,10 @@ def show_events(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(error)
         return 2
-    store = _open(args.db)
-    if store is None:
-        return 1
+    try:
+        store = open_store(args.db, readonly=True, pool_size=1)
+    except DB_ERRORS as error:
+        return db_exit(error)
     try:
         events = store.events(site=args.site, since=since, device=args.device, limit=args.limit)
     finally:
