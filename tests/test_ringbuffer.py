@@ -9,6 +9,7 @@ import os
 import sqlite3
 import tarfile
 import threading
+import time
 from contextlib import closing
 from fractions import Fraction
 from pathlib import Path
@@ -395,7 +396,7 @@ def test_maintenance_thread_applies_retention(tmp_path: Path) -> None:
         for _ in range(100):
             if not record.path.exists():
                 break
-            __import__("time").sleep(0.02)
+            time.sleep(0.02)
     finally:
         ring.stop()
     assert not record.path.exists() and ring.total_bytes() == 0

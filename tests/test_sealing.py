@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
 import math
 import os
+import random
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ STREAM = StreamInfo("h264", "libx264", 64, 48, "yuv420p", Fraction(1, 1000), 10.
 
 
 def _packets(count: int, seed: int = 0) -> list[EncodedPacket]:
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     return [
         EncodedPacket(i * 100, i * 100, 100, i % 5 == 0, rng.randbytes(200 + rng.randrange(800)))
         for i in range(count)
@@ -465,7 +467,7 @@ def test_annex_b_and_length_prefixed_framings_give_one_frame_hash() -> None:
         avcc = b"".join(len(u).to_bytes(size, "big") + u for u in units)
         assert sample_digest("h264", avcc, size) == packet_digest(STREAM, annexb)
     assert sample_digest("h264", b"".join(len(u).to_bytes(4, "big") + u for u in units)) == (
-        __import__("hashlib").sha256(b"".join(len(u).to_bytes(4, "big") + u for u in units)).digest()
+        hashlib.sha256(b"".join(len(u).to_bytes(4, "big") + u for u in units)).digest()
     )
     # Another split of the same bytes is another frame; a sample whose lengths overrun is refused.
     assert sample_digest("h264", len(units[1]).to_bytes(4, "big") + units[1]) != sample_digest(
@@ -475,11 +477,7 @@ def test_annex_b_and_length_prefixed_framings_give_one_frame_hash() -> None:
         sample_digest("h264", b"\x00\x00\x01\x00" + units[0])
     mjpeg = StreamInfo("mjpeg", "mjpeg", 64, 48, "yuvj420p", Fraction(1, 1000), 10.0, 0.0)
     jpeg = b"\xff\xd8\x00\x00\x01\x65\xff\xd9"
-    assert (
-        packet_digest(mjpeg, jpeg)
-        == sample_digest("mjpeg", jpeg)
-        == __import__("hashlib").sha256(jpeg).digest()
-    )
+    assert packet_digest(mjpeg, jpeg) == sample_digest("mjpeg", jpeg) == hashlib.sha256(jpeg).digest()
 
 
 def test_a_packet_that_differs_from_its_signed_frame_hash_is_refused_at_opening(
