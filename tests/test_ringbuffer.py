@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
 import os
 import sqlite3
+import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from fractions import Fraction
 from pathlib import Path
@@ -383,6 +387,55 @@ def test_a_segment_the_index_refuses_is_kept_and_its_row_written_at_the_next_com
     third = _add(ring, keys, T0 + 20)
     assert third.prev_sha256 == second.sha256  # the chain went on from the unlisted segment
     assert _check_consistent(ring, keys) == [first, second, third]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB tmpfs the test can fill (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_segment_the_full_disk_refuses_is_dropped_and_its_sequence_used_again(small_disk: Path) -> None:
+    keys = make_keys()
+    ring = _ring(small_disk, keys, Clock(T0))
+    first = _add(ring, keys, T0)
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(bytes(4096))
+    pending = ring.begin("cam1")
+    stream = StreamInfo("h264", "libx264", 64, 48, "yuv420p", Fraction(1, 1000), 10.0, T0 + 10)
+    with pytest.raises(OSError) as refused:
+        writer = SegmentWriter(
+            pending.file,
+            camera="cam1",
+            device="pi-01",
+            sequence=pending.sequence,
+            prev_sha256=pending.prev_sha256,
+            stream=stream,
+            start_ts=T0 + 10,
+            device_key=keys.device,
+            csu_public_key=keys.csu.public_key(),
+        )
+        for index in range(100):
+            writer.append(EncodedPacket(index * 100, index * 100, 100, index == 0, os.urandom(500)))
+        ring.commit(pending, writer.finish())
+    assert refused.value.errno == errno.ENOSPC
+    ring.abort(pending)
+    assert not list(small_disk.glob("cam1/.*"))  # neither the temporary file nor its journal is left
+    filler.unlink()
+    second = _add(ring, keys, T0 + 10)
+    assert (second.sequence, second.prev_sha256) == (2, first.sha256)
+    assert _check_consistent(ring, keys) == [first, second]
+    ring.close()
+    reopened = _ring(small_disk, keys, Clock(T0))
+    assert reopened.recovery == [] and reopened.segments("cam1") == [first, second]
+    reopened.close()
 
 
 def test_maintenance_thread_applies_retention(tmp_path: Path) -> None:
