@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from edge_agent.collector.console.accounts import LoginThrottle, Passwords, allows
+from edge_agent.collector.console.accounts import LoginThrottle, Passwords, allows, token_hash
 from edge_agent.collector.console.data import (
     Account,
     Acknowledgement,
@@ -290,6 +290,22 @@ def test_a_login_forgets_the_sessions_left_idle(console: ConsoleServer) -> None:
         assert _login(console.url, "ines")[1].status_code == 303
         assert data.session("abandoned") is None, "idle past the limit: gone"
         assert data.session("recent") is not None, "still usable: kept"
+    finally:
+        data.close()
+
+
+def test_a_session_last_use_is_written_at_most_once_a_minute(console: ConsoleServer) -> None:
+    data = open_console_data(console.options.db)
+    try:
+        now = time.time()
+        data.create_session(Session(token_hash("fresh"), "olivia", "c1", now - 300, now - 10))
+        data.create_session(Session(token_hash("older"), "olivia", "c2", now - 300, now - 120))
+        for token in ("fresh", "older"):
+            page = requests.get(console.url + "/fleet", cookies={"csu_session": token}, allow_redirects=False)
+            assert page.status_code == 200, token
+        fresh, older = data.session(token_hash("fresh")), data.session(token_hash("older"))
+        assert fresh is not None and fresh.last_seen == now - 10, "used 10 s ago: not written again"
+        assert older is not None and older.last_seen >= now, "used 2 min ago: its idle time restarts"
     finally:
         data.close()
 

@@ -74,6 +74,9 @@ CSP = (
 )
 SNAPSHOTS_KEPT = 256
 MAX_HOURS = 24 * 31.0
+TOUCH_EVERY_S = 60.0
+"""A session's last use is written at most once a minute (idle expiry is in tens of minutes): a clip page
+polls several times a second, and each request would otherwise be a write to the shared database."""
 """The longest look back a page offers (a month)."""
 DEFAULT_MAX_CLIP_S = 4 * 3600.0
 SYSTEM_ACTOR = "console"
@@ -246,7 +249,8 @@ class Console:
         account = await self._run(self.data.user, session.user)
         if account is None or account.disabled:
             return None
-        await self._run(self.data.touch_session, hashed, now)
+        if now - session.last_seen >= TOUCH_EVERY_S:
+            await self._run(self.data.touch_session, hashed, now)
         return session, account
 
     @web.middleware
