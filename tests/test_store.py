@@ -557,6 +557,20 @@ def test_both_engines_get_the_same_tables_and_columns(tmp_path: Path, pg_url: st
     assert lite_indexes <= pg_indexes  # PostgreSQL also names its primary keys and unique constraints
 
 
+def test_a_sqlite_path_with_uri_characters_opens_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "site #1 ?100%.sqlite"
+    writer = open_store(path)
+    writer.write([motion("s1", "d1", "e1")], NOW)
+    writer.close()
+    reader = open_store(path, readonly=True)
+    try:
+        assert [e.event_id for e in reader.events()] == ["e1"]
+    finally:
+        reader.close()
+    stray = [p.name for p in tmp_path.iterdir() if not p.name.startswith(path.name)]  # -wal, -shm are its own
+    assert stray == [], "no file made from a piece of the path"
+
+
 def test_unreachable_postgres_is_named_without_its_password() -> None:
     url = "postgresql://csu:s3cret@127.0.0.1:1/collector"
     with pytest.raises(StoreUnavailable) as caught:

@@ -97,7 +97,9 @@ class SQLiteStore(SQLStore):
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        # as_uri() escapes '#', '?' and '%': a raw path would lose `mode=ro` to them and create a stray file.
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     else:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
