@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,34 @@ def _bundle(tmp_path: Path, rows: list[SegmentRecord], keys: Keys) -> Path:
     with bundle.open("wb") as out:
         write_bundle(plan_bundle(manifest, sign_manifest(manifest, keys.device), segments), out)
     return bundle
+
+
+@pytest.mark.parametrize(
+    ("manifest", "named"),
+    [
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"format": NaN}', "NaN is not a JSON number"),
+        (b'{"format": "csu-clip-bundle", "format": "x"}', "duplicate key 'format'"),
+        (b"[" * 200 + b"]" * 200, "nested deeper than"),
+        (b'{"format": "csu-clip-bundle", "version": 9}', "not a csu-clip-bundle v1 bundle"),
+    ],
+)
+def test_a_malformed_manifest_the_device_signed_is_refused_naming_it(
+    tmp_path: Path, manifest: bytes, named: str
+) -> None:
+    import tarfile
+
+    from edge_agent.formats.bundle import BundleError, BundleReader
+
+    keys = make_keys()
+    bundle = tmp_path / "bundle.tar"
+    with tarfile.open(bundle, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in (("manifest.json", manifest), ("manifest.sig", keys.device.sign(manifest))):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    with pytest.raises(BundleError, match=f"manifest.json: .*{re.escape(named)}"):
+        BundleReader.open(bundle, keys.device.public_key())
 
 
 def test_a_crafted_segment_in_a_bundle_is_refused_and_leaves_no_mp4(tmp_path: Path) -> None:

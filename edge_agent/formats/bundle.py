@@ -43,8 +43,8 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge_agent.formats import strictjson
 from edge_agent.formats.keys import public_key_id
-from edge_agent.formats.strictjson import canonical
 
 FORMAT = "csu-clip-bundle"
 VERSION = 1
@@ -282,7 +282,7 @@ def plan_bundle(manifest: dict[str, Any], signature: bytes, segments: Sequence[B
             parts.append(Part(offset, len(data), data=data))
             offset += len(data)
 
-    manifest_bytes = canonical(manifest)
+    manifest_bytes = strictjson.canonical(manifest)
     add_bytes(_tar_header(MANIFEST_NAME, len(manifest_bytes), 0) + manifest_bytes)
     add_bytes(b"\0" * _padding(len(manifest_bytes)))
     add_bytes(_tar_header(SIGNATURE_NAME, len(signature), 0) + signature)
@@ -299,7 +299,7 @@ def plan_bundle(manifest: dict[str, Any], signature: bytes, segments: Sequence[B
 
 def sign_manifest(manifest: dict[str, Any], device_key: Ed25519PrivateKey) -> bytes:
     """The device's signature of the manifest bytes."""
-    return device_key.sign(canonical(manifest))
+    return device_key.sign(strictjson.canonical(manifest))
 
 
 def read_part(part: Part, offset: int, length: int) -> bytes:
@@ -333,7 +333,13 @@ class BundleReader:
             raise BundleError(
                 f"{MANIFEST_NAME}: device signature does not verify (altered, or another device)"
             ) from None
-        manifest = json.loads(manifest_bytes)
+        # Signed, yet parsed within limits: a device key is no proof that its manifest is well formed.
+        try:
+            manifest = strictjson.load(manifest_bytes)
+        except ValueError as error:
+            raise BundleError(f"{MANIFEST_NAME}: unreadable ({error})") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{MANIFEST_NAME}: not a JSON object")
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise BundleError(f"{MANIFEST_NAME}: not a {FORMAT} v{VERSION} bundle")
         return cls(Path(path), manifest)
