@@ -440,6 +440,14 @@ def test_a_malformed_manifest_the_device_signed_is_refused_naming_it(
         BundleReader.open(bundle, keys.device.public_key())
 
 
+def test_a_bundle_cannot_be_planned_with_a_segment_without_its_file() -> None:
+    from edge_agent.formats.bundle import BundleSegment, plan_bundle
+
+    row = BundleSegment("segments/000000000001.seg", 1, 0.0, 2.0, 10, "ab" * 32, "", "complete")
+    with pytest.raises(ValueError, match=r"segment segments/000000000001\.seg: no file"):
+        plan_bundle({"bundle_id": "x"}, b"sig", [row])
+
+
 def test_a_crafted_segment_in_a_bundle_is_refused_and_leaves_no_mp4(tmp_path: Path) -> None:
     from edge_agent.collector.evidence import ClipRejected, process_bundle
     from tests.clip_support import encode_segments

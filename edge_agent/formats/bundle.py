@@ -272,7 +272,10 @@ class BundlePlan:
 
 
 def plan_bundle(manifest: dict[str, Any], signature: bytes, segments: Sequence[BundleSegment]) -> BundlePlan:
-    """Lay out manifest, signature and segment files; sizes are the files' sizes on disk now."""
+    """Lay out manifest, signature and segment files; sizes are the files' sizes on disk now.
+
+    ValueError when a segment has no `path` (a row read from a manifest, not from the device's disk).
+    """
     parts: list[Part] = []
     offset = 0
 
@@ -288,7 +291,8 @@ def plan_bundle(manifest: dict[str, Any], signature: bytes, segments: Sequence[B
     add_bytes(_tar_header(SIGNATURE_NAME, len(signature), 0) + signature)
     add_bytes(b"\0" * _padding(len(signature)))
     for segment in segments:
-        assert segment.path is not None
+        if segment.path is None:
+            raise ValueError(f"segment {segment.file}: no file to read it from (path is None)")
         add_bytes(_tar_header(segment.file, segment.size, int(segment.start_ts)))
         parts.append(Part(offset, segment.size, path=segment.path))
         offset += segment.size
