@@ -273,12 +273,16 @@ def test_refused_forms_answer_400_naming_the_field_and_keep_the_values(console: 
     assert 'value="Bad Name!"' in refused.text
     assert admin.get(url + "/users").status_code == 200, "a plain visit is not a refusal"
     investigator, _ = _login(url, "ines")
-    release = {"csrf": _csrf(investigator, url + "/holds"), "device_ref": "s1/d9", "hold_id": "h1"}
+    release = {"csrf": _csrf(investigator, url + "/holds"), "device_ref": "s1/d9", "hold_id": "7"}
     unknown = investigator.post(url + "/holds/release", data=release, allow_redirects=False)
     assert unknown.status_code == 400
     assert 'data-field="hold_id"' in unknown.text and "never been heard" in unknown.text
     lines = [json.loads(line) for line in console.options.audit.read_text().splitlines()]
     assert any(e["action"] == "console-release" and e.get("outcome") == "refused" for e in lines)
+    traversal = investigator.post(
+        url + "/holds/release", data=release | {"hold_id": "1/../../v1/segments"}, allow_redirects=False
+    )
+    assert traversal.status_code == 400 and "is not a hold id" in traversal.text
 
 
 def test_a_login_forgets_the_sessions_left_idle(console: ConsoleServer) -> None:

@@ -843,6 +843,9 @@ class Console:
         form = Form(raw)
         site, device = _split_device(form)
         hold_id = form.text("hold_id", max_length=64)
+        if "hold_id" not in form.errors and not hold_id.isdigit():
+            # It becomes a path of the signed request: only what a device answers as a hold id (digits).
+            form.errors["hold_id"] = f"hold_id: {hold_id!r} is not a hold id"
         if not form.ok:
             return await self.holds_page(request, form.errors, raw)
         try:
