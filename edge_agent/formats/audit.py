@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.formats.durable import append_durably, fsync_dir
+from edge_agent.formats.strictjson import canonical
 from edge_agent.formats.times import Clock, iso_ms
 
 GENESIS = "0" * 64
@@ -41,14 +42,10 @@ WITHHELD_FIELD = "withheld_before"
 _ROTATED_SUFFIX = re.compile(r"^\.(\d{12})$")
 
 
-def _canonical(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def entry_hash(entry: dict[str, Any]) -> str:
     """The hash of an entry: SHA-256 of its canonical JSON without the `hash` field."""
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(_canonical(body)).hexdigest()
+    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -157,7 +154,7 @@ class AuditLog:
         if self._withheld_unsaid:
             entry[WITHHELD_FIELD] = self._withheld_unsaid
         entry["hash"] = entry_hash(entry)
-        line = _canonical(entry) + b"\n"
+        line = canonical(entry) + b"\n"
         if self._active_bytes and self._active_bytes + len(line) > self.quota.rotate_bytes:
             self._rotate()
         start = append_durably(self.path, line)
