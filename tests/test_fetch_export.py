@@ -246,7 +246,9 @@ def test_bundle_with_an_unlisted_member_leaves_no_mp4(tmp_path: Path, site) -> N
     [
         ({"start_ts": 0}, "gaps: not a list"),
         (["nan"], "gaps[0]: start_ts and end_ts must be finite numbers"),
-        ([{"start_ts": T0, "end_ts": float("inf"), "reason": "off"}], "gaps[0]: start_ts and end_ts"),
+        ([{"start_ts": T0, "end_ts": "soon", "reason": "off"}], "gaps[0]: start_ts and end_ts"),
+        # Refused before the rows are read: a signed manifest is parsed as strict JSON.
+        ([{"start_ts": T0, "end_ts": float("inf"), "reason": "off"}], "unreadable (Infinity is not a JSON"),
         ([{"start_ts": T0, "end_ts": T0 + 1, "reason": 7}], "gaps[0]: reason must be text"),
     ],
 )
