@@ -225,7 +225,10 @@ def test_idle_connections_cannot_take_the_descriptors_recording_needs(
             gate = agent.clip_server.gate
             _wait(lambda: gate.open + gate.turned_away >= 1100, 10, "connections not all accepted")
             assert gate.open == gate.limit == 256 and gate.turned_away == 1100 - 256
-            assert len(os.listdir("/proc/self/fd")) <= descriptors + 256 + 16
+            # Turned-away sockets are closed on the loop's next turn, after they were counted: under
+            # load some are still open when the count is reached, so the bound is awaited, not sampled.
+            bound = descriptors + 256 + 16
+            _wait(lambda: len(os.listdir("/proc/self/fd")) <= bound, 10, "descriptors held past the cap")
             # Recording goes on beside them: two more segments sealed while they are held.
             _wait(lambda: _segments(agent)[-1][0] >= newest + 2, 10, "recording starved")
         finally:
