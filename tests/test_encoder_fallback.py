@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from edge_agent.camera.frames import PixelFormat
 from edge_agent.camera.pipeline import CameraState, CameraStats
 from edge_agent.formats.config import StorageConfig
 from edge_agent.formats.sealing import open_segment, verify_chain, verify_segment
@@ -139,11 +139,11 @@ class FailingEncoder(VideoEncoder):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self._frames = 0
 
-    def encode(self, image: np.ndarray, captured_at: float, force_keyframe: bool = False, i420=None):  # type: ignore[no-untyped-def]
+    def encode(self, image, captured_at, force_keyframe=False, pixel_format=PixelFormat.BGR):  # type: ignore[no-untyped-def]
         self._frames += 1
         if self._frames >= self.fail_at:
             raise EncoderError("encoder 'h264_flaky': VIDIOC_QBUF: No such device")
-        return super().encode(image, captured_at, force_keyframe, i420)
+        return super().encode(image, captured_at, force_keyframe, pixel_format)
 
 
 def flaky_factory(

@@ -16,6 +16,7 @@ from edge_agent.camera.sources import FrameSource, SourceError
 from edge_agent.camera.sources.synthetic import SceneSettings, SyntheticSource
 from edge_agent.formats.config import CameraConfig
 from edge_agent.formats.times import Clock
+from tests.frame_support import painted
 
 WINDOW = [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]
 FAST = Backoff(initial_s=0.01, factor=2.0, maximum_s=0.05)
@@ -73,7 +74,7 @@ def test_sinks_receive_only_masked_frames() -> None:
     assert sink.closed
     for frame in sink.frames:
         assert isinstance(frame, MaskedFrame)
-        assert np.all(frame.image[:119, :159] == (0, 255, 0))
+        assert painted(frame, np.s_[:119], np.s_[:159], (0, 255, 0))
     stats = worker.stats()
     assert stats.state is CameraState.STOPPED
     assert stats.frames >= 20 and stats.resolution == (320, 240) and stats.masks == 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from edge_agent.camera.frames import Frame
+from edge_agent.camera.frames import Frame, PixelFormat, i420_planes
 from edge_agent.camera.privacy import MasksRequired, PrivacyMasker, draw_outlines, masker_for_camera
 from edge_agent.formats.config import CameraConfig, MaskMode, PrivacyMaskConfig, ZoneConfig
 
@@ -35,6 +36,52 @@ def test_masked_pixels_do_not_depend_on_what_was_behind(mode: MaskMode, size: tu
     assert np.array_equal(first[hidden], second[hidden])
     assert np.array_equal(first[~hidden], original[~hidden]), "pixels outside the masks changed"
     assert (first[hidden] != original[hidden]).any(axis=-1).mean() > 0.9
+
+
+@pytest.mark.parametrize("mode", list(MaskMode))
+@pytest.mark.parametrize("size", [(320, 240), (1920, 1080)])
+def test_i420_planes_keep_no_trace_of_what_was_behind(mode: MaskMode, size: tuple[int, int]) -> None:
+    """Plane by plane: a chroma sample over any private pixel is painted, and nothing else changes."""
+    masker = PrivacyMasker([PrivacyMaskConfig(points=WINDOW, mode=mode), PrivacyMaskConfig(points=GARDEN)])
+    width, height = size
+    hidden = masker.mask_for(size) > 0
+    covered = hidden.reshape(height // 2, 2, width // 2, 2).any(axis=(1, 3))
+    first = cv2.cvtColor(random_image(size, 1), cv2.COLOR_BGR2YUV_I420)
+    second = first.copy()
+    for index, (plane, private) in enumerate(
+        zip(i420_planes(second), (hidden, covered, covered), strict=True)
+    ):
+        plane[private] = np.random.default_rng(10 + index).integers(
+            0, 256, int(private.sum()), dtype=np.uint8
+        )
+    original = first.copy()
+    masker.apply(Frame("cam", 0, 0.0, first, PixelFormat.I420))
+    masker.apply(Frame("cam", 0, 0.0, second, PixelFormat.I420))
+    assert np.array_equal(first, second)
+    for plane, before, private in zip(
+        i420_planes(first), i420_planes(original), (hidden, covered, covered), strict=True
+    ):
+        assert np.array_equal(plane[~private], before[~private]), "pixels outside the masks changed"
+        assert (plane[private] != before[private]).mean() > 0.9
+
+
+def test_planes_with_a_row_stride_of_their_own_are_masked_alike() -> None:
+    """A camera's buffer pads its rows: views over it are masked as a contiguous image would be."""
+    masker = PrivacyMasker(
+        [PrivacyMaskConfig(points=WINDOW), PrivacyMaskConfig(points=GARDEN, mode=MaskMode.BLUR)]
+    )
+    i420 = cv2.cvtColor(random_image((320, 240), 5), cv2.COLOR_BGR2YUV_I420)
+    y, u, v = (plane.copy() for plane in i420_planes(i420))
+    padded_y = np.zeros((240, 384), np.uint8)
+    padded_u, padded_v = np.zeros((120, 192), np.uint8), np.zeros((120, 192), np.uint8)
+    for padded, plane in ((padded_y, y), (padded_u, u), (padded_v, v)):
+        padded[:, : plane.shape[1]] = plane
+    masker.apply_to_planes(padded_y[:, :320], padded_u[:, :160], padded_v[:, :160])
+    masker.apply_to_planes(*i420_planes(i420))
+    for padded, plane in zip((padded_y, padded_u, padded_v), i420_planes(i420), strict=True):
+        assert np.array_equal(padded[:, : plane.shape[1]], plane) and not padded[:, plane.shape[1] :].any()
+    with pytest.raises(ValueError, match="not 4:2:0 planes"):
+        masker.apply_to_planes(y, u[:, :10], v)
 
 
 def test_fill_paints_the_configured_colour() -> None:

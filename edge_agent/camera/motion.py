@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from edge_agent.camera.frames import MaskedFrame
+from edge_agent.camera.frames import MaskedFrame, PixelFormat
 from edge_agent.camera.privacy import rasterize
 from edge_agent.formats.config import MotionConfig
 
@@ -130,7 +130,8 @@ class MotionDetector:
 
     def detect(self, frame: MaskedFrame) -> MotionResult:
         """Update the background with this frame and report where it moves."""
-        gray = self._prepare(frame.image) if frame.i420 is None else self._prepare_luma(frame.i420)
+        i420 = frame.pixel_format is PixelFormat.I420
+        gray = self._prepare_luma(frame.image) if i420 else self._prepare(frame.image)
         elapsed = frame.captured_at - self._last_ts
         self._last_ts = frame.captured_at
         self._frames += 1

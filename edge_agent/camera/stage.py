@@ -3,10 +3,10 @@
 One object holds the three, so that the live camera worker and `edge-agent motion-replay` run the very
 same steps on each frame and a technician tuning with a replay sees what the camera would decide.
 
-When motion detection is on, the stage converts each masked frame to I420 once (`MaskedFrame.i420`):
-the detector reads the grey image off its Y plane and the encoder takes it as its input, instead of each
-converting the BGR image on its own; a replay computes it too, so that it decides exactly as the camera.
-It is made from the masked image, so detection still sees only masked pixels.
+Every masked frame leaves `mask` in I420 (`MaskedFrame.in_i420`; a source that delivers I420 is masked
+as it is): the queue then holds half the bytes, the detector reads the grey image off the Y plane and
+the encoder takes the frame as its input, instead of each converting a BGR image on its own. It is made
+from the masked image, so nothing downstream sees an unmasked pixel.
 
 The stage is split in two calls because the live worker splits it across two threads: `mask` runs on
 the capture thread (no raw frame ever reaches the queue), `observe` on the processing thread. Each call
@@ -15,10 +15,7 @@ must always come from the same thread; `step` does both for a caller with a sing
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-
-import cv2
 
 from edge_agent.camera.frames import Frame, MaskedFrame
 from edge_agent.camera.motion import EventTracker, MotionDetector, MotionEvent, MotionResult
@@ -65,20 +62,15 @@ class MotionStage:
         return self._event_start if self._tracker.is_open else None
 
     def mask(self, frame: Frame) -> MaskedFrame:
-        """Mask the raw frame in place (the raw Frame must not be used afterwards)."""
-        return self.masker.apply(frame)
+        """Mask the raw frame in place (the raw Frame must not be used afterwards), in I420 (odd sizes
+        stay BGR: I420 has none)."""
+        return self.masker.apply(frame).in_i420()
 
     def observe(self, frame: MaskedFrame) -> StageOutput:
-        """Run detection and event tracking on a masked frame, at its capture time; with motion enabled,
-        the output's frame carries its I420 conversion (for even sizes: I420 has no odd ones)."""
+        """Run detection and event tracking on a masked frame, at its capture time."""
         self._last_ts = frame.captured_at
         if not self.motion.enabled:
-            # Nothing here reads the frame: a recorder that needs I420 converts it itself, and a camera
-            # that neither detects nor records pays for no conversion at all.
             return StageOutput(frame, None, [])
-        width, height = frame.size
-        if frame.i420 is None and width % 2 == 0 and height % 2 == 0:
-            frame = dataclasses.replace(frame, i420=cv2.cvtColor(frame.image, cv2.COLOR_BGR2YUV_I420))
         if self._detector is None or self._detector.frame_size != frame.size:
             # A source reopened at another resolution needs a background model (and mask) of that size.
             self._detector = MotionDetector(self.motion, frame.size, self.masker.mask_for(frame.size))

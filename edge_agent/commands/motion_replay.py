@@ -128,7 +128,7 @@ def annotate(
     """The masked frame with the foreground (at the frame's size) tinted red, masks and zones outlined,
     boxes and score drawn."""
     size = frame.size
-    canvas = frame.image.copy()
+    canvas = frame.bgr().copy()
     # Half the pixel plus half of pure red, written only under the foreground. (Filling a whole-frame
     # red image with numpy instead costs 13 ms per 1080p frame, more than encoding it.)
     cv2.add(cv2.convertScaleAbs(canvas, alpha=0.5), _HALF_RED, dst=canvas, mask=foreground)

@@ -47,7 +47,7 @@ def snapshot(args: argparse.Namespace) -> int:
     if frame is None:
         print(f"snapshot failed: camera {camera.id!r} delivered no frame", file=sys.stderr)
         return 1
-    image = masker.apply(frame).image
+    image = masker.apply(frame).bgr()
     if args.outline:
         image = draw_outlines(image, camera.masks, camera.motion.zones)
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])

@@ -422,7 +422,7 @@ class Agent:
             if frame is None:
                 state = camera_status(_camera_report(slot)).state
                 raise NoFrame(f"camera: {camera_id!r} has no frame yet (state {state})")
-        ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        ok, jpeg = cv2.imencode(".jpg", frame.bgr(), [cv2.IMWRITE_JPEG_QUALITY, 85])
         if not ok:
             raise NoFrame(f"camera: {camera_id!r}: JPEG encoding failed")
         width, height = frame.size

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from av.video.codeccontext import VideoCodecContext
 
+from edge_agent.camera.frames import PixelFormat
 from edge_agent.formats.config import StorageConfig
 from edge_agent.formats.media import EncodedPacket, StreamInfo
 
@@ -165,14 +166,14 @@ class VideoEncoder:
         image: np.ndarray,
         captured_at: float,
         force_keyframe: bool = False,
-        i420: np.ndarray | None = None,
+        pixel_format: PixelFormat = PixelFormat.BGR,
     ) -> list[EncodedPacket]:
-        """Encode one BGR image captured at `captured_at`; returns the packets that came out. `i420`:
-        the same image already converted (the camera stage's), taken as is by a yuv420p encoder."""
+        """Encode one image (BGR or I420, as `pixel_format` says) captured at `captured_at`; returns the
+        packets that came out."""
         # A clock stepped backwards must not make pts go backwards: encoders and muxers refuse that.
         pts = max(self._last_pts + 1, round((captured_at - self.stream.pts_epoch) * 1000))
         self._last_pts = pts
-        frame = self._frame(image, i420)
+        frame = self._frame(image, pixel_format)
         frame.pts = pts
         frame.time_base = TIME_BASE
         if force_keyframe:
@@ -182,20 +183,18 @@ class VideoEncoder:
         except av.FFmpegError as error:
             raise EncoderError(f"encoder {self.stream.encoder!r}: {error}") from None
 
-    def _frame(self, image: np.ndarray, i420: np.ndarray | None = None) -> av.VideoFrame:
-        """The image as an encoder input, without copying the caller's pixels.
+    def _frame(self, image: np.ndarray, pixel_format: PixelFormat) -> av.VideoFrame:
+        """The image as an encoder input, without copying the caller's pixels (PyAV converts a format or
+        size the encoder does not take: yuvj420p for MJPEG, full range, has no OpenCV equivalent).
 
-        For yuv420p, OpenCV's SIMD BGR->I420 (the same BT.601 limited-range matrix as swscale) takes about
-        1 ms at 1080p where swscale's BGR path takes 6, a third of the whole H.264 encode. yuvj420p (MJPEG,
-        full range) has no OpenCV equivalent: swscale converts it from the wrapped BGR buffer.
+        For a BGR image and a yuv420p encoder, OpenCV's SIMD BGR->I420 (the same BT.601 limited-range
+        matrix as swscale) takes about 1 ms at 1080p where swscale's BGR path takes 6, a third of the
+        whole H.264 encode.
         """
-        if self.stream.pix_fmt == "yuv420p":
-            height, width = image.shape[:2]
-            planes: np.ndarray = (
-                i420
-                if i420 is not None and i420.shape == (height * 3 // 2, width)
-                else cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
-            )
+        if pixel_format is PixelFormat.I420:
+            return av.VideoFrame.from_numpy_buffer(image, format="yuv420p")
+        if self.stream.pix_fmt == "yuv420p" and image.shape[0] % 2 == 0 and image.shape[1] % 2 == 0:
+            planes: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
             return av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")
         return av.VideoFrame.from_numpy_buffer(image, format="bgr24")
 

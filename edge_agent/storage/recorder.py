@@ -247,7 +247,7 @@ class Recorder:
         if force:
             self._want_keyframe = False
             self._cut_requested = True
-        return self._encoder.encode(frame.image, frame.captured_at, force_keyframe=force, i420=frame.i420)
+        return self._encoder.encode(frame.image, frame.captured_at, force, frame.pixel_format)
 
     # ---- packets -----------------------------------------------------------------------------------
 
