@@ -168,20 +168,26 @@ class SourceKind(StrEnum):
     SYNTHETIC = "synthetic"
     OPENCV = "opencv"
     PICAMERA = "picamera"
+    FILE = "file"  # a video file, decoded by PyAV to I420
+
+
+# URL schemes of the network streams OpenCV reads (a shorthand string without one is a file path).
+_STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
 
 
 class SourceConfig(_Model):
     """Where frames come from.
 
     Accepts a shorthand string: `synthetic`, `synthetic:SEED`, `picamera`, `/dev/video0`, `0`,
-    `rtsp://...`, `http://...` or a video file path (all but the first two are OpenCV sources).
+    `rtsp://...`, `http://...` (OpenCV sources) or a video file path (a `file` source). A file named
+    with an explicit `kind: opencv` is still read by OpenCV.
     """
 
-    kind: SourceKind = Field(title="Backend", description="synthetic, opencv or picamera.")
+    kind: SourceKind = Field(title="Backend", description="synthetic, opencv, picamera or file.")
     uri: str = Field(
         "",
-        title="Device or URL",
-        description="OpenCV: a V4L2 index or path, an RTSP/HTTP URL or a video file.",
+        title="Device, URL or file",
+        description="OpenCV: a V4L2 index or path, an RTSP/HTTP URL or a video file. File: a video file.",
     )
     seed: int = Field(0, title="Seed", description="Synthetic: the scene's random seed.")
     objects: int = Field(
@@ -206,12 +212,16 @@ class SourceConfig(_Model):
             return {"kind": "synthetic", "seed": int(seed) if seed.isdigit() else 0}
         if value == "picamera":
             return {"kind": "picamera"}
-        return {"kind": "opencv", "uri": value}
+        if value.isdigit() or value.startswith("/dev/") or value.lower().startswith(_STREAM_SCHEMES):
+            return {"kind": "opencv", "uri": value}
+        return {"kind": "file", "uri": value}
 
     @model_validator(mode="after")
     def _uri_needed(self) -> SourceConfig:
         if self.kind is SourceKind.OPENCV and not self.uri:
             raise ValueError("an opencv source needs `uri` (device index or path, URL or file)")
+        if self.kind is SourceKind.FILE and not self.uri:
+            raise ValueError("a file source needs `uri` (the video file's path)")
         return self
 
 

@@ -22,6 +22,10 @@ def open_source(camera: CameraConfig, clock: Clock = time.time) -> FrameSource:
         from edge_agent.camera.sources.opencv import OpenCVSource
 
         return OpenCVSource.from_camera(camera, clock)
+    if kind is SourceKind.FILE:
+        from edge_agent.camera.sources.file import FileSource
+
+        return FileSource.from_camera(camera, clock)
     from edge_agent.camera.sources.picamera import PicameraSource
 
     return PicameraSource.from_camera(camera, clock)
