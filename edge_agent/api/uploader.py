@@ -20,16 +20,20 @@ Nothing here depends on the clip server: a kit with `clip_server.enabled: false`
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import logging
+import select
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-import requests
+import certifi
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.api.delivery import FootageIndex, plan_clip
@@ -61,8 +65,12 @@ MAX_EXPIRY_S = 2 * 86400.0
 PROGRESS_STEPS = 10
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 30.0
-TIMEOUTS = (10.0, 60.0)
-"""Connect and read time limits of one PUT (seconds)."""
+CONNECT_TIMEOUT_S = 10.0
+"""Time limit of connecting, and of each send within a PUT (a link that stalls mid-chunk is noticed)."""
+READ_TIMEOUT_S = 60.0
+"""Time limit of the collector's answer to a PUT."""
+_PATH_SAFE = "!#$%&'()*+,/:;=?@[]~"
+"""What the upload URL's path keeps as it is (`%` too: escapes are not escaped again)."""
 
 _CLIP_FIELDS = ("camera", "start", "end", "requisition", "officer")
 _REQUIRED = ("camera", "start", "end", "requisition", "upload_url", "token", "expires")
@@ -123,6 +131,15 @@ class _Failed(Exception):
 
 class _Stopped(Exception):
     """The agent is stopping: the upload ends where it is (the collector keeps what it holds)."""
+
+
+class _Retry(Exception):
+    """An answer another attempt may change: a 5xx or 429, a proxy's page, a reply that is not an ack."""
+
+
+# What ends one attempt and starts another: a cut or refused connection, a timeout, a TLS failure (a
+# certificate the CA bundle does not vouch for is retried until the order expires), a garbled HTTP answer.
+_RETRYABLE = (OSError, http.client.HTTPException, _Retry)
 
 
 def upload_url_allowed(url: str, bases: list[str]) -> bool:
@@ -354,7 +371,7 @@ class Uploader:
         bucket = TokenBucket(kbps * 1000 / 8, PIECE_BYTES) if kbps else None
         delay = RETRY_MIN_S
         held: int | None = None
-        with _session(order.token) as session:
+        with _Collector(order.upload_url, order.token) as collector:
             while True:
                 if self._stopping.is_set():
                     raise _Stopped()
@@ -364,14 +381,14 @@ class Uploader:
                     )
                 try:
                     if held is None:
-                        held = self._put(session, upload, 0, 0, None).held
+                        held = self._put(collector, upload, 0, 0, None).held
                     if held >= size:
                         return
                     end = min(held + CHUNK_BYTES, size)
-                    held = self._put(session, upload, held, end, bucket).held
+                    held = self._put(collector, upload, held, end, bucket).held
                     delay = RETRY_MIN_S
                     self._progress(upload, held)
-                except requests.RequestException as error:
+                except _RETRYABLE as error:
                     upload.counters.retries += 1
                     log.warning(
                         "upload of %s cut at %s bytes (%s); resuming", upload.plan.bundle_id, held, error
@@ -382,38 +399,35 @@ class Uploader:
                     delay = min(RETRY_MAX_S, delay * 2)
 
     def _put(
-        self, session: requests.Session, upload: _Upload, first: int, end: int, bucket: TokenBucket | None
+        self, collector: _Collector, upload: _Upload, first: int, end: int, bucket: TokenBucket | None
     ) -> UploadAck:
         """PUT bytes [first, end) (none: ask the count held); the acknowledgement. A 409 also carries it."""
         size = upload.plan.size
-        body = _PacedBody(_read(upload.plan, first, end), bucket, upload.counters, self._stopping)
+        data = _read(upload.plan, first, end)
         upload.counters.puts += 1
         upload.counters.resent += max(0, min(end, upload.acknowledged) - first)
-        response = session.put(
-            upload.order.upload_url,
-            data=body,
-            headers={"Content-Range": content_range(first, end, size)},
-            timeout=TIMEOUTS,
-            allow_redirects=False,
+        status, reply = collector.put(
+            content_range(first, end, size),
+            _paced(data, bucket, upload.counters, self._stopping),
+            len(data),
         )
-        if response.status_code in (200, 409):
+        if status in (200, 409):
             try:
-                ack = UploadAck.parse(response.content)
+                ack = UploadAck.parse(reply)
             except ValueError as error:
-                raise requests.RequestException(str(error)) from None
+                raise _Retry(str(error)) from None
             if ack.size != size:
                 raise _Failed(
                     "size-mismatch", f"the collector expects {ack.size} bytes, the bundle has {size}"
                 )
             upload.acknowledged = max(upload.acknowledged, ack.held)
             return ack
-        reason = _FINAL_STATUSES.get(response.status_code)
+        reason = _FINAL_STATUSES.get(status)
         if reason is not None:
-            raise _Failed(
-                reason, f"the collector refused the upload: HTTP {response.status_code} {response.text[:200]}"
-            )
-        # 5xx, 429, a proxy's answer: worth another attempt.
-        raise requests.RequestException(f"HTTP {response.status_code} from the collector")
+            text = reply.decode("utf-8", "replace")[:200]
+            raise _Failed(reason, f"the collector refused the upload: HTTP {status} {text}")
+        # 5xx, 429, a proxy's answer, a redirect (never followed): worth another attempt.
+        raise _Retry(f"HTTP {status} from the collector")
 
     def _progress(self, upload: _Upload, held: int) -> None:
         """One result per tenth of the bundle: enough to follow on a metered link, not more."""
@@ -436,45 +450,91 @@ def _read(plan: BundlePlan, first: int, end: int) -> bytes:
         raise _Failed("footage-changed", f"a segment of the bundle changed on the device: {error}") from None
 
 
-@contextmanager
-def _session(token: str) -> Iterator[requests.Session]:
-    """A requests Session for one upload: the bearer token, bytes as stored, nothing from the environment."""
-    session = requests.Session()
-    # No proxy variables or ~/.netrc: the device talks to the configured collector, directly.
-    session.trust_env = False
-    session.headers["Authorization"] = f"Bearer {token}"
-    session.headers["Accept-Encoding"] = "identity"
-    session.headers["Content-Type"] = "application/x-tar"
-    try:
-        yield session
-    finally:
-        session.close()
+class _Collector:
+    """The HTTP(S) connection of one upload, kept open from one PUT to the next and opened again after a
+    cut. Every PUT carries the bearer token and asks for bytes as stored; no proxy variable or ~/.netrc
+    is read (http.client reads none): the device talks to the configured collector, directly."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self._target = quote(parts.path or "/", safe=_PATH_SAFE)
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept-Encoding": "identity",
+            "Content-Type": "application/x-tar",
+        }
+        host, port = parts.hostname or "", parts.port
+        self._connection = (
+            http.client.HTTPSConnection(host, port, timeout=CONNECT_TIMEOUT_S, context=_tls_context())
+            if parts.scheme == "https"
+            else http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT_S)
+        )
+
+    def __enter__(self) -> _Collector:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._connection.close()
+
+    def put(self, content_range: str, body: Iterator[bytes], length: int) -> tuple[int, bytes]:
+        """One PUT of `length` bytes: the status and the whole reply. Raises what ended the attempt
+        (OSError, http.client.HTTPException, _Stopped) with the connection closed."""
+        connection = self._connection
+        headers = {**self._headers, "Content-Range": content_range, "Content-Length": str(length)}
+        try:
+            if connection.sock is not None and _closed_by_peer(connection.sock):
+                connection.close()  # an idle connection the collector has ended: connect again, unharmed
+            _set_timeout(connection, CONNECT_TIMEOUT_S)
+            if connection.sock is None:
+                connection.connect()  # not within the suppress below: a failed handshake must raise
+            # A refusal (401, 413) may come before the body is all sent: its answer is read below.
+            with suppress(BrokenPipeError, ConnectionResetError):
+                connection.request("PUT", self._target, body, headers)
+            _set_timeout(connection, READ_TIMEOUT_S)
+            response = connection.getresponse()
+            return response.status, response.read()
+        except BaseException:
+            connection.close()  # a connection left mid-exchange cannot carry the next PUT
+            raise
 
 
-class _PacedBody:
-    """A request body sent in pieces, each paid for in the rate bucket first; counts what it hands over.
+def _tls_context() -> ssl.SSLContext:
+    """Checks the collector's certificate as `requests` did: against certifi's CA bundle (neither the
+    system's store nor a bundle named in the environment), the host name against subjectAltName only,
+    TLS 1.2 at least, no session tickets."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.hostname_checks_common_name = False
+    context.options |= ssl.OP_NO_TICKET
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
-    `requests` sends an iterable with a length as a plain `Content-Length` body, piece by piece.
-    """
 
-    def __init__(
-        self, data: bytes, bucket: TokenBucket | None, counters: UploadCounters, stopping: threading.Event
-    ) -> None:
-        self._data = data
-        self._bucket = bucket
-        self._counters = counters
-        self._stopping = stopping
+def _set_timeout(connection: http.client.HTTPConnection, seconds: float) -> None:
+    """The time limit of the next connect, and of the open socket if there is one."""
+    connection.timeout = seconds
+    if connection.sock is not None:
+        connection.sock.settimeout(seconds)
 
-    def __len__(self) -> int:
-        return len(self._data)
 
-    def __iter__(self) -> Iterator[bytes]:
-        view = memoryview(self._data)
-        for offset in range(0, len(view), PIECE_BYTES):
-            piece = view[offset : offset + PIECE_BYTES]
-            if self._bucket is not None:
-                delay = self._bucket.delay_for(len(piece))
-                if delay > 0 and self._stopping.wait(delay):
-                    raise _Stopped()
-            self._counters.sent += len(piece)
-            yield bytes(piece)
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive connection has something to read: its end, or bytes nobody asked for;
+    either way it cannot carry the next PUT."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _paced(
+    data: bytes, bucket: TokenBucket | None, counters: UploadCounters, stopping: threading.Event
+) -> Iterator[bytes]:
+    """A request body in pieces, each paid for in the rate bucket first; counts what it hands over."""
+    view = memoryview(data)
+    for offset in range(0, len(view), PIECE_BYTES):
+        piece = view[offset : offset + PIECE_BYTES]
+        if bucket is not None:
+            delay = bucket.delay_for(len(piece))
+            if delay > 0 and stopping.wait(delay):
+                raise _Stopped()
+        counters.sent += len(piece)
+        yield bytes(piece)
