@@ -12,12 +12,20 @@ the FFmpeg build has (a Pi 4 or Zero 2's `h264_v4l2m2m`; a Jetson's `h264_nvmpi`
 Pi 5 has none), then libx264; a named encoder is tried before libx264 too (`encoder_candidates`). The
 recorder moves down that list when an encoder fails to open or fails at run time.
 
-libx264 settings, sized for one camera per core of a Pi 5 at 1080p 10 fps (scripts/bench_camera_path.py
-measures them on real frames): `threads=1` (one core per camera, and each extra frame thread holds its
-own frames: x264's automatic count is 1.5 per core), `rc-lookahead=2` with `sync-lookahead=0` (the
-look-ahead holds lowres and full frames: 10 frames cost 1080p about 110 MB and a second of delay; 2 keep
-macroblock-tree rate control, as efficient as 10 on street footage at the same quality, for about
-60 MB and 0.3 s). The preset comes from the config (veryfast by default).
+libx264 settings, sized for one camera per core of a Pi 5 at 1080p 10 fps and for its memory (measured
+on real frames: scripts/bench_camera_path.py for time, bench_memory.py for memory):
+- `threads=1`: one core per camera, and each extra frame thread holds its own frames (x264's automatic
+  count is 1.5 per core).
+- `rc-lookahead=1` with `sync-lookahead=0`: x264 holds a full frame with its half-pel planes (about
+  10 MB at 1080p) per frame of look-ahead, and one frame still drives macroblock-tree rate control,
+  which saves 10 to 40 % of the bytes on a fixed camera's static background. A look-ahead of 10 held
+  about 110 MB, 2 held 60; 1 holds 48, on the same rate-distortion curve within 0.1 dB on three
+  dataset clips. Without look-ahead (tune zerolatency) it would hold 42 MB, but needs a CRF 2 to 3
+  points higher for the same bytes and loses 0.2 to 0.3 dB at equal size.
+- `force-cfr`: rate control counts time in frames of the configured rate rather than in timestamps
+  (which the packets still carry as given): the same bytes in constant-quality mode, and 5 MB less
+  per 1080p encoder.
+The preset comes from the config (veryfast by default).
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ BOARD_ENCODERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("NVIDIA Jetson", ("h264_nvmpi", "h264_nvv4l2", "h264_v4l2m2m")),
 )
 X264_THREADS = 1
-X264_LOOKAHEAD = 2
+X264_LOOKAHEAD = 1
 # Bits per pixel per frame a hardware encoder gets when no bitrate is configured (about 2 Mbit/s at
 # 1080p 10 fps): hardware encoders have no constant-quality mode.
 HARDWARE_BITS_PER_PIXEL = 0.1
@@ -99,6 +107,7 @@ def _options(storage: StorageConfig, name: str, size: tuple[int, int], fps: floa
                 "threads": str(X264_THREADS),
                 "rc-lookahead": str(X264_LOOKAHEAD),
                 "sync-lookahead": "0",
+                "x264-params": "force-cfr=1",
             }
         )
         if storage.bitrate_kbps:
