@@ -39,7 +39,7 @@ def _open_video(camera_id: str, path: str) -> tuple[InputContainer, VideoStream]
         raise SourceError(f"camera {camera_id!r}: {path!r} has no video stream this build can decode")
     stream = container.streams.video[0]
     # One decoding thread: a camera's budget is one core, and each frame thread of a decoder holds
-    # frames of its own (FFmpeg's default starts one per core).
+    # frames of its own (FFmpeg's default starts one per core, plus one).
     stream.codec_context.thread_count = 1
     return container, stream
 
