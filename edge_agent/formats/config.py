@@ -175,6 +175,16 @@ class SourceKind(StrEnum):
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
 
 
+def is_device(uri: str) -> bool:
+    """A V4L2 device: a bare index or a /dev path."""
+    return uri.isdigit() or uri.startswith("/dev/")
+
+
+def is_stream(uri: str) -> bool:
+    """A network stream URL."""
+    return uri.lower().startswith(_STREAM_SCHEMES)
+
+
 class SourceConfig(_Model):
     """Where frames come from.
 
@@ -212,7 +222,7 @@ class SourceConfig(_Model):
             return {"kind": "synthetic", "seed": int(seed) if seed.isdigit() else 0}
         if value == "picamera":
             return {"kind": "picamera"}
-        if value.isdigit() or value.startswith("/dev/") or value.lower().startswith(_STREAM_SCHEMES):
+        if is_device(value) or is_stream(value):
             return {"kind": "opencv", "uri": value}
         return {"kind": "file", "uri": value}
 

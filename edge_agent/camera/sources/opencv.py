@@ -8,20 +8,8 @@ import cv2
 
 from edge_agent.camera.frames import Frame
 from edge_agent.camera.sources.base import SourceError
-from edge_agent.formats.config import CameraConfig
+from edge_agent.formats.config import CameraConfig, is_device, is_stream
 from edge_agent.formats.times import Clock
-
-_STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
-
-
-def is_device(uri: str) -> bool:
-    """A V4L2 device: a bare index or a /dev path."""
-    return uri.isdigit() or uri.startswith("/dev/")
-
-
-def is_stream(uri: str) -> bool:
-    """A network stream URL."""
-    return uri.lower().startswith(_STREAM_SCHEMES)
 
 
 class OpenCVSource:
