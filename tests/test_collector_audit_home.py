@@ -52,6 +52,7 @@ def test_device_commands_user_accounts_and_console_share_the_log_in_the_key_dire
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough passphrase\n"))
     db = tmp_path / "store.sqlite"
     user = ["user", "add", "lt-martin", "--role", "investigator", "--db", str(db), "--keys", str(csu)]
+    assert collector_main(["db", "upgrade", "--db", str(db)]) == 0
     assert collector_main([*user, "--password-stdin"]) == 0
     home = csu / "csu-audit.jsonl"
     assert _actions(home) == ["hold", "release", "console-user-add"]
@@ -68,6 +69,7 @@ def test_the_variable_and_the_option_say_where_it_goes_instead(
     tmp_path: Path, csu: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "store.sqlite"
+    assert collector_main(["db", "upgrade", "--db", str(db)]) == 0
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough passphrase\nanother long passphrase\n"))
     configured = tmp_path / "var" / "csu-audit.jsonl"
     monkeypatch.setenv("CSU_AUDIT_LOG", str(configured))

@@ -190,8 +190,8 @@ def test_console_rows_on_both_backends(db: str) -> None:
 def console(tmp_path: Path) -> Iterator[ConsoleServer]:
     generate_csu_keys(tmp_path / "keys")
     db = tmp_path / "collector.sqlite"
-    add_users(db)
     store = open_store(db)
+    add_users(db)
     raw = json.dumps(
         {
             "schema": 1,
@@ -329,3 +329,22 @@ def test_the_console_signs_its_exports_when_the_collector_has_a_certificate(tmp_
     assert CsuKeys.load(tmp_path).credential is None  # no PKI yet: exports are not C2PA-signed
     assert collector_main(["pki", "init", "--keys", str(tmp_path), "--org", "Ville de Test"]) == 0
     assert CsuKeys.load(tmp_path).credential is not None
+
+
+def test_a_mistyped_store_path_is_an_error_not_a_new_empty_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`user` and `console` write to the collector's store: a path that names none is refused, naming
+    `--db`, and no file appears there (users added to it would never reach the real console)."""
+    from edge_agent.collector.commands.cli import main as collector_main
+
+    generate_csu_keys(tmp_path / "keys")
+    missing = tmp_path / "colector.sqlite"
+    assert collector_main(["user", "list", "--db", str(missing), "--keys", str(tmp_path / "keys")]) == 1
+    err = capsys.readouterr().err
+    assert "--db:" in err and f"{missing}: no collector database" in err
+    with pytest.raises(FileNotFoundError, match="check the path"):
+        ConsoleServer(
+            ConsoleOptions(missing, tmp_path / "keys", tmp_path / "keys", tmp_path / "a.jsonl", tmp_path)
+        )
+    assert not missing.exists()

@@ -56,8 +56,9 @@ class ConsoleData(Protocol):
 
 
 def open_console_data(db: str | Path) -> ConsoleRows:
-    """The console's rows in the store at `db` (a SQLite path or a `postgresql://` URL)."""
-    store = open_store(db)
+    """The console's rows in the store at `db` (a SQLite path or a `postgresql://` URL), which the
+    collector made: FileNotFoundError for a SQLite file that does not exist."""
+    store = open_store(db, create=False)
     if not isinstance(store, SQLStore):
         store.close()
         raise TypeError(f"{db}: the console needs an SQL store")

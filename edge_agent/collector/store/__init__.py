@@ -82,16 +82,20 @@ def db_exit(error: Exception, out: TextIO | None = None) -> int:
     return 2 if isinstance(error, SchemaError) else 1
 
 
-def open_store(db: str | Path, readonly: bool = False, pool_size: int = DEFAULT_POOL_SIZE) -> Store:
-    """The store at `db` (a SQLite path or a `postgresql://` URL); `readonly` for the query commands.
+def open_store(
+    db: str | Path, readonly: bool = False, pool_size: int = DEFAULT_POOL_SIZE, create: bool = True
+) -> Store:
+    """The store at `db` (a SQLite path or a `postgresql://` URL); `readonly` for the query commands,
+    `create=False` for the commands that write to a store the collector made (so that a mistyped path
+    is an error, not a new empty database).
 
     SchemaError when the database is not at this collector's schema version (a writable SQLite file is
     upgraded instead), StoreUnavailable when PostgreSQL cannot be reached, FileNotFoundError for a missing
-    file opened read-only.
+    file opened read-only or without `create`.
     """
     if is_postgres_url(db):
         return PostgresStore(str(db), readonly=readonly, pool_size=pool_size)
-    return SQLiteStore(Path(db), readonly=readonly)
+    return SQLiteStore(Path(db), readonly=readonly, create=create)
 
 
 def upgrade_schema(db: str | Path) -> tuple[int, list[Migration]]:

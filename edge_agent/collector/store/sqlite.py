@@ -46,12 +46,16 @@ class SQLiteStore(SQLStore):
 
     dialect = SQLITE
 
-    def __init__(self, path: Path, readonly: bool = False, upgrade: bool = True) -> None:
-        """Open the file; writable opens create it and apply pending migrations unless `upgrade` is off."""
+    def __init__(self, path: Path, readonly: bool = False, upgrade: bool = True, create: bool = True) -> None:
+        """Open the file; writable opens apply pending migrations unless `upgrade` is off, and create the
+        file unless `create` is off (then, like a read-only open, a missing file is FileNotFoundError)."""
         self.path = Path(path)
         self.description = str(self.path)
-        if readonly and not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no collector database (run `csu-collector serve`)")
+        if (readonly or not create) and not self.path.exists():
+            raise FileNotFoundError(
+                f"{self.path}: no collector database (check the path; `csu-collector serve` or"
+                " `csu-collector db upgrade --db` creates one)"
+            )
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with _unavailable(self.description):
