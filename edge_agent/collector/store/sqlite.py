@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge_agent.collector.store.base import StoreUnavailable
+from edge_agent.collector.store.base import SchemaError, StoreUnavailable
 from edge_agent.collector.store.migrations import SQLITE
 from edge_agent.collector.store.sql import SQLStore, Tx
 
@@ -66,6 +66,11 @@ class SQLiteStore(SQLStore):
                 self.check_schema()
             elif upgrade:
                 self.upgrade()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            if isinstance(error, sqlite3.OperationalError):
+                raise StoreUnavailable(f"{self.description}: {error}") from error
+            raise SchemaError(f"{self.description}: not a collector database ({error})") from None
         except BaseException:
             self._db.close()
             raise
