@@ -25,6 +25,7 @@ from edge_agent.collector.console.fleet import CRITICAL, HEALTHY_ROWS, FleetRule
 from edge_agent.collector.console.forms import Form
 from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer
 from edge_agent.collector.store import DeviceStatus, MotionRecord, StatusRecord, open_store
+from edge_agent.formats.audit import AuditLog, AuditQuota, rotated_files
 from edge_agent.formats.keys import generate_csu_keys
 from edge_agent.formats.mqtt_wire import SCHEMA, MotionMessage, parse_status, parse_topic
 from tests.browser_support import PASSWORD, add_users
@@ -348,3 +349,27 @@ def test_a_mistyped_store_path_is_an_error_not_a_new_empty_database(
             ConsoleOptions(missing, tmp_path / "keys", tmp_path / "keys", tmp_path / "a.jsonl", tmp_path)
         )
     assert not missing.exists()
+
+
+def test_the_audit_page_reads_back_across_a_rotation(tmp_path: Path) -> None:
+    """Just after the log was rotated, the page still shows the entries before, from the rotated file,
+    newest first, and the whole chain verifies."""
+    log = AuditLog(tmp_path / "audit.jsonl", quota=AuditQuota(max_bytes=1 << 20, rotate_bytes=2_000))
+    for index in range(12):
+        log.append(action="hold", outcome="accepted", requisition=f"PV-{index}")
+    assert rotated_files(log.path), "the log must have rotated for this test"
+    generate_csu_keys(tmp_path / "keys")
+    open_store(tmp_path / "collector.sqlite").close()
+    add_users(tmp_path / "collector.sqlite")
+    options = ConsoleOptions(
+        tmp_path / "collector.sqlite", tmp_path / "keys", tmp_path / "keys", log.path, tmp_path / "exports"
+    )
+    server = ConsoleServer(options, "127.0.0.1", 0)
+    server.start()
+    try:
+        session, _ = _login(server.url, "adam")
+        page = session.get(server.url + "/audit").text
+    finally:
+        server.stop()
+    shown = [int(n) for n in re.findall(r"PV-(\d+)", page)]
+    assert shown == list(range(11, -1, -1))

@@ -58,7 +58,7 @@ from edge_agent.collector.console.live import LiveHub, Subscription
 from edge_agent.collector.evidence import CLIP_FILE
 from edge_agent.collector.fetch import ClipRequest
 from edge_agent.collector.store import EventRow
-from edge_agent.formats.audit import AuditLog, verify_log
+from edge_agent.formats.audit import AuditLog, log_files, verify_log
 from edge_agent.formats.times import Clock, iso_ms
 
 log = logging.getLogger(__name__)
@@ -1030,9 +1030,17 @@ def _timeline(
 
 
 def _tail(path: Path, count: int) -> list[dict[str, Any]]:
-    """The last `count` entries of a JSON-lines log, newest first (a torn line is shown as such)."""
-    if not path.exists():
-        return []
+    """The last `count` entries of a JSON-lines log and, when it holds fewer (just after a rotation),
+    of its rotated files before it: newest first (a torn line is shown as such)."""
+    entries: list[dict[str, Any]] = []
+    for file in reversed(log_files(path)):
+        entries += _file_tail(file, count - len(entries))
+        if len(entries) >= count:
+            break
+    return entries
+
+
+def _file_tail(path: Path, count: int) -> list[dict[str, Any]]:
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
         offset = max(0, size - count * 2048)
