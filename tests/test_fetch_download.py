@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,31 @@ def test_a_full_collector_disk_fails_at_once_naming_the_file(tmp_path: Path, key
     assert "c.tar.part: cannot be written" in str(failed.value)
     assert waits == []  # not retried
     assert not (tmp_path / "c.tar").exists()
+
+
+class _GarbledRangeDevice(BaseHTTPRequestHandler):
+    """Answers every GET with a partial-content status whose Content-Range is not one."""
+
+    def do_GET(self) -> None:
+        self.send_response(206)
+        self.send_header("Content-Range", "bytes 0-x/zz")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+def test_a_garbled_content_range_is_refused_at_once_naming_it(tmp_path: Path, keys) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _GarbledRangeDevice)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    waits: list[float] = []
+    try:
+        endpoint = DeviceEndpoint(f"http://127.0.0.1:{server.server_port}", RequestSigner(keys["collector"]))
+        with pytest.raises(FetchError, match="unusable Content-Range: Content-Range 'bytes 0-x/zz'"):
+            download_bundle(endpoint, CLIP, tmp_path / "c.tar", sleep=waits.append)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert waits == []  # a device that says nonsense is not asked again

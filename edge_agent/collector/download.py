@@ -31,6 +31,7 @@ import requests
 
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.formats.signing import RequestSigner, new_nonce
+from edge_agent.formats.upload import ContentRange, parse_content_range
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def _attempt(
     ) as response:
         if response.status_code == 416 and have:
             # What we have may already be everything: the device says there is nothing after it.
-            total = int(response.headers.get("Content-Range", "*/0").rpartition("/")[2] or 0)
+            total = _content_range(response.headers.get("Content-Range", "")).total
             if total == have:
                 return etag.strip('"'), have, 0
             raise _TransferError(f"range refused, bundle is {total} bytes")
@@ -248,7 +249,8 @@ def _attempt(
             raise _refusal(response.status_code, response.content)
         new_etag = response.headers.get("ETag", "")
         if response.status_code == 206:
-            offset, total = _content_range(response.headers.get("Content-Range", ""))
+            served = _content_range(response.headers.get("Content-Range", ""))
+            offset, total = served.first, served.total
             if offset != have:
                 raise FetchError(f"device resumed at byte {offset}, expected {have}")
             mode, restarted = "ab", 0
@@ -271,11 +273,9 @@ def _attempt(
         return new_etag.strip('"'), total, restarted
 
 
-def _content_range(header: str) -> tuple[int, int]:
-    """(first byte, total size) from `bytes first-last/total`."""
+def _content_range(header: str) -> ContentRange:
+    """The device's `Content-Range` (FetchError naming it when it is not one)."""
     try:
-        unit_range, _, total = header.partition("/")
-        first = unit_range.split()[1].split("-")[0]
-        return int(first), int(total)
-    except (IndexError, ValueError):
-        raise FetchError(f"device sent an unusable Content-Range {header!r}") from None
+        return parse_content_range(header)
+    except ValueError as error:
+        raise FetchError(f"device sent an unusable Content-Range: {error}") from None
