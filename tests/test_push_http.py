@@ -1,6 +1,8 @@
 """The device's side of a push upload over HTTP and HTTPS (http.client, no `requests` on the device):
-the collector's certificate is checked, a refusal ends the upload, a 5xx or a garbled reply is retried,
-a kept-alive connection the collector closed is replaced without a retry."""
+the collector's certificate is checked (against certifi, or the CSU's own CA in
+`clip_server.collector_ca_file`; the endpoint serving HTTPS itself or behind a TLS front), a refusal ends
+the upload, a 5xx or a garbled reply is retried, a kept-alive connection the collector closed is
+replaced without a retry."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from edge_agent.api.uploader import CHUNK_BYTES, _Collector
-from edge_agent.collector.upload_endpoint import UploadEndpoint, UploadEndpointThread
+from edge_agent.collector.upload_endpoint import UploadEndpoint, UploadEndpointThread, server_tls_context
+from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.signing import RequestSigner
 from edge_agent.formats.upload import UploadAck, parse_content_range
 from edge_agent.storage.ringbuffer import RingBuffer
@@ -72,8 +76,8 @@ def endpoint(tmp_path: Path) -> Iterator[UploadEndpoint]:
     thread.stop()
 
 
-def _side(tmp_path: Path, ring: RingBuffer, keys: dict[str, Any], base: str) -> DeviceSide:
-    return device_side(uploader_config(tmp_path, [base]), ring, keys["device"], keys["collector"])
+def _side(tmp_path: Path, ring: RingBuffer, keys: dict[str, Any], base: str, **clip: Any) -> DeviceSide:
+    return device_side(uploader_config(tmp_path, [base], **clip), ring, keys["device"], keys["collector"])
 
 
 def _upload(
@@ -102,15 +106,20 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _tls_files(directory: Path, server_name: x509.GeneralName) -> tuple[Path, Path, Path]:
+LOOPBACK = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+
+
+def tls_files(
+    directory: Path, server_name: x509.GeneralName = LOOPBACK, ca_name: str = "Test collector CA"
+) -> tuple[Path, Path, Path]:
     """A CA and a server certificate it signs for `server_name` (common name 127.0.0.1 whatever the
-    name): the CA's, the server's certificate and the server's key, as PEM files."""
+    name): the CA's, the server's certificate and the server's key, as PEM files in `directory`."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
-        .subject_name(_name("Test collector CA"))
-        .issuer_name(_name("Test collector CA"))
+        .subject_name(_name(ca_name))
+        .issuer_name(_name(ca_name))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
@@ -129,6 +138,7 @@ def _tls_files(directory: Path, server_name: x509.GeneralName) -> tuple[Path, Pa
         .add_extension(x509.SubjectAlternativeName([server_name]), False)
         .sign(ca_key, hashes.SHA256())
     )
+    directory.mkdir(parents=True, exist_ok=True)
     paths = directory / "ca.crt", directory / "server.crt", directory / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
@@ -164,8 +174,8 @@ class TlsFront(LoopbackRelay):
 @pytest.mark.parametrize(
     ("trusted", "server_name", "delivered"),
     [
-        (True, x509.IPAddress(ipaddress.ip_address("127.0.0.1")), True),
-        (False, x509.IPAddress(ipaddress.ip_address("127.0.0.1")), False),
+        (True, LOOPBACK, True),
+        (False, LOOPBACK, False),
         (True, x509.DNSName("collector.example"), False),
     ],
     ids=["trusted", "unknown-ca", "other-name"],
@@ -180,7 +190,7 @@ def test_https_delivers_only_to_a_certificate_the_ca_bundle_vouches_for_by_name(
     server_name: x509.GeneralName,
     delivered: bool,
 ) -> None:
-    ca, cert, key = _tls_files(tmp_path, server_name)
+    ca, cert, key = tls_files(tmp_path, server_name)
     if trusted:  # the device trusts certifi's bundle, as under requests: this test's CA stands in for it
         monkeypatch.setattr(certifi, "where", lambda: str(ca))
     front = TlsFront(endpoint.port, cert, key)
@@ -202,6 +212,95 @@ def test_https_delivers_only_to_a_certificate_the_ca_bundle_vouches_for_by_name(
         assert (outcome["phase"], outcome["error"]) == ("failed", "expired")
         assert front.handshakes == 0 and front.broken_off == counters.retries >= 2
         assert endpoint.held(UPLOAD_ID) == 0
+
+
+# -- HTTPS served by the endpoint itself, its certificate from the CSU's own CA --------------------------
+
+
+@contextmanager
+def _https_endpoint(tmp_path: Path, cert: Path, key: Path) -> Iterator[UploadEndpoint]:
+    """The real upload endpoint serving HTTPS on loopback, auditing what it refuses, one upload registered."""
+    endpoint = UploadEndpoint(
+        tmp_path / "tls-spool",
+        audit=AuditLog(tmp_path / "csu-audit.jsonl"),
+        tls=server_tls_context(cert, key),
+    )
+    thread = UploadEndpointThread(endpoint)
+    thread.start()
+    endpoint.register(UPLOAD_ID, TOKEN, time.time() + 600, 50 << 20)
+    try:
+        yield endpoint
+    finally:
+        thread.stop()
+
+
+def _reached(tmp_path: Path, endpoint: UploadEndpoint) -> bool:
+    """Whether any PUT reached the endpoint's HTTP layer: the first sets the announced size in the
+    registration file, a refused one leaves a line in the collector's audit log."""
+    registration = json.loads((endpoint.spool / f"{UPLOAD_ID}.json").read_text())
+    audit = tmp_path / "csu-audit.jsonl"
+    return registration["size"] is not None or (audit.exists() and bool(audit.read_text().strip()))
+
+
+@pytest.mark.parametrize(
+    ("device_ca", "delivered"),
+    [("csu", True), (None, False), ("other", False)],
+    ids=["csu-ca", "certifi-only", "wrong-ca"],
+)
+def test_the_endpoint_serves_https_that_the_device_trusts_through_collector_ca_file(
+    tmp_path: Path, ring: RingBuffer, keys: dict[str, Any], device_ca: str | None, delivered: bool
+) -> None:
+    csu_ca, cert, key = tls_files(tmp_path / "csu-pki", ca_name="Ville-01 CSU CA")
+    other_ca, _, _ = tls_files(tmp_path / "other-pki", ca_name="Ville-01 CSU CA")  # same name, other key
+    clip = {"collector_ca_file": str({"csu": csu_ca, "other": other_ca}[device_ca])} if device_ca else {}
+    with _https_endpoint(tmp_path, cert, key) as endpoint:
+        base = f"https://127.0.0.1:{endpoint.port}"
+        side = _side(tmp_path, ring, keys, base, **clip)
+        outcome = _upload(side, keys, base + UPLOAD_PATH, TOKEN, 60.0 if delivered else 2.5)
+        counters = side.uploader.last_counters
+        assert counters is not None
+        if delivered:
+            assert outcome["phase"] == "delivered" and endpoint.is_complete(UPLOAD_ID)
+            assert (counters.sent, counters.retries) == (outcome["size"], 0)
+            assert endpoint.part_path(UPLOAD_ID).stat().st_size == outcome["size"]
+        else:
+            # TLS refused the endpoint at every attempt until the order expired: no PUT reached it.
+            assert (outcome["phase"], outcome["error"]) == ("failed", "expired")
+            assert "CERTIFICATE_VERIFY_FAILED" in outcome["message"]
+            assert counters.retries >= 2 and counters.sent == 0
+            assert not _reached(tmp_path, endpoint) and endpoint.held(UPLOAD_ID) == 0
+
+
+def test_the_device_refuses_plain_http_from_an_endpoint_that_serves_https(
+    tmp_path: Path, ring: RingBuffer, keys: dict[str, Any]
+) -> None:
+    """An endpoint given a certificate does not also take the token in the clear: a plain HTTP PUT to it
+    never reaches its HTTP layer."""
+    _, cert, key = tls_files(tmp_path / "csu-pki")
+    with _https_endpoint(tmp_path, cert, key) as endpoint:
+        base = f"http://127.0.0.1:{endpoint.port}"
+        outcome = _upload(_side(tmp_path, ring, keys, base), keys, base + UPLOAD_PATH, TOKEN, 2.5)
+        assert (outcome["phase"], outcome["error"]) == ("failed", "expired")
+        assert not _reached(tmp_path, endpoint)
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"], ids=["missing", "garbage"])
+def test_a_collector_ca_file_that_does_not_load_fails_the_upload_at_once(
+    tmp_path: Path, ring: RingBuffer, keys: dict[str, Any], content: bytes | None
+) -> None:
+    ca_file = tmp_path / "csu-ca.pem"
+    if content is not None:
+        ca_file.write_bytes(content)
+    _, cert, key = tls_files(tmp_path / "csu-pki")
+    with _https_endpoint(tmp_path, cert, key) as endpoint:
+        base = f"https://127.0.0.1:{endpoint.port}"
+        side = _side(tmp_path, ring, keys, base, collector_ca_file=str(ca_file))
+        started = time.monotonic()
+        outcome = _upload(side, keys, base + UPLOAD_PATH, TOKEN, 60.0)
+        assert time.monotonic() - started < 10  # not retried until the order expires
+        assert (outcome["phase"], outcome["error"]) == ("failed", "collector-ca")
+        assert f"clip_server.collector_ca_file {ca_file}" in outcome["message"]
+        assert not _reached(tmp_path, endpoint)
 
 
 def test_a_token_the_collector_refuses_ends_the_upload_at_once(

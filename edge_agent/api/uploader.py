@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -138,7 +139,7 @@ class _Retry(Exception):
 
 
 # What ends one attempt and starts another: a cut or refused connection, a timeout, a TLS failure (a
-# certificate the CA bundle does not vouch for is retried until the order expires), a garbled HTTP answer.
+# certificate the trusted CAs do not vouch for is retried until the order expires), a garbled HTTP answer.
 _RETRYABLE = (OSError, http.client.HTTPException, _Retry)
 
 
@@ -371,13 +372,16 @@ class Uploader:
         bucket = TokenBucket(kbps * 1000 / 8, PIECE_BYTES) if kbps else None
         delay = RETRY_MIN_S
         held: int | None = None
-        with _Collector(order.upload_url, order.token) as collector:
+        last_error = ""  # said when the order expires: a certificate the device refuses, a dead host
+        tls = self._tls_context() if urlsplit(order.upload_url).scheme == "https" else None
+        with _Collector(order.upload_url, order.token, tls) as collector:
             while True:
                 if self._stopping.is_set():
                     raise _Stopped()
                 if self.clock() >= order.expires_at:
                     raise _Failed(
-                        "expired", f"the upload order expired with {held or 0} of {size} bytes held"
+                        "expired",
+                        f"the upload order expired with {held or 0} of {size} bytes held{last_error}",
                     )
                 try:
                     if held is None:
@@ -390,6 +394,7 @@ class Uploader:
                     self._progress(upload, held)
                 except _RETRYABLE as error:
                     upload.counters.retries += 1
+                    last_error = f"; last attempt: {str(error)[:200]}"
                     log.warning(
                         "upload of %s cut at %s bytes (%s); resuming", upload.plan.bundle_id, held, error
                     )
@@ -397,6 +402,17 @@ class Uploader:
                     if self._stopping.wait(delay):
                         raise _Stopped() from None
                     delay = min(RETRY_MAX_S, delay * 2)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The context checking the collector's certificate; _Failed when the configured CA file cannot
+        be loaded (no retry mends a file: `edge-agent check-config` says what is wrong with it)."""
+        ca_file = self.settings.collector_ca_file
+        try:
+            return collector_tls_context(ca_file)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            raise _Failed(
+                "collector-ca", f"clip_server.collector_ca_file {ca_file}: cannot be loaded ({error})"
+            ) from None
 
     def _put(
         self, collector: _Collector, upload: _Upload, first: int, end: int, bucket: TokenBucket | None
@@ -455,7 +471,7 @@ class _Collector:
     cut. Every PUT carries the bearer token and asks for bytes as stored; no proxy variable or ~/.netrc
     is read (http.client reads none): the device talks to the configured collector, directly."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(url)
         self._target = quote(parts.path or "/", safe=_PATH_SAFE)
         self._headers = {
@@ -465,7 +481,12 @@ class _Collector:
         }
         host, port = parts.hostname or "", parts.port
         self._connection = (
-            http.client.HTTPSConnection(host, port, timeout=CONNECT_TIMEOUT_S, context=_tls_context())
+            http.client.HTTPSConnection(
+                host,
+                port,
+                timeout=CONNECT_TIMEOUT_S,
+                context=tls if tls is not None else collector_tls_context(),
+            )
             if parts.scheme == "https"
             else http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT_S)
         )
@@ -498,11 +519,12 @@ class _Collector:
             raise
 
 
-def _tls_context() -> ssl.SSLContext:
-    """Checks the collector's certificate as `requests` did: against certifi's CA bundle (neither the
-    system's store nor a bundle named in the environment), the host name against subjectAltName only,
-    TLS 1.2 at least, no session tickets."""
-    context = ssl.create_default_context(cafile=certifi.where())
+def collector_tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """Checks the collector's certificate against `ca_file` (`clip_server.collector_ca_file`: the CSU's
+    own PKI), else against certifi's CA bundle as `requests` did (never the system's store nor a bundle
+    named in the environment); the host name against subjectAltName only, TLS 1.2 at least, no session
+    tickets. OSError or ValueError when `ca_file` cannot be loaded."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else certifi.where())
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.hostname_checks_common_name = False
     context.options |= ssl.OP_NO_TICKET

@@ -21,6 +21,7 @@ import os
 import queue
 import secrets
 import shutil
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,7 +53,11 @@ class PushSettings:
     listen_host: str
     listen_port: int
     upload_url: str = ""
-    """The endpoint's base URL as devices reach it (a public name, a NAT); default `http://host:port`."""
+    """The endpoint's base URL as devices reach it (a public name, a NAT); default `http://host:port`
+    (`https://` with `tls`)."""
+    tls: ssl.SSLContext | None = None
+    """The endpoint serves HTTPS with it (`upload_endpoint.server_tls_context`); None: plain HTTP, for a
+    TLS reverse proxy in front or a closed network."""
     topic_root: str = "csu/v1"
     accept_timeout_s: float = 60.0
     """How long the device has to accept or refuse the command (an offline device never answers)."""
@@ -62,7 +67,8 @@ class PushSettings:
 
     def base_url(self, port: int) -> str:
         """The upload endpoint's base URL given the port it really listens on."""
-        return self.upload_url.rstrip("/") or f"http://{self.listen_host}:{port}"
+        scheme = "https" if self.tls is not None else "http"
+        return self.upload_url.rstrip("/") or f"{scheme}://{self.listen_host}:{port}"
 
 
 def push_clip(
@@ -81,7 +87,7 @@ def push_clip(
     export_dir.mkdir(parents=True, exist_ok=True)
     request = dataclasses.replace(request, nonce=new_nonce())
     spool = export_dir / SPOOL_DIR
-    endpoint = UploadEndpoint(spool, settings.listen_host, settings.listen_port, audit, clock)
+    endpoint = UploadEndpoint(spool, settings.listen_host, settings.listen_port, audit, clock, settings.tls)
     server = UploadEndpointThread(endpoint)
     upload_id = uuid.uuid4().hex
     upload_url = f"{settings.base_url(settings.listen_port)}{UPLOAD_PATH_PREFIX}{upload_id}"

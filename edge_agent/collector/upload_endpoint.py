@@ -8,7 +8,9 @@ appended as they arrive and fsynced before they are acknowledged: an endpoint re
 answers with what it really holds, and the device goes on from there.
 
 Nothing here trusts the bytes: the bundle is verified like a pulled one once it is complete
-(`edge_agent.collector.fetch.export_bundle`).
+(`edge_agent.collector.fetch.export_bundle`). The token does travel in the clear on plain HTTP, though,
+and the device must be able to tell the CSU's endpoint from another: given a certificate and its key
+(`server_tls_context`), the endpoint serves HTTPS itself, without a reverse proxy in front.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +29,14 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.times import Clock
@@ -59,6 +70,64 @@ class Registration:
         return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), self.token_sha256)
 
 
+class TlsFileError(ValueError):
+    """A certificate or key the endpoint cannot serve HTTPS with; `file` says which (`cert` or `key`)."""
+
+    def __init__(self, file: str, message: str) -> None:
+        super().__init__(message)
+        self.file = file
+
+
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The endpoint's TLS context: `cert` (PEM, the certificate then its intermediates) and its
+    unencrypted PEM `key`; TLS 1.2 at least, as the device asks. Each file is checked on its own first, so
+    that the error says which one is wrong (OpenSSL's own says neither): TlsFileError."""
+    certificate = _served_certificate(cert, time.time())
+    private_key = _private_key(key)
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if private_key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise TlsFileError("key", f"{key}: not the key of the certificate in {cert}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        raise TlsFileError("cert", f"{cert}: OpenSSL refuses it with {key}: {error}") from None
+    return context
+
+
+def _served_certificate(path: Path, now: float) -> x509.Certificate:
+    """The first certificate of a PEM file, valid at `now` (an expired one: every device refuses it)."""
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as error:
+        raise TlsFileError("cert", f"{path}: cannot read ({error.strerror})") from None
+    except ValueError:
+        raise TlsFileError("cert", f"{path}: not a PEM certificate") from None
+    certificate = certificates[0]
+    valid_from, valid_to = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    if not valid_from.timestamp() <= now <= valid_to.timestamp():
+        raise TlsFileError(
+            "cert",
+            f"{path}: valid from {valid_from:%Y-%m-%d %H:%M} to {valid_to:%Y-%m-%d %H:%M} UTC, not now",
+        )
+    return certificate
+
+
+def _private_key(path: Path) -> PrivateKeyTypes:
+    """An unencrypted PEM private key (the endpoint starts unattended: no passphrase to ask for)."""
+    try:
+        return load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as error:
+        raise TlsFileError("key", f"{path}: cannot read ({error.strerror})") from None
+    except TypeError:
+        raise TlsFileError(
+            "key", f"{path}: encrypted with a passphrase; the endpoint needs it without"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TlsFileError("key", f"{path}: not a PEM private key") from None
+
+
 class _Refusal(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
@@ -67,7 +136,8 @@ class _Refusal(Exception):
 
 
 class UploadEndpoint:
-    """An aiohttp server receiving pushed bundles into a spool folder."""
+    """An aiohttp server receiving pushed bundles into a spool folder, over HTTPS when given a TLS context
+    (`server_tls_context`)."""
 
     def __init__(
         self,
@@ -76,11 +146,13 @@ class UploadEndpoint:
         port: int = 0,
         audit: AuditLog | None = None,
         clock: Clock = time.time,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.bind = bind
         self.port = port
+        self.tls = tls
         self.audit = audit
         self.clock = clock
         self._uploads = {r.upload_id: r for r in self._load()}
@@ -166,11 +238,12 @@ class UploadEndpoint:
             self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.bind, self.port)
+        site = web.TCPSite(self._runner, self.bind, self.port, ssl_context=self.tls)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.port
-        log.info("upload endpoint listening on %s:%s", self.bind, self.port)
+        scheme = "https" if self.tls is not None else "http"
+        log.info("upload endpoint listening on %s://%s:%s", scheme, self.bind, self.port)
 
     async def stop(self) -> None:
         """Close the listener and every connection."""

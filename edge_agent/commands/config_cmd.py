@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
+
+from cryptography import x509
 
 from edge_agent.formats.config import (
     AgentConfig,
@@ -37,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=check_config)
 
 
+# Files whose contents are checked too: a CA bundle that does not load fails only when it is needed (a
+# pushed clip, on a kit already out on the street).
+_PEM_CA_FIELDS = ("clip_server.collector_ca_file",)
+
+
 def file_problems(config: AgentConfig, root: Path) -> list[str]:
     """`field: path: problem` for every file the config names that the agent could not read."""
     problems = []
@@ -46,7 +54,33 @@ def file_problems(config: AgentConfig, root: Path) -> list[str]:
             problems.append(f"{field}: {path}: no such file")
         elif not os.access(on_disk, os.R_OK):
             problems.append(f"{field}: {path}: not readable")
+        elif field in _PEM_CA_FIELDS and (problem := pem_ca_problem(on_disk)):
+            problems.append(f"{field}: {path}: {problem}")
     return problems
+
+
+def pem_ca_problem(path: Path, now: float | None = None) -> str:
+    """Why `path` cannot be the CA bundle a TLS client trusts ("" when it can): PEM certificates, each a
+    CA (basic constraints), each valid at `now`."""
+    try:
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as error:
+        return f"cannot read ({error.strerror})"
+    except ValueError:
+        return "not a PEM certificate"
+    moment = time.time() if now is None else now
+    for certificate in certificates:
+        subject = certificate.subject.rfc4514_string()
+        try:
+            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            return f"{subject}: not a CA certificate (no basic constraints CA:TRUE)"
+        valid_from, valid_to = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+        if not valid_from.timestamp() <= moment <= valid_to.timestamp():
+            return f"{subject}: valid from {valid_from:%Y-%m-%d} to {valid_to:%Y-%m-%d}, not now"
+    return ""
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -466,6 +466,12 @@ class ClipServerConfig(_Model):
         " carrier NAT, which the CSU cannot reach): a signed `upload_clip` command is obeyed only when its"
         " upload URL lies under one of them. Empty: push delivery is off.",
     )
+    collector_ca_file: Path | None = Field(
+        None,
+        title="Collector CA",
+        description="CA that signed the collectors' HTTPS certificates (the CSU's own PKI); empty: the"
+        " public CAs (certifi).",
+    )
     upload_kbps: int = Field(
         0,
         ge=0,
@@ -742,6 +748,8 @@ def named_files(config: AgentConfig) -> list[tuple[str, Path]]:
             path = getattr(config.clip_server, name)
             if path is not None:
                 files.append((f"clip_server.{name}", path))
+    if config.clip_server.collector_ca_file is not None:  # push runs with the clip server off too
+        files.append(("clip_server.collector_ca_file", config.clip_server.collector_ca_file))
     return files
 
 

@@ -8,13 +8,15 @@ The device's public key (`--device-key`) is the one from provisioning: it is wha
 trustworthy, so it is never taken from the bundle itself. The device's address is its last status's
 `clip_url` in the collector store (`--store`), or `--url`. A device the CSU cannot reach (its status says
 `delivery: push`, or has no clip URL; or `--via push`) is asked over MQTT (`--broker`) to upload the clip
-to an endpoint this command runs (`--upload-listen`, reached by devices as `--upload-url`).
+to an endpoint this command runs (`--upload-listen`, reached by devices as `--upload-url`), over HTTPS
+with `--tls-cert` and `--tls-key`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from edge_agent.collector.pki import PkiError, PkiPaths, load_ca, optional_crede
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.collector.provenance import has_manifest, load_device_keys, verify_clip
 from edge_agent.collector.push import PushSettings, push_clip
+from edge_agent.collector.upload_endpoint import TlsFileError, server_tls_context
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.config import collector_url_problem
 from edge_agent.formats.keys import (
@@ -73,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     push.add_argument("--topic-root", default="csu/v1", help="topic root of the devices")
     push.add_argument("--upload-listen", help="HOST:PORT where the upload endpoint listens")
     push.add_argument("--upload-url", default="", help="the endpoint's base URL as devices reach it")
+    push.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="PEM certificate (then intermediates): the upload endpoint serves HTTPS (needs --tls-key)",
+    )
+    push.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert, unencrypted")
     push.add_argument(
         "--push-timeout",
         type=float,
@@ -219,9 +228,25 @@ def _push_settings(args: argparse.Namespace) -> PushSettings:
         host.strip("[]"),
         int(port),
         upload_url=args.upload_url,
+        tls=_endpoint_tls(args),
         topic_root=args.topic_root,
         order_ttl_s=args.push_timeout,
     )
+
+
+def _endpoint_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The upload endpoint's TLS context from --tls-cert and --tls-key (None: plain HTTP), loaded now so
+    that a bad file stops the command before the endpoint listens or the device is asked anything."""
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise _UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if args.upload_url.startswith("http://"):
+        raise _UsageError(f"--upload-url {args.upload_url!r}: the endpoint serves HTTPS (--tls-cert)")
+    try:
+        return server_tls_context(args.tls_cert, args.tls_key)
+    except TlsFileError as error:
+        raise _UsageError(f"--tls-{error.file} {error}") from None
 
 
 def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey:
