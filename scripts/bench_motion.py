@@ -24,7 +24,9 @@ def _frames(size: tuple[int, int], count: int) -> list[MaskedFrame]:
     frames = []
     for _ in range(count):
         frame = scene.read()
-        frames.append(MaskedFrame(frame.camera_id, frame.seq, frame.captured_at, frame.image))
+        frames.append(
+            MaskedFrame(frame.camera_id, frame.seq, frame.captured_at, frame.image, frame.pixel_format)
+        )
     return frames
 
 

@@ -89,7 +89,8 @@ def _encode_seal_fps(frames: list[MaskedFrame], codec: str, repeats: int) -> flo
 
 def _packets(frames: list[MaskedFrame], codec: str) -> tuple[list[EncodedPacket], Any]:
     encoder = VideoEncoder(StorageConfig(codec=codec), frames[0].size, 10.0, frames[0].captured_at)
-    packets = [p for f in frames for p in encoder.encode(f.image, f.captured_at)] + encoder.flush()
+    packets = [p for f in frames for p in encoder.encode(f.image, f.captured_at, pixel_format=f.pixel_format)]
+    packets += encoder.flush()
     return packets, encoder.stream
 
 

@@ -117,7 +117,9 @@ def synthetic_frames(
     mask = masker(cam)
     for _ in range(count):
         frame = source.read()
-        original = Frame(frame.camera_id, frame.seq, frame.captured_at, frame.image.copy())
+        original = Frame(
+            frame.camera_id, frame.seq, frame.captured_at, frame.image.copy(), frame.pixel_format
+        )
         yield original, mask.apply(frame)
 
 

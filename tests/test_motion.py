@@ -67,7 +67,10 @@ def test_no_event_from_lighting_drift_and_noise_over_60_seconds() -> None:
     for _ in range(600):  # 60 s at 10 fps
         frame = scene.read()
         events += tracker.update(
-            detector.detect(MaskedFrame("cam", frame.seq, frame.captured_at, frame.image)), frame.captured_at
+            detector.detect(
+                MaskedFrame("cam", frame.seq, frame.captured_at, frame.image, frame.pixel_format)
+            ),
+            frame.captured_at,
         )
     assert events == []
 

@@ -247,7 +247,7 @@ def test_masked_region_is_constant_after_decryption(tmp_path: Path, codec: str) 
 def test_encoder_takes_row_padded_images_as_cameras_hand_them_over(tmp_path: Path, codec: str) -> None:
     # picamera2 and V4L2 buffers have rows wider than the picture: the encoder reads them in place.
     cam = camera()
-    images = [masked.image for _, masked in synthetic_frames(cam, 6, T0)]
+    images = [masked.bgr() for _, masked in synthetic_frames(cam, 6, T0)]
     width, height = cam.resolution
     padded = []
     for image in images:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
+import tracemalloc
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,31 +28,97 @@ def test_synthetic_scene_is_deterministic() -> None:
     first = SyntheticSource("a", SceneSettings(size=(320, 240), seed=5))
     second = SyntheticSource("a", SceneSettings(size=(320, 240), seed=5))
     other = SyntheticSource("a", SceneSettings(size=(320, 240), seed=6))
-    for _ in range(5):
+    for seq in range(5):
         a, b, c = first.read(), second.read(), other.read()
+        assert a.pixel_format is PixelFormat.I420 and a.image.shape == (360, 320) and a.size == (320, 240)
         assert np.array_equal(a.image, b.image)
+        assert np.array_equal(a.image, second.render(seq)), "a frame is a function of its number"
         assert not np.array_equal(a.image, c.image)
     assert first.ground_truth(42) == second.ground_truth(42)
 
 
 def test_synthetic_ground_truth_matches_pixels() -> None:
+    width, height = 640, 360
     scene = SyntheticSource(
-        "a", SceneSettings(size=(640, 360), objects=2, noise_sigma=0.0, drift_amplitude=0.0)
+        "a", SceneSettings(size=(width, height), objects=2, noise_sigma=0.0, drift_amplitude=0.0)
     )
+    empty = scene._background
+    empty_bgr = cv2.cvtColor(empty, cv2.COLOR_YUV2BGR_I420).astype(np.int16)
     seen_objects = 0
     for seq in range(0, 300, 7):
-        image = scene.render(seq).astype(np.int16)
-        empty = scene._background.astype(np.int16)
-        changed = np.abs(image - empty).max(axis=2) > 20
+        image = scene.render(seq)
+        painted = image[:height] != empty[:height]
+        bgr = cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420).astype(np.int16)
+        changed = np.abs(bgr - empty_bgr).max(axis=2) > 20
         boxes = scene.ground_truth(seq)
         inside = np.zeros_like(changed)
+        covered = np.zeros_like(changed)  # the 2x2 pixels of every chroma sample over a pixel inside
         for x, y, w, h in boxes:
-            inside[round(y * 360) : round((y + h) * 360), round(x * 640) : round((x + w) * 640)] = True
+            x0, y0 = round(x * width), round(y * height)
+            x1, y1 = round((x + w) * width), round((y + h) * height)
+            inside[y0:y1, x0:x1] = True
+            covered[y0 - y0 % 2 : y1 + y1 % 2, x0 - x0 % 2 : x1 + x1 % 2] = True
         seen_objects += len(boxes)
-        assert not (changed & ~inside).any(), f"frame {seq}: change outside the ground truth"
+        assert not (painted & ~inside).any(), f"frame {seq}: luma changed outside the ground truth"
+        assert not (changed & ~covered).any(), f"frame {seq}: colour changed off the ground truth's samples"
         if boxes:
             assert changed[inside].mean() > 0.5, f"frame {seq}: object not drawn where announced"
     assert seen_objects > 10
+
+
+def test_synthetic_seed_keeps_its_walkers() -> None:
+    # The motion tests and benches are tuned on these walkers: a change to how frames are drawn must
+    # leave them where they were (the generator's draws keep their order and count).
+    scene = SyntheticSource("a", SceneSettings(size=(640, 360), objects=3, seed=4))
+    (box,) = scene.ground_truth(100)
+    assert box == pytest.approx((0.157883, 0.444501, 0.084985, 0.226582), abs=1e-6)
+
+
+def test_synthetic_noise_is_grey_and_fresh_each_frame() -> None:
+    sigma = 4.0
+    scene = SyntheticSource(
+        "a", SceneSettings(size=(640, 360), objects=0, drift_amplitude=0.0, noise_sigma=sigma)
+    )
+    empty = scene._background.astype(np.int16)
+    noises = []
+    for seq in range(8):
+        image = scene.render(seq).astype(np.int16)
+        assert np.array_equal(image[360:], empty[360:]), "grey noise leaves chroma as it is"
+        # In grey levels, the units of `noise_sigma` and of the motion detector's thresholds.
+        noises.append(((image[:360] - empty[:360]) * 255.0 / 219.0).ravel())
+        assert abs(noises[-1].mean()) < 0.1
+        assert noises[-1].std() == pytest.approx(sigma, rel=0.1)
+    for earlier, later in itertools.pairwise(noises):
+        assert abs(np.corrcoef(earlier, later)[0, 1]) < 0.05, "each frame has its own noise"
+
+
+def test_synthetic_light_drift_scales_grey_levels() -> None:
+    settings = SceneSettings(
+        size=(320, 240), fps=1.0, objects=0, noise_sigma=0.0, drift_amplitude=0.2, drift_period_s=4.0
+    )
+    scene = SyntheticSource("a", settings)
+    empty = scene._background[:240].astype(float) - 16.0
+    brightest = scene.render(1)[:240].astype(float) - 16.0  # a quarter period: 1.2 x the light
+    darkest = scene.render(3)[:240].astype(float) - 16.0
+    assert brightest.mean() / empty.mean() == pytest.approx(1.2, abs=0.01)
+    assert darkest.mean() / empty.mean() == pytest.approx(0.8, abs=0.01)
+
+
+def test_synthetic_1080p_scene_holds_under_10_mib() -> None:
+    tracemalloc.start()
+    try:
+        scene = SyntheticSource("a", SceneSettings(size=(1920, 1080), objects=2))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scene.render(0).nbytes == 1920 * 1080 * 3 // 2
+    assert held < 10 * 2**20  # 8.5 MB: the I420 background (3.1) and the noise strip (2 x 2.7)
+
+
+@pytest.mark.parametrize("size", [(321, 240), (320, 241), (0, 240)])
+def test_synthetic_scene_refuses_sizes_without_i420(size: tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match="even width and height"):
+        SyntheticSource("a", SceneSettings(size=size))
 
 
 def test_synthetic_objects_come_and_go() -> None:

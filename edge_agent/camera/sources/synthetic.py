@@ -4,6 +4,10 @@ The scene: a textured background under slowly drifting light, sensor noise, and 
 people that cross the frame one after another (walk across, leave, pause, come back). Everything is a
 function of the seed and the frame number, so frame N is the same on every run and `ground_truth(N)`
 says exactly where each object is.
+
+Frames are rendered in I420, what the mask, the detector and the encoder take, so no BGR frame and no
+conversion is made per frame. The scene holds a 1080p camera in about 8.5 MB: the background in I420
+(3 MB) and a strip of luma noise (two planes of 2.7 MB, see `_noise_strip`).
 """
 
 from __future__ import annotations
@@ -14,12 +18,21 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_agent.camera.frames import Frame
+from edge_agent.camera.frames import Frame, PixelFormat, i420_planes
 from edge_agent.formats.config import CameraConfig
 from edge_agent.formats.times import Clock
 
 Box = tuple[float, float, float, float]
-_NOISE_BANK = 8
+# Frame N takes noise pattern (7 N + seed) mod 8: eight patterns, each a window of one noise strip.
+_NOISE_PATTERNS = 8
+# Consecutive patterns start 1/24 of the frame's height apart in the strip: each pixel gets another
+# sample, and so does each neighbourhood the motion detector averages (a downscale to 320 pixels wide
+# and a 3x3 blur: 18 rows at 1080p, against 45), so frames' noise stays independent where it is read.
+_PATTERN_STEP_DIVISOR = 24
+# Noise is drawn this many rows at a time: a few hundred kB of float64 at once, not a frame's 16 MB.
+_DRAW_ROWS = 64
+# Luma spans 219 levels (16..235) for 255 grey levels: what BT.601 limited range makes of a grey step.
+_LUMA_PER_GREY = 219.0 / 255.0
 
 
 @dataclass(frozen=True)
@@ -81,11 +94,19 @@ class SyntheticSource:
         self._clock = clock
         self._start_ts = start_ts
         self._seq = 0
+        width, height = settings.size
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"synthetic scene {width}x{height}: I420 needs an even width and height")
+        # The draws keep this order (background, noise, walkers, textures): a seed gives the same walkers.
         rng = np.random.default_rng(settings.seed)
-        self._background = _textured_background(rng, settings.size)
-        self._noise = _noise_bank(rng, settings.size, settings.noise_sigma)
+        self._background = cv2.cvtColor(_textured_background(rng, settings.size), cv2.COLOR_BGR2YUV_I420)
+        self._noise_plus, self._noise_minus = _noise_strip(rng, settings.size, settings.noise_sigma)
+        self._noise_step = _pattern_step(height)
         self._objects = [_random_object(rng, i) for i in range(settings.objects)]
-        self._patches = [_object_texture(rng, o.color) for o in self._objects]
+        self._patches = [
+            i420_planes(cv2.cvtColor(_object_texture(rng, o.color), cv2.COLOR_BGR2YUV_I420))
+            for o in self._objects
+        ]
 
     @classmethod
     def from_camera(cls, camera: CameraConfig, clock: Clock) -> SyntheticSource:
@@ -105,25 +126,26 @@ class SyntheticSource:
         return [box for box in (o.box_at(t) for o in self._objects) if box is not None]
 
     def render(self, seq: int) -> np.ndarray:
-        """Frame `seq` as a new BGR image."""
+        """Frame `seq` as a new I420 image ((H*3/2)xW; `cv2.COLOR_YUV2BGR_I420` shows it)."""
         t = self.time_of(seq)
         width, height = self.settings.size
         gain = 1.0 + self.settings.drift_amplitude * math.sin(
             2.0 * math.pi * t / self.settings.drift_period_s
         )
-        image = cv2.convertScaleAbs(self._background, alpha=gain)
-        for obj, patch in zip(self._objects, self._patches, strict=True):
+        image = np.empty_like(self._background)
+        luma, u, v = i420_planes(image)
+        # The light scales grey levels, so luma scales above its black level of 16. Chroma keeps the
+        # background's: a drift of a few percent barely changes colour, and the detector reads luma only.
+        cv2.convertScaleAbs(self._background[:height], dst=luma, alpha=gain, beta=16.0 * (1.0 - gain))
+        image[height:] = self._background[height:]
+        for obj, planes in zip(self._objects, self._patches, strict=True):
             box = obj.box_at(t)
-            if box is None:
-                continue
-            x0, y0 = round(box[0] * width), round(box[1] * height)
-            x1, y1 = round((box[0] + box[2]) * width), round((box[1] + box[3]) * height)
-            if x1 > x0 and y1 > y0:
-                image[y0:y1, x0:x1] = cv2.resize(patch, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
-        plus, minus = self._noise[(seq * 7 + self.settings.seed) % _NOISE_BANK]
-        # The same noise on the three channels: kept as one plane (a third of the memory), spread here.
-        cv2.add(image, cv2.merge((plus, plus, plus)), dst=image)
-        cv2.subtract(image, cv2.merge((minus, minus, minus)), dst=image)
+            if box is not None:
+                _paint(planes, (luma, u, v), _pixel_box(box, width, height))
+        # The noise of a sensor's three channels alike, as luma only (grey noise leaves chroma as is).
+        top = ((seq * 7 + self.settings.seed) % _NOISE_PATTERNS) * self._noise_step
+        cv2.add(luma, self._noise_plus[top : top + height], dst=luma)
+        cv2.subtract(luma, self._noise_minus[top : top + height], dst=luma)
         return image
 
     def read(self) -> Frame:
@@ -131,7 +153,7 @@ class SyntheticSource:
         seq = self._seq
         self._seq += 1
         captured_at = self._clock() if self._clock else self._start_ts + self.time_of(seq)
-        return Frame(self.camera_id, seq, captured_at, self.render(seq))
+        return Frame(self.camera_id, seq, captured_at, self.render(seq), PixelFormat.I420)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -149,15 +171,56 @@ def _textured_background(rng: np.random.Generator, size: tuple[int, int]) -> np.
     return np.clip(image.astype(np.int16) + fine, 0, 255).astype(np.uint8)
 
 
-def _noise_bank(
+def _pattern_step(height: int) -> int:
+    """Rows between the starts of consecutive noise patterns in the strip."""
+    return max(1, height // _PATTERN_STEP_DIVISOR)
+
+
+def _noise_strip(
     rng: np.random.Generator, size: tuple[int, int], sigma: float
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray]:
+    """The luma noise, as its positive and negative parts (saturating adds are the cheapest way to apply
+    signed noise to uint8), in a strip of `_NOISE_PATTERNS - 1` pattern steps taller than the frame.
+
+    `sigma` is in grey levels, the units the detector's thresholds are tuned in. The generator draws
+    eight frames of noise, row blocks at a time; the strip keeps the first rows of them and the rest is
+    dropped, so the generator stands where the walkers drawn next have always been drawn from."""
     width, height = size
-    bank = []
-    for _ in range(_NOISE_BANK):
-        noise = np.clip(np.round(rng.normal(0.0, sigma, (height, width))), -40, 40).astype(np.int16)
-        bank.append((np.clip(noise, 0, 255).astype(np.uint8), np.clip(-noise, 0, 255).astype(np.uint8)))
-    return bank
+    rows = height + (_NOISE_PATTERNS - 1) * _pattern_step(height)
+    strip = np.empty((rows, width), np.int8)
+    drawn = _NOISE_PATTERNS * height
+    for start in range(0, drawn, _DRAW_ROWS):
+        block = rng.normal(0.0, sigma * _LUMA_PER_GREY, (min(_DRAW_ROWS, drawn - start), width))
+        if start < rows:
+            kept = block[: rows - start]
+            strip[start : start + len(kept)] = np.clip(np.round(kept), -40, 40)
+    return np.maximum(strip, 0).view(np.uint8), np.maximum(-strip, 0).view(np.uint8)
+
+
+def _pixel_box(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """A normalized box in pixels: (x0, y0, x1, y1), x1 and y1 excluded."""
+    x0, y0 = round(box[0] * width), round(box[1] * height)
+    return x0, y0, round((box[0] + box[2]) * width), round((box[1] + box[3]) * height)
+
+
+def _paint(
+    patch: tuple[np.ndarray, np.ndarray, np.ndarray],
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    box: tuple[int, int, int, int],
+) -> None:
+    """Paint an I420 texture's planes over a pixel box of the frame's planes, stretched to fit.
+
+    Luma takes the box exactly (the detector's view, edges at odd pixels included); a chroma sample
+    covers 2x2 pixels, so every sample over a pixel of the box is painted, as the masker does."""
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return
+    chroma_box = (x0 // 2, y0 // 2, (x1 + 1) // 2, (y1 + 1) // 2)
+    for source, target, (left, top, right, bottom) in zip(
+        patch, planes, (box, chroma_box, chroma_box), strict=True
+    ):
+        stretched = cv2.resize(source, (right - left, bottom - top), interpolation=cv2.INTER_NEAREST)
+        target[top:bottom, left:right] = stretched
 
 
 def _random_object(rng: np.random.Generator, index: int) -> SceneObject:
