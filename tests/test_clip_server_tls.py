@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -82,8 +83,14 @@ def test_cli_checks_the_device_certificate_against_ca_file(
             "--keys", str(csu.signing.private.parent), "--audit", str(tmp_path / "collector-audit.jsonl"),
         ]  # fmt: skip
         hold = ["--camera", "cam1", "--start", "1700000000", "--end", "1700000004", "--requisition", "PV-9"]
-        assert collector_main(["hold", *common, *hold]) == 2
+        assert collector_main(["hold", *common, *hold]) == 1
         assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
         assert ring.holds() == []
+        # The attempt is in the collector's trail, as failed on the way: the device never saw it.
+        (entry,) = [
+            json.loads(line) for line in (tmp_path / "collector-audit.jsonl").read_text().splitlines()
+        ]
+        assert (entry["action"], entry["outcome"], entry["reason"]) == ("hold", "failed", "unreachable")
+        assert "CERTIFICATE_VERIFY_FAILED" in entry["detail"]
         assert collector_main(["hold", *common, "--ca-file", str(cert), *hold]) == 0
         assert [h.requisition for h in ring.holds()] == ["PV-9"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,35 @@ def test_the_key_directory_comes_from_the_environment_too(csu: Path, monkeypatch
     console_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["console", "--db", "store.sqlite"])
     assert console_cmd.console_options(args).audit == csu / "csu-audit.jsonl"
+
+
+def test_a_device_out_of_reach_is_an_audited_failure_and_a_broken_store_a_named_error(
+    tmp_path: Path, csu: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 1 and a `failed` line for a hold or release that never reached the device (2 is for what
+    was never sent); a --store that is not a collector database is named, not a traceback."""
+    common = ["--site", "ville-01", "--device", "pi-01", "--keys", str(csu)]
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    hold = ["hold", *common, "--url", closed, "--camera", "cam1", "--requisition", "PV-2"]
+    assert collector_main([*hold, "--start", str(T0), "--end", str(T0 + 4)]) == 1
+    assert collector_main(["release", *common, "--url", closed, "7"]) == 1
+    entries = [json.loads(line) for line in (csu / "csu-audit.jsonl").read_text().splitlines()]
+    assert [(e["action"], e["outcome"], e["reason"]) for e in entries] == [
+        ("hold", "failed", "unreachable"),
+        ("release", "failed", "unreachable"),
+    ]
+    not_a_store = tmp_path / "store.sqlite"
+    not_a_store.write_text("not a database")
+    capsys.readouterr()
+    hold = ["hold", *common, "--store", str(not_a_store), "--camera", "cam1", "--requisition", "PV-3"]
+    assert collector_main([*hold, "--start", str(T0), "--end", str(T0 + 4)]) == 2
+    assert f"--store: {not_a_store}: not a collector database" in capsys.readouterr().err
+    assert collector_main(["events", "--db", str(not_a_store), "--site", "ville-01"]) == 2
+    assert "not a collector database" in capsys.readouterr().out
+    assert len((csu / "csu-audit.jsonl").read_text().splitlines()) == 2  # nothing was sent: not audited
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -176,12 +176,14 @@ def _device_url(args: argparse.Namespace) -> str:
         return str(args.url)
     if args.store is None:
         raise _UsageError("give --url, or --store to look up the device's clip_url")
-    from edge_agent.collector.store import device_clip_url
+    from edge_agent.collector.store import DB_ERRORS, device_clip_url
 
     try:
         return device_clip_url(args.store, args.site, args.device)
     except LookupError as error:
         raise _UsageError(str(error)) from None
+    except DB_ERRORS as error:
+        raise _UsageError(f"--store: {error}") from None
 
 
 def _delivery(args: argparse.Namespace) -> str:
@@ -191,16 +193,16 @@ def _delivery(args: argparse.Namespace) -> str:
         return str(args.via)
     if args.url or args.store is None:
         return "pull"
-    from edge_agent.collector.store import open_store
+    from edge_agent.collector.store import DB_ERRORS, open_store
 
     try:
         store = open_store(args.store, readonly=True, pool_size=1)
-    except (OSError, ValueError) as error:
+        try:
+            status = store.device_status(args.site, args.device)
+        finally:
+            store.close()
+    except (*DB_ERRORS, ValueError) as error:
         raise _UsageError(f"--store: {error}") from None
-    try:
-        status = store.device_status(args.site, args.device)
-    finally:
-        store.close()
     if status is None:
         raise _UsageError(f"device {args.site}/{args.device} has never been heard by this collector")
     pushed = (status.status or {}).get("delivery") == "push" or not status.clip_url
@@ -406,15 +408,19 @@ def release_command(args: argparse.Namespace) -> int:
 
 
 def _failed(action: str, args: argparse.Namespace, error: Exception) -> int:
+    """Exit 2 for what was never sent (a bad option, an unreadable key); otherwise the attempt is
+    audited, refused by the device or failed on the way (unreachable, certificate not trusted), and
+    the exit is 1."""
     print(f"{action}: {error}", file=sys.stderr)
-    if isinstance(error, FetchError):
-        _audit(args).append(
-            action=action,
-            outcome="refused",
-            reason=error.reason,
-            detail=str(error),
-            site=args.site,
-            device=args.device,
-        )
-        return 1
-    return 2
+    if isinstance(error, (_UsageError, KeyFileError)):
+        return 2
+    refused = isinstance(error, FetchError)
+    _audit(args).append(
+        action=action,
+        outcome="refused" if refused else "failed",
+        reason=error.reason if isinstance(error, FetchError) else "unreachable",
+        detail=str(error),
+        site=args.site,
+        device=args.device,
+    )
+    return 1
