@@ -266,8 +266,15 @@ class KilledRun:
     last_frame_ts: float | None
 
 
-def run_and_kill(root: Path, key_dir: Path, delay: float, settings: WriterSettings) -> KilledRun:
-    """Start the child writer, SIGKILL it `delay` s after it is ready; what it had reported."""
+def run_and_kill(
+    root: Path, key_dir: Path, delay: float, settings: WriterSettings, mid_segment: bool = False
+) -> KilledRun:
+    """Start the child writer, SIGKILL it `delay` s after it is ready; what it had reported.
+
+    `mid_segment` instead kills it once three frames were taken after a segment was committed: the
+    segment in flight then holds written records (with `settings.paced`, a frame interval of margin),
+    where a random kill may also land between a commit and the next segment's first record.
+    """
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.storage_support", str(root), str(key_dir), *settings.argv()],
         cwd=PROJECT_ROOT,
@@ -277,19 +284,31 @@ def run_and_kill(root: Path, key_dir: Path, delay: float, settings: WriterSettin
     assert child.stdout is not None
     lines: list[str] = []
     ready = threading.Event()
+    inside = threading.Event()
 
     def read(stream: IO[str]) -> None:
+        since_commit: int | None = None
         for line in stream:
             if line.strip() == "ready":
                 ready.set()
-            else:
-                lines.append(line)
+                continue
+            lines.append(line)
+            if line.startswith("committed"):
+                since_commit = 0
+            elif since_commit is not None:
+                since_commit += 1
+                if since_commit >= 3:
+                    inside.set()
         ready.set()
+        inside.set()
 
     reader = threading.Thread(target=read, args=(child.stdout,), daemon=True)
     reader.start()
     ready.wait(60)
-    time.sleep(delay)
+    if mid_segment:
+        inside.wait(60)
+    else:
+        time.sleep(delay)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     reader.join(10)

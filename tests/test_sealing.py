@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge_agent.formats.media import EncodedPacket, StreamInfo
 from edge_agent.formats.sealing import (
+    TRAILER_MAGIC,
     SegmentDecryptError,
     SegmentError,
     SegmentFormatError,
@@ -618,10 +619,15 @@ def test_closing_without_a_key_without_records_or_after_the_trailer() -> None:
     assert verify_segment(closed, None, allow_partial=True).state == "partial"
     header_only, _ = _written(keys, 0)
     assert _close(header_only, b"", keys.device)[0] is None
-    sealed, journal = _written(keys, 4, finish=True)  # killed between finish and rename
+    # Killed between finish and rename: never committed, so closed again as recovered, every packet
+    # kept (the gap the crash left after it then reads `crash`); without its journal, kept as sealed.
+    sealed, journal = _written(keys, 4, finish=True)
     info, closed = _close(sealed, journal, keys.device)
-    assert isinstance(info, SegmentInfo) and info.state == "complete"
-    assert closed == sealed and verify_segment(sealed, keys.device.public_key()).state == "complete"
+    assert isinstance(info, SegmentInfo) and info.state == "recovered" and info.packets == 4
+    assert verify_segment(closed, keys.device.public_key()).state == "recovered"
+    assert sealed.startswith(closed[: closed.index(TRAILER_MAGIC)])  # the same records, a new trailer
+    info, closed = _close(sealed, b"", keys.device)
+    assert isinstance(info, SegmentInfo) and info.state == "complete" and closed == sealed
     with pytest.raises(SegmentFormatError, match="found as cam1#3"):
         from edge_agent.formats.sealing import close_unfinished
 

@@ -793,7 +793,11 @@ def close_unfinished(
     `device_key`. Without a key, or for a version 1 file (its writer kept no journal), the file is only
     cut back to its last whole record and described as `partial` (unsigned). Returns None when no
     packet can be kept; the caller fsyncs and renames. A file that already has a valid trailer (killed
-    between `finish` and the rename) is described as it is. SegmentSignatureError when the header
+    between `finish` and the rename: inside the fsync, which takes most of a commit) was never committed
+    either: when the journal covers every packet, as the writer's does by then, it is closed again as
+    `recovered`, all packets kept, so that the stretch the crash left after it reads `crash` and not
+    `not-recorded`; otherwise (no key, a version 1 file, no journal) it is described as it is.
+    SegmentSignatureError when the header
     names another device key, SegmentFormatError when it names another segment than `expect_*` (the
     name the file was found under) or does not parse: nothing is signed then.
     """
@@ -809,19 +813,25 @@ def close_unfinished(
         )
     handle.seek(0)
     try:
-        info = _info(_parse(handle, None), None, public)
-        if info.complete:
-            return info
+        finished: SegmentInfo | None = _info(_parse(handle, None), None, public)
     except SegmentError:
-        pass  # no valid trailer: close it below
+        finished = None  # no valid trailer: close it below
     packet_records = [r for r in parsed.records if not r[2] & FLAG_LAST]
+    journaled = read_journal(journal) if device_key is not None else []
+    resignable = device_key is not None and header.version >= FRAME_HASH_VERSION
+    if (
+        finished is not None
+        and finished.complete
+        and not (resignable and len(journaled) >= len(packet_records))
+    ):
+        return finished
     if device_key is None or header.version < FRAME_HASH_VERSION:
         if not packet_records:
             return None
         handle.truncate(parsed.valid_length)
         handle.seek(0)
         return _info(_parse(handle, None), None, None)
-    entries = read_journal(journal)[: len(packet_records)]
+    entries = journaled[: len(packet_records)]
     kept = packet_records[: len(entries)]
     if not kept:
         return None
