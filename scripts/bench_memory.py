@@ -1,6 +1,6 @@
 """Memory of the device agent: peak and resident set size with 1, 2 and 4 cameras at 1080p 10 fps, and
-with the shipped example's two cameras (1080p 10 fps + 720p 8 fps), each fed from a video file through
-the OpenCV source, recording continuously with the default storage settings.
+with the shipped example's two cameras (1080p 10 fps + 720p 8 fps), each fed from a video file (the
+`file` source: PyAV decoding to I420), recording continuously with the default storage settings.
 
 The files are made here from `../shared/datasets/video/vtest.avi` (real pedestrians, scaled to 1080p
 and 720p, H.264) in a temporary folder, and looped by the source. Each case runs the real agent
@@ -9,15 +9,15 @@ and 720p, H.264) in a temporary folder, and looped by the source. Each case runs
 not shared library pages) the last sample, `cpu_percent` of one core over the run. `none` is the agent
 with no camera (imports, clip server, ring buffer). The agent gets every core, as on a device.
 
-Where it goes (measured on this machine when this was written, 2 cores): about 130 MB before any
-camera (Python, OpenCV, FFmpeg, cryptography, aiohttp, pydantic: ~60 MB of it shared library pages; the
-`edge-agent` command line also imports the CSU collector's modules for `demo`, ~18 MB, and the console's
-argon2 dummy hash at import peaks 57 MB above that for a moment), then per 1080p camera about 40 MB in the
-file source's H.264 decoder (one thread now: ~7 MB less per core), ~60 MB in libx264 (threads=1,
-rc-lookahead=2: it was ~110 with x264's own thread count and a look-ahead of 10; tune=zerolatency would
-save ~20 MB more for ~10 % more bytes at equal quality and ~20 % more encoder time), and frames in flight
-(the queue is bounded in bytes, 16 MiB: sixteen queued 1080p frames were ~100 MB that glibc then
-kept). A synthetic source kept a bank of noise frames in three channels: 174 MB at 1080p, now 65.
+Where it goes (measured on this machine when this was written, 2 cores, RSS):
+- about 109 MB before any camera: Python and its libraries (OpenCV, FFmpeg, numpy, cryptography,
+  aiohttp, pydantic), about 56 MB of it shared library pages;
+- per 1080p camera, about 80 MB: libx264 about 45 (its frames with their half-pel planes: 10 MB for
+  each reference, 6 for each other; look-ahead 1, one thread), the H.264 file decoder about 25, frames
+  in flight about 3 MB each (I420 from the source on: half of BGR, and no second copy for the encoder);
+- the synthetic scene renders I420 too (8 MB of scene at 1080p; its BGR noise bank was 174 MB once).
+What a board with a hardware encoder (a Pi 4's h264_v4l2m2m) or a camera that delivers YUV itself (the
+Pi camera) holds instead of the x264 and decoder shares cannot be measured here.
 """
 
 from __future__ import annotations
