@@ -42,6 +42,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from edge_agent.camera.privacy import MasksRequired, masker_for_camera
+from edge_agent.commands.config_cmd import pem_ca_problem
 from edge_agent.device.hotplug import configured_usb_ids, normalize_usb_id
 from edge_agent.formats.config import AgentConfig, ConfigError, parse_config
 from edge_agent.formats.keys import (
@@ -101,6 +102,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
         mqtt["tls"] = {"ca_file": str(ETC / "broker-ca.crt")}
         if not args.broker_ca.is_file():
             problems.append(f"--broker-ca {args.broker_ca}: no such file")
+        elif problem := pem_ca_problem(args.broker_ca):
+            problems.append(f"--broker-ca {args.broker_ca}: {problem}")
     elif isinstance(mqtt.get("tls"), dict) and mqtt["tls"].get("ca_file"):
         # The card would name a CA file it does not hold: the agent could never reach the broker.
         problems.append(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from edge_agent.collector.pki import init_pki
 from edge_agent.commands.cli import main as cli_main
 from edge_agent.formats.config import ConfigError, SourceKind, apply_env_overrides, load_config, parse_config
 
@@ -247,3 +249,24 @@ def test_check_config_names_every_missing_file(tmp_path: Path, capsys: pytest.Ca
     assert "mqtt.tls.ca_file: /etc/edge-agent/csu-ca.pem: no such file" in out
     assert f"keys.collector_public_keys[0]: {tmp_path / 'collector.pub'}: no such file" in out
     assert "keys.device_key" not in out  # present under the root
+
+
+def test_check_config_reads_the_broker_ca_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker CA file that is there but holds no CA certificate fails at the first connection, on a
+    device already in the street: check-config names it instead of saying ok."""
+    data = copy.deepcopy(GOOD) | {
+        "mqtt": {"host": "broker.csu", "tls": {"ca_file": "/etc/edge-agent/csu-ca.pem"}}
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    root = _device_root(tmp_path)
+    (root / "etc/edge-agent/csu-ca.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    )
+    assert cli_main(["check-config", str(path), "--root", str(root)]) == 1
+    assert "mqtt.tls.ca_file: /etc/edge-agent/csu-ca.pem: not a PEM certificate" in capsys.readouterr().out
+    ca = init_pki(tmp_path / "pki", "Ville", datetime.datetime.now(datetime.UTC))
+    (root / "etc/edge-agent/csu-ca.pem").write_bytes(ca.ca_cert.read_bytes())
+    assert cli_main(["check-config", str(path), "--root", str(root)]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import stat
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edge_agent.collector.pki import init_pki
 from edge_agent.formats.config import apply_env_overrides, load_config, parse_config
 from edge_agent.formats.keys import generate_csu_keys, generate_device_key, load_ed25519_private
 
@@ -37,7 +39,8 @@ provision = _load_provision()
 def csu(tmp_path: Path) -> Any:
     """The CSU's public keys and its broker's CA certificate, as the CSU hands them to technicians."""
     keys = generate_csu_keys(tmp_path / "csu")
-    (tmp_path / "csu" / "broker-ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    ca = init_pki(tmp_path / "pki", "Ville", datetime.datetime.now(datetime.UTC))
+    (tmp_path / "csu" / "broker-ca.crt").write_bytes(ca.ca_cert.read_bytes())
     return keys
 
 
@@ -148,11 +151,21 @@ def test_existing_identity_is_never_overwritten(
     assert (keys / "device_ed25519.pem").read_bytes() == before
 
 
+def test_a_broker_ca_that_is_no_pem_ca_is_refused_before_the_card_is_written(
+    tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "ca.crt"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    root = tmp_path / "rootfs"
+    assert provision.main(args_for(csu, EXAMPLE, "--broker-ca", str(garbage), "--target", str(root))) != 0
+    assert f"--broker-ca {garbage}: not a PEM certificate" in capsys.readouterr().err
+    assert not root.exists()
+
+
 def test_balena_variables_configure_the_device(
     tmp_path: Path, csu: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ca = tmp_path / "ca.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    ca = tmp_path / "csu" / "broker-ca.crt"
     assert provision.main(args_for(csu, EXAMPLE, "--balena", "--broker-ca", str(ca))) == 0
     variables = json.loads(capsys.readouterr().out)
     assert set(variables) == {

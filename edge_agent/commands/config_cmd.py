@@ -40,9 +40,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=check_config)
 
 
-# Files whose contents are checked too: a CA bundle that does not load fails only when it is needed (a
-# pushed clip, on a kit already out on the street).
-_PEM_CA_FIELDS = ("clip_server.collector_ca_file",)
+# Files whose contents are checked too: a CA bundle that does not load fails only when it is used (the
+# first connection, or a pushed clip: on a kit already out on the street).
+_PEM_CA_FIELDS = ("clip_server.collector_ca_file", "mqtt.tls.ca_file")
 
 
 def file_problems(config: AgentConfig, root: Path) -> list[str]:
