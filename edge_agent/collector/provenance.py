@@ -404,6 +404,22 @@ def load_device_keys(paths: Iterable[Path]) -> list[Ed25519PublicKey]:
     return [load_ed25519_public(f) for f in files]
 
 
+def registered_device_keys(directory: Path) -> list[Ed25519PublicKey] | None:
+    """The device keys the CSU provisioned under `directory` (`devices/<site>/<device>.pub` in the key
+    directory, where the console finds them too); None when there is no such directory, so that a report
+    says the clip's device key was not compared rather than that the CSU does not know it."""
+    return load_device_keys([directory]) if directory.is_dir() else None
+
+
+def verify_export_clip(
+    clip: Path, ca_pem: str, known_device_keys: Iterable[Ed25519PublicKey] | None = None
+) -> Report:
+    """`verify_clip` of an export directory's MP4, with the sealed original beside it (`bundle.tar`)
+    when it is there: `csu-collector verify` and the console's clip jobs check an export alike."""
+    bundle = clip.with_name(BUNDLE_NAME)
+    return verify_clip(clip, ca_pem, bundle if bundle.exists() else None, known_device_keys)
+
+
 # --- checking: the words ----------------------------------------------------------------------------
 
 

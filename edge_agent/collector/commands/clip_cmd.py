@@ -24,13 +24,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from edge_agent.collector.download import DeviceEndpoint, FetchError
-from edge_agent.collector.evidence import BUNDLE_FILE, CLIP_FILE, ClipRejected, verify_export
+from edge_agent.collector.evidence import CLIP_FILE, ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.collector.ingest import parse_broker_url
 from edge_agent.collector.paths import add_keys, add_keys_and_audit, audit_log_path
 from edge_agent.collector.pki import PkiError, PkiPaths, load_ca, optional_credential
 from edge_agent.collector.progress import ProgressBar
-from edge_agent.collector.provenance import has_manifest, load_device_keys, verify_clip
+from edge_agent.collector.provenance import (
+    has_manifest,
+    load_device_keys,
+    registered_device_keys,
+    verify_export_clip,
+)
 from edge_agent.collector.push import PushSettings, push_clip
 from edge_agent.collector.upload_endpoint import TlsFileError, server_tls_context
 from edge_agent.formats.audit import AuditLog
@@ -360,14 +365,12 @@ def _verify_provenance(args: argparse.Namespace) -> bool:
     if not clip.exists() or (args.ca is None and not has_manifest(clip)):
         return True
     ca_pem = load_ca(args.ca or PkiPaths(args.keys).ca_cert).public_bytes(Encoding.PEM).decode()
-    registered = args.keys / "devices"  # devices/<site>/<device>.pub, as the console reads them
     known = (
-        load_device_keys(args.device_keys or [registered])
-        if args.device_keys or registered.is_dir()
-        else None
+        load_device_keys(args.device_keys)
+        if args.device_keys
+        else registered_device_keys(args.keys / "devices")
     )
-    bundle = args.directory / BUNDLE_FILE
-    report = verify_clip(clip, ca_pem, bundle if bundle.exists() else None, known)
+    report = verify_export_clip(clip, ca_pem, known)
     for line in report.lines():
         print(line)
     return report.ok
