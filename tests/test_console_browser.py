@@ -6,10 +6,13 @@ device runs last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import sqlite3
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +23,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from edge_agent.collector.commands.cli import main as collector_main
+from edge_agent.collector.console.app import ConsoleSettings
+from edge_agent.collector.console.clips import NOT_SIGNED, check_provenance
+from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer
+from edge_agent.collector.pki import load_credential
 from edge_agent.commands.demo import DEVICE, SITE
 from edge_agent.formats.times import iso_ms
 from tests.browser_support import ConsoleSite, chromium, login, need_browser, start_site, wait_until
@@ -62,6 +70,17 @@ def _text(driver: Any, css: str) -> str:
 
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _payload(mp4: bytes, kind: bytes) -> int:
+    """Where the payload of the file's top-level box `kind` starts."""
+    offset = 0
+    while offset + 8 <= len(mp4):
+        size, name = struct.unpack(">I4s", mp4[offset : offset + 8])
+        if name == kind:
+            return offset + 8
+        offset += size
+    raise AssertionError(f"no {kind!r} box")
 
 
 def _publish_motion(site: ConsoleSite, event_id: str, phase: str = "start") -> None:
@@ -132,8 +151,8 @@ def test_an_operator_cannot_open_clips_and_an_investigator_can(site: ConsoleSite
     assert browser.find_element(_by("ID"), "clip-form").is_displayed()
 
 
-def test_a_clip_request_ends_in_a_playing_verified_video(site: ConsoleSite, browser: Any) -> None:
-    login(browser, site, "ines")
+def _request_clip(site: ConsoleSite, browser: Any, requisition: str) -> tuple[float, float]:
+    """Ask for the 6 s of the entrance camera that ended 7 s ago, through the form; (start, end)."""
 
     def entrance_segments() -> int:
         return sum("entrance" in str(p) for p in (site.root / "device" / "segments").rglob("*.seg"))
@@ -152,11 +171,21 @@ def test_a_clip_request_ends_in_a_playing_verified_video(site: ConsoleSite, brow
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element(_by("ID"), "clip-camera")).select_by_value(f"{DEVICE_KEY}/entrance")
-    browser.find_element(_by("ID"), "clip-requisition").send_keys("PV 2026/42-B")
+    browser.find_element(_by("ID"), "clip-requisition").send_keys(requisition)
     browser.find_element(_by("ID"), "clip-submit").click()
     wait_until(lambda: "/clips/" in browser.current_url)
     wait_until(lambda: browser.find_elements(_by("ID"), "clip-video"), timeout=60)
+    return start, end
+
+
+def test_a_clip_request_ends_in_a_playing_verified_video(site: ConsoleSite, browser: Any) -> None:
+    login(browser, site, "ines")
+    start, end = _request_clip(site, browser, "PV 2026/42-B")
     assert _text(browser, "#evidence-result") == "verified"
+    # The collector has no certificate: the card says so in one line, and it is no failure.
+    assert _text(browser, "#provenance-unsigned") == NOT_SIGNED
+    card = browser.find_element(_by("ID"), "provenance")
+    assert card.get_attribute("data-outcome") == "not-signed" and "bad" not in card.get_attribute("class")
     state = wait_until(
         lambda: browser.execute_script(
             "const v = document.getElementById('clip-video');"
@@ -167,6 +196,52 @@ def test_a_clip_request_ends_in_a_playing_verified_video(site: ConsoleSite, brow
     assert abs(state["duration"] - (int(end) - int(start))) <= 1.0, state
     audit = (site.root / "device" / "audit.jsonl").read_text()
     assert '"officer":"ines"' in audit and "PV 2026/42-B" in audit
+
+
+def test_with_a_pki_the_provenance_card_says_what_verify_says(site: ConsoleSite, browser: Any) -> None:
+    """The same collector after `csu-collector pki init` (a second console on its store and a copy of its
+    keys): exports are C2PA-signed, and the clip page shows `csu-collector verify`'s words; an altered
+    copy of the same export is named bad by the same check."""
+    root = site.root / "csu-pki"
+    keys = root / "keys"
+    shutil.copytree(site.root / "csu" / "keys", keys)
+    assert collector_main(["pki", "init", "--keys", str(keys), "--org", "Ville de Test"]) == 0
+    options = ConsoleOptions(
+        db=site.db,
+        keys=keys,
+        device_keys=keys / "devices",
+        audit=root / "csu-audit.jsonl",
+        exports=root / "exports",
+        settings=ConsoleSettings(poll_s=0.2),
+    )
+    console = ConsoleServer(options, "127.0.0.1", 0)
+    console.start()
+    try:
+        pki_site = dataclasses.replace(site, console=console)
+        login(browser, pki_site, "ines")
+        _request_clip(pki_site, browser, "PV 2026/43-C")
+        card = browser.find_element(_by("ID"), "provenance")
+        assert card.get_attribute("data-outcome") == "verified" and "bad" not in card.get_attribute("class")
+        statements = _text(browser, "#provenance-statements")
+        assert "valid, trusted: issued under the CSU CA" in statements
+        assert f"signed by device {DEVICE}" in statements and "one the CSU knows" in statements
+        assert _text(browser, "#provenance-result") == "result: VERIFIED"
+        assert not browser.find_elements(_by("ID"), "provenance-problems")
+        job = browser.current_url.rsplit("/", 1)[-1]
+    finally:
+        console.stop()
+    audited = [json.loads(line) for line in options.audit.read_text().splitlines()]
+    line = next(e for e in audited if e["action"] == "console-clip" and e["job"] == job)
+    assert (line["outcome"], line["provenance"], line["provenance_problems"]) == ("verified", "verified", [])
+    # One byte of a frame changed in a copy of the export: the same check names it, the card turns bad.
+    altered = root / "altered"
+    shutil.copytree(options.exports / job, altered)
+    data = bytearray((altered / "clip.mp4").read_bytes())
+    data[_payload(bytes(data), b"mdat") + 400] ^= 0xFF
+    (altered / "clip.mp4").write_bytes(bytes(data))
+    check = check_provenance(altered / "clip.mp4", load_credential(keys), keys / "devices")
+    assert check.outcome == "not-verified" and check.summary.startswith("result: NOT VERIFIED")
+    assert any(p.startswith("C2PA: ") for p in check.report.problems), check.report.problems
 
 
 def test_bad_form_fields_are_named(site: ConsoleSite, browser: Any) -> None:
@@ -242,6 +317,7 @@ def test_the_console_writes_every_action_with_the_user_in_the_audit_log(site: Co
     assert ("console-login", "ines", "accepted") in seen
     assert ("console-denied", "olivia", None) in seen
     assert ("console-clip-request", "ines", "accepted") in seen
+    assert any(e["action"] == "console-clip" and e.get("provenance") == "not-signed" for e in lines)
     assert ("console-ack", "olivia", None) in seen
     assert ("console-csrf-refused", "ines", None) in seen
     assert any(e["action"] == "fetch-clip" and e.get("officer") == "ines" for e in lines)

@@ -5,6 +5,10 @@ download, verification, MP4 export, signed evidence manifest, audit line), then 
 directory with `verify_export` as a second, independent reading. Only a job whose bundle verified whole
 and whose export re-checks intact is `verified`: only then may the page play its MP4 or hand out the
 archive. A partial or rejected bundle is shown as such and never played.
+
+Then the job checks the export's provenance as `csu-collector verify` does (`provenance.verify_export_clip`:
+the C2PA manifest under the CSU CA, each frame against the device's signatures), so that the page shows
+the words a court would read, problems included; that check informs, it does not decide what plays.
 """
 
 from __future__ import annotations
@@ -22,12 +26,51 @@ from edge_agent.collector.console.devices import DeviceError, DeviceGateway
 from edge_agent.collector.download import FetchError
 from edge_agent.collector.evidence import CLIP_FILE, ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
+from edge_agent.collector.pki import CollectorCredential
 from edge_agent.collector.progress import ProgressBar
+from edge_agent.collector.provenance import Report, registered_device_keys, verify_export_clip
 from edge_agent.formats.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
 FINAL_STATES = ("verified", "rejected", "failed")
+NOT_SIGNED = "not C2PA-signed: the collector has no certificate (csu-collector pki init)"
+
+
+@dataclass(frozen=True)
+class ProvenanceCheck:
+    """The provenance check of a job's export: `csu-collector verify`'s report, or that there is no
+    manifest to check (`signed` False: the collector has no certificate, so the export is not signed)."""
+
+    signed: bool
+    report: Report = field(default_factory=Report)
+
+    @property
+    def outcome(self) -> str:
+        """`verified`, `not-verified` (the report names problems) or `not-signed`."""
+        if not self.signed:
+            return "not-signed"
+        return "verified" if self.report.ok else "not-verified"
+
+    @property
+    def summary(self) -> str:
+        """One line: the report's result (`result: VERIFIED`, or how many problems), or `NOT_SIGNED`."""
+        return self.report.lines()[-1] if self.signed else NOT_SIGNED
+
+
+def check_provenance(
+    clip: Path, credential: CollectorCredential | None, device_keys: Path
+) -> ProvenanceCheck:
+    """Check an export's MP4 against the CSU CA of the collector's credential (the export was signed with
+    it) and the device keys provisioned under `device_keys`; a check that cannot run is a problem."""
+    if credential is None:
+        return ProvenanceCheck(signed=False)
+    try:
+        report = verify_export_clip(clip, credential.ca_pem(), registered_device_keys(device_keys))
+    except Exception as error:  # an unreadable key or file must show on the page, not end the thread
+        log.exception("provenance check of %s failed", clip)
+        report = Report(problems=[f"the check could not run: {type(error).__name__}: {error}"])
+    return ProvenanceCheck(signed=True, report=report)
 
 
 @dataclass
@@ -43,6 +86,7 @@ class ClipJob:
     message: str = ""
     evidence: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    provenance: ProvenanceCheck | None = None  # once the export exists and was checked
     progress: ProgressBar = field(default_factory=lambda: ProgressBar("clip", enabled=False))
 
     @property
@@ -136,6 +180,10 @@ class ClipJobs:
             log.exception("clip job %s failed", job.id)
             job.state, job.message = "failed", f"{type(error).__name__}: {error}"
             return
+        # Before the final state: the page reloads when it sees one, and must find the check there.
+        job.provenance = check_provenance(
+            job.export_dir / CLIP_FILE, self.gateway.keys.credential, self.gateway.device_keys
+        )
         job.evidence = evidence or outcome.evidence
         job.problems = problems + list(job.evidence.get("verification", {}).get("problems", []))
         result = job.evidence.get("verification", {}).get("result")
@@ -145,6 +193,15 @@ class ClipJobs:
         else:
             job.state = "verified"
             job.message = f"verified: {job.evidence.get('clip', {}).get('duration_s', 0)} s"
+        self.audit.append(
+            action="console-clip",
+            outcome=job.state,
+            user=job.user,
+            job=job.id,
+            requisition=request.requisition,
+            provenance=job.provenance.outcome,
+            provenance_problems=job.provenance.report.problems,
+        )
 
     def archive(self, job: ClipJob) -> Path:
         """The whole export directory as one tar file (built once, beside the directory)."""
