@@ -1,6 +1,7 @@
 """Where the collector's shared files are, for every `csu-collector` command and the console alike.
 
 - The CSU key directory: `--keys`, else `$CSU_KEYS_DIR`, else `./keys` (`generate_csu_keys` writes it).
+- The devices' public keys from provisioning: `devices/{site}/{device}.pub` in the key directory.
 - The collector's audit log: `--audit`, else `$CSU_AUDIT_LOG`, else `csu-audit.jsonl` in the key
   directory. One trail per CSU identity: the keys are what every command that acts on a device or on
   evidence already needs (the store may be PostgreSQL, with no folder to sit beside, and `fetch-clip`
@@ -16,11 +17,17 @@ from pathlib import Path
 KEYS_ENV = "CSU_KEYS_DIR"
 AUDIT_ENV = "CSU_AUDIT_LOG"
 AUDIT_NAME = "csu-audit.jsonl"
+DEVICE_KEYS_NAME = "devices"
 
 
 def default_keys_dir() -> Path:
     """The CSU key directory when `--keys` is not given."""
     return Path(os.environ.get(KEYS_ENV) or "keys")
+
+
+def device_keys_dir(keys: Path) -> Path:
+    """Where the devices' public keys are, in the CSU key directory `keys`."""
+    return keys / DEVICE_KEYS_NAME
 
 
 def audit_log_path(keys: Path, given: Path | None = None) -> Path:

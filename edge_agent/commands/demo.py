@@ -25,6 +25,7 @@ from edge_agent.collector.console.accounts import Passwords, Role
 from edge_agent.collector.console.data import Account, open_console_data
 from edge_agent.collector.console.server import ConsoleOptions, ConsoleServer
 from edge_agent.collector.ingest import Ingestor, parse_broker_url
+from edge_agent.collector.paths import device_keys_dir
 from edge_agent.collector.store import Store, open_store
 from edge_agent.device.agent import Agent
 from edge_agent.formats.config import AgentConfig, parse_config
@@ -154,7 +155,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def start_console(root: Path, broker_url: str, device: KeyPairPaths) -> tuple[ConsoleServer, str]:
     """The CSU console on the demo store, with an admin `demo`: (the server, its password)."""
-    devices = root / "csu" / "keys" / "devices" / SITE
+    devices = device_keys_dir(root / "csu" / "keys") / SITE
     devices.mkdir(parents=True, exist_ok=True)
     shutil.copy(device.public, devices / f"{DEVICE}.pub")
     password = secrets.token_urlsafe(9)
@@ -167,7 +168,7 @@ def start_console(root: Path, broker_url: str, device: KeyPairPaths) -> tuple[Co
     options = ConsoleOptions(
         db=db,
         keys=root / "csu" / "keys",
-        device_keys=root / "csu" / "keys" / "devices",
+        device_keys=device_keys_dir(root / "csu" / "keys"),
         audit=root / "csu" / "audit.jsonl",
         exports=root / "csu" / "exports",
         broker=parse_broker_url(broker_url),

@@ -27,7 +27,7 @@ from edge_agent.collector.download import DeviceEndpoint, FetchError
 from edge_agent.collector.evidence import CLIP_FILE, ClipRejected, verify_export
 from edge_agent.collector.fetch import ClipRequest, CollectorKeys, fetch_clip
 from edge_agent.collector.ingest import parse_broker_url
-from edge_agent.collector.paths import add_keys, add_keys_and_audit, audit_log_path
+from edge_agent.collector.paths import add_keys, add_keys_and_audit, audit_log_path, device_keys_dir
 from edge_agent.collector.pki import PkiError, PkiPaths, load_ca, optional_credential
 from edge_agent.collector.progress import ProgressBar
 from edge_agent.collector.provenance import (
@@ -368,7 +368,7 @@ def _verify_provenance(args: argparse.Namespace) -> bool:
     known = (
         load_device_keys(args.device_keys)
         if args.device_keys
-        else registered_device_keys(args.keys / "devices")
+        else registered_device_keys(device_keys_dir(args.keys))
     )
     report = verify_export_clip(clip, ca_pem, known)
     for line in report.lines():

@@ -17,7 +17,7 @@ from edge_agent.collector.console.server import (
     parse_listen,
 )
 from edge_agent.collector.ingest import parse_broker_url
-from edge_agent.collector.paths import add_keys_and_audit, audit_log_path
+from edge_agent.collector.paths import add_keys_and_audit, audit_log_path, device_keys_dir
 from edge_agent.collector.store import DB_ERRORS
 from edge_agent.formats.keys import KeyFileError
 
@@ -69,7 +69,7 @@ def console_options(args: argparse.Namespace) -> ConsoleOptions:
     return ConsoleOptions(
         db=args.db,
         keys=args.keys,
-        device_keys=args.device_keys or args.keys / "devices",
+        device_keys=args.device_keys or device_keys_dir(args.keys),
         audit=audit_log_path(args.keys, args.audit),
         exports=args.exports or beside(args.db, "exports"),
         broker=broker,
