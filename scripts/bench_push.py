@@ -320,8 +320,9 @@ def device_main(config_path: str) -> None:
     ring.close()
 
 
-def collector_main(spool: str, keys_dir: str, device_pub: str, minutes: str, export: str) -> None:
-    """The collector: receive the upload, then verify and export it; print timings and peak RSS."""
+def collector_main(spool: str, keys_dir: str, device_pub: str, minutes: str, export: str, nonce: str) -> None:
+    """The collector: receive the upload, then verify and export it; print timings and peak RSS. `nonce`
+    is the signed command's, which the pushed bundle must name."""
     from bench_clips import T0
 
     from edge_agent.collector.fetch import ClipRequest, CollectorKeys, export_bundle
@@ -347,7 +348,7 @@ def collector_main(spool: str, keys_dir: str, device_pub: str, minutes: str, exp
         load_x25519_private(keys_path / "csu_x25519.pem"),
         load_ed25519_public(Path(device_pub)),
     )
-    request = ClipRequest("bench", "pi-bench", "cam1", T0, T0 + float(minutes) * 60, "BENCH-1")
+    request = ClipRequest("bench", "pi-bench", "cam1", T0, T0 + float(minutes) * 60, "BENCH-1", nonce=nonce)
     outcome = export_bundle(request, keys, out, AuditLog(out / "collector-audit.jsonl"), "bench", via="push")
     result = {
         "result": outcome.evidence["verification"]["result"],
@@ -424,14 +425,15 @@ def _push_once(
     from bench_clips import T0
 
     from edge_agent.formats.keys import load_ed25519_private
-    from edge_agent.formats.signing import RequestSigner, signed_command
+    from edge_agent.formats.signing import RequestSigner, new_nonce, signed_command
     from edge_agent.formats.times import iso_ms
 
     spool, export = workdir / f"spool-{name}", workdir / f"export-{name}"
     keys_dir = prepared["csu"].signing.private.parent
+    nonce = new_nonce()
     collector = subprocess.Popen(
         [sys.executable, __file__, "--collector", str(spool), str(keys_dir), str(prepared["device_pub"]),
-         str(minutes), str(export)],
+         str(minutes), str(export), nonce],
         stdout=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -454,7 +456,7 @@ def _push_once(
         "expires": iso_ms(time.time() + 3600),
     }
     signer = RequestSigner(load_ed25519_private(prepared["csu"].signing.private))
-    command = signed_command("upload_clip", fields, signer)
+    command = signed_command("upload_clip", fields, signer, nonce=nonce)
     if proxy is not None:
         size_hint = prepared["bytes"] * minutes / prepared["minutes"]
         proxy.cuts_at = [int(size_hint * f) for f in (0.25, 0.5, 0.75)][:cuts]
@@ -537,6 +539,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--device":
         device_main(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--collector":
-        collector_main(*sys.argv[2:7])
+        collector_main(*sys.argv[2:8])
     else:
         print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
