@@ -73,14 +73,14 @@ class _Compiled:
 
 @dataclass(frozen=True)
 class _PlaneFill:
-    """A fill mask on one I420 plane: the value to paint and where, inside the mask's box."""
+    """A fill mask on one I420 plane: what to paint and where, inside the mask's box."""
 
-    value: int
     y0: int
     y1: int
     x0: int
     x1: int
-    inside: np.ndarray  # bool, box-sized
+    paint: np.ndarray  # uint8, box-sized, the plane's value of the mask's colour
+    inside: np.ndarray  # uint8, box-sized, 255 on the samples to paint
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ class PrivacyMasker:
             planes = self._planes_cache[size] = self._compile_planes(size)
         for plane, masks in zip((y, u, v), planes, strict=True):
             for fill in masks.fills:
-                plane[fill.y0 : fill.y1, fill.x0 : fill.x1][fill.inside] = fill.value
+                # A masked copy from a ready plane of the colour: a tenth of numpy's boolean assignment.
+                cv2.copyTo(fill.paint, fill.inside, plane[fill.y0 : fill.y1, fill.x0 : fill.x1])
             for patch in masks.surfaces:
                 _paint_surface(plane, patch)
 
@@ -190,7 +191,8 @@ def _yuv(color: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def _plane_fill(value: int, inside: np.ndarray) -> _PlaneFill:
     x, y, w, h = cv2.boundingRect(inside)
-    return _PlaneFill(value, y, y + h, x, x + w, inside[y : y + h, x : x + w] > 0)
+    box = inside[y : y + h, x : x + w].copy()
+    return _PlaneFill(y, y + h, x, x + w, np.full(box.shape, value, np.uint8), box)
 
 
 _WORK_SIDE = 96
