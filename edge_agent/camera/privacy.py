@@ -117,7 +117,7 @@ class PrivacyMasker:
         return MaskedFrame(frame.camera_id, frame.seq, frame.captured_at, frame.image, frame.pixel_format)
 
     def apply_to_image(self, image: np.ndarray) -> None:
-        """Mask a BGR image in place; used directly where a backend owns the buffer (picamera2)."""
+        """Mask a BGR image in place."""
         compiled = self._compiled((image.shape[1], image.shape[0]))
         for color, polygons in compiled.fills:
             cv2.fillPoly(image, polygons, color)
