@@ -53,7 +53,7 @@ def test_good_config_parses_with_shorthand_sources() -> None:
     config = parse_config(GOOD)
     assert config.cameras[0].source.kind is SourceKind.SYNTHETIC
     assert config.cameras[0].source.seed == 3
-    assert config.cameras[1].source.kind is SourceKind.OPENCV
+    assert config.cameras[1].source.kind is SourceKind.STREAM
     assert config.cameras[1].source.uri == "rtsp://10.0.0.9/stream1"
     assert config.camera("pano").motion.zones[0].name == "street"
 

@@ -197,12 +197,12 @@ def test_a_file_path_opens_a_file_source_and_explicit_opencv_keeps_opencv(h264_c
         ("picamera", SourceKind.PICAMERA),
         ("0", SourceKind.OPENCV),
         ("/dev/video2", SourceKind.OPENCV),
-        ("rtsp://10.0.0.9/stream1", SourceKind.OPENCV),
-        ("RTSPS://10.0.0.9/stream1", SourceKind.OPENCV),
-        ("http://10.0.0.9/mjpeg", SourceKind.OPENCV),
-        ("https://10.0.0.9/mjpeg", SourceKind.OPENCV),
-        ("udp://239.0.0.1:5000", SourceKind.OPENCV),
-        ("tcp://10.0.0.9:8554", SourceKind.OPENCV),
+        ("rtsp://10.0.0.9/stream1", SourceKind.STREAM),
+        ("RTSPS://10.0.0.9/stream1", SourceKind.STREAM),
+        ("http://10.0.0.9/mjpeg", SourceKind.STREAM),
+        ("https://10.0.0.9/mjpeg", SourceKind.STREAM),
+        ("udp://239.0.0.1:5000", SourceKind.STREAM),
+        ("tcp://10.0.0.9:8554", SourceKind.STREAM),
         ("/data/square.mp4", SourceKind.FILE),
         ("clips/square.avi", SourceKind.FILE),
         ("file.mkv", SourceKind.FILE),
@@ -211,7 +211,7 @@ def test_a_file_path_opens_a_file_source_and_explicit_opencv_keeps_opencv(h264_c
 def test_shorthand_kinds(shorthand: str, kind: SourceKind) -> None:
     source = camera_on(shorthand).source
     assert source.kind is kind
-    if kind in (SourceKind.OPENCV, SourceKind.FILE):
+    if kind in (SourceKind.OPENCV, SourceKind.FILE, SourceKind.STREAM):
         assert source.uri == shorthand
 
 

@@ -169,9 +169,10 @@ class SourceKind(StrEnum):
     OPENCV = "opencv"
     PICAMERA = "picamera"
     FILE = "file"  # a video file, decoded by PyAV to I420
+    STREAM = "stream"  # a network stream (RTSP, HTTP...), decoded by PyAV to I420
 
 
-# URL schemes of the network streams OpenCV reads (a shorthand string without one is a file path).
+# URL schemes of network streams (a shorthand string without one is a file path).
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -189,15 +190,18 @@ class SourceConfig(_Model):
     """Where frames come from.
 
     Accepts a shorthand string: `synthetic`, `synthetic:SEED`, `picamera`, `/dev/video0`, `0`,
-    `rtsp://...`, `http://...` (OpenCV sources) or a video file path (a `file` source). A file named
-    with an explicit `kind: opencv` is still read by OpenCV.
+    `rtsp://...`, `http://...` (a `stream` source) or a video file path (a `file` source). A file or a
+    URL named with an explicit `kind: opencv` is still read by OpenCV.
     """
 
-    kind: SourceKind = Field(title="Backend", description="synthetic, opencv, picamera or file.")
+    kind: SourceKind = Field(title="Backend", description="synthetic, opencv, picamera, file or stream.")
     uri: str = Field(
         "",
         title="Device, URL or file",
-        description="OpenCV: a V4L2 index or path, an RTSP/HTTP URL or a video file. File: a video file.",
+        description=(
+            "OpenCV: a V4L2 index or path, an RTSP/HTTP URL or a video file. File: a video file."
+            " Stream: an RTSP/HTTP/UDP/TCP URL."
+        ),
     )
     seed: int = Field(0, title="Seed", description="Synthetic: the scene's random seed.")
     objects: int = Field(
@@ -222,8 +226,10 @@ class SourceConfig(_Model):
             return {"kind": "synthetic", "seed": int(seed) if seed.isdigit() else 0}
         if value == "picamera":
             return {"kind": "picamera"}
-        if is_device(value) or is_stream(value):
+        if is_device(value):
             return {"kind": "opencv", "uri": value}
+        if is_stream(value):
+            return {"kind": "stream", "uri": value}
         return {"kind": "file", "uri": value}
 
     @model_validator(mode="after")
@@ -232,6 +238,8 @@ class SourceConfig(_Model):
             raise ValueError("an opencv source needs `uri` (device index or path, URL or file)")
         if self.kind is SourceKind.FILE and not self.uri:
             raise ValueError("a file source needs `uri` (the video file's path)")
+        if self.kind is SourceKind.STREAM and not is_stream(self.uri):
+            raise ValueError("a stream source needs `uri`, a network URL (rtsp://, http://...)")
         return self
 
 

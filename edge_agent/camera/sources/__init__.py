@@ -26,6 +26,10 @@ def open_source(camera: CameraConfig, clock: Clock = time.time) -> FrameSource:
         from edge_agent.camera.sources.file import FileSource
 
         return FileSource.from_camera(camera, clock)
+    if kind is SourceKind.STREAM:
+        from edge_agent.camera.sources.stream import StreamSource
+
+        return StreamSource.from_camera(camera, clock)
     from edge_agent.camera.sources.picamera import PicameraSource
 
     return PicameraSource.from_camera(camera, clock)

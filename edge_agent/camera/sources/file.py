@@ -44,8 +44,11 @@ def _open_video(camera_id: str, path: str) -> tuple[InputContainer, VideoStream]
     return container, stream
 
 
-def _pixels(decoded: av.VideoFrame) -> tuple[np.ndarray, PixelFormat]:
-    """A contiguous copy of the frame's pixels that owns its memory: I420, or BGR when a side is odd."""
+def frame_pixels(decoded: av.VideoFrame) -> tuple[np.ndarray, PixelFormat]:
+    """A contiguous copy of a decoded frame's pixels that owns its memory: I420, or BGR when a side is odd.
+
+    Shared by the PyAV sources (files and network streams).
+    """
     if decoded.width % 2 or decoded.height % 2:
         # PyAV's BGR array is a view into a frame buffer, with the row padding of its planes: copy it.
         return np.array(decoded.to_ndarray(format="bgr24"), order="C"), PixelFormat.BGR
@@ -93,7 +96,7 @@ class FileSource:
                 decoded = self._next_decoded()
             if decoded is None:
                 return None
-            image, pixel_format = _pixels(decoded)
+            image, pixel_format = frame_pixels(decoded)
         except (av.FFmpegError, OSError) as error:
             log.warning("camera %s: cannot decode %s: %s", self.camera_id, self.path, error)
             return None
