@@ -24,12 +24,14 @@ import av
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from edge_agent.camera.frames import Frame, PixelFormat
 from edge_agent.camera.sources import SourceError, open_source
 from edge_agent.camera.sources.opencv import OpenCVSource
-from edge_agent.camera.sources.stream import DEFAULT_TIMEOUT_S, StreamSource, masked_url, stream_options
-from edge_agent.formats.config import CameraConfig, ConfigError, SourceKind, parse_config
+from edge_agent.camera.sources.stream import DEFAULT_TIMEOUT_S, StreamSource, stream_options
+from edge_agent.commands.cli import main as cli_main
+from edge_agent.formats.config import CameraConfig, ConfigError, SourceKind, masked_url, parse_config
 
 T = TypeVar("T")
 FRAMES = 60
@@ -432,3 +434,28 @@ def test_a_stream_source_needs_a_url(uri: str | None) -> None:
         ConfigError, match=r"cameras\[0\]\.source: a stream source needs `uri`, a network URL"
     ):
         parse_config(config)
+
+
+def test_check_config_and_the_opencv_source_never_print_a_stream_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary of `check-config` and OpenCV's refusal name the camera's URL with its credentials
+    masked (the stream source's own messages are checked above)."""
+    url = "rtsp://admin:s3cret@127.0.0.1:9/stream1"
+    document = {
+        "site_id": "ville-01",
+        "device_id": "pi-a",
+        "cameras": [{"id": "ptz", "source": url, "masks": [{"points": [[0, 0], [0.2, 0], [0.2, 0.2]]}]}],
+        "mqtt": {"enabled": False},
+        "keys": {"device_key": str(tmp_path / "k.pem"), "csu_sealing_public_key": str(tmp_path / "c.pub")},
+    }
+    for name in ("k.pem", "c.pub"):
+        (tmp_path / name).write_text("key\n")
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert cli_main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rtsp://***@127.0.0.1:9/stream1" in out and "s3cret" not in out
+    with pytest.raises(SourceError) as refused:
+        OpenCVSource("ptz", url, time.time)
+    assert "s3cret" not in str(refused.value) and "***@127.0.0.1" in str(refused.value)

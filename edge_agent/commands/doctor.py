@@ -40,6 +40,7 @@ from edge_agent.formats.config import (
     RecordingMode,
     StorageConfig,
     load_config,
+    masked_url,
 )
 from edge_agent.formats.times import Clock
 
@@ -96,7 +97,7 @@ def probe_camera(camera: CameraConfig, timeout_s: float) -> tuple[CheckResult, S
     from edge_agent.camera.sources import SourceError, open_source
 
     name = f"camera {camera.id} reachable"
-    where = camera.source.uri or camera.source.kind.value
+    where = masked_url(camera.source.uri) or camera.source.kind.value
     outcome: dict[str, object] = {}
 
     def read_one() -> None:

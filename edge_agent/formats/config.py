@@ -186,6 +186,19 @@ def is_stream(uri: str) -> bool:
     return uri.lower().startswith(_STREAM_SCHEMES)
 
 
+def masked_url(url: str) -> str:
+    """The URL with its credentials (`user:pass@`) replaced by `***@`, for messages and logs.
+
+    Everything up to the last `@` is masked, as a password may hold `@` or `/`; a path with an `@`
+    then loses its host too, which hides more but never leaks.
+    """
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0:
+        return url
+    return f"{scheme}://***@{rest[at + 1 :]}"
+
+
 class SourceConfig(_Model):
     """Where frames come from.
 
@@ -778,7 +791,7 @@ def summarize(config: AgentConfig) -> list[str]:
         width, height = camera.resolution
         zones = ", ".join(z.name for z in camera.motion.zones) or "whole frame"
         lines.append(
-            f"  {camera.id}: {camera.source.kind} {camera.source.uri or ''} {width}x{height}"
+            f"  {camera.id}: {camera.source.kind} {masked_url(camera.source.uri)} {width}x{height}"
             f"@{camera.fps:g}fps, {len(camera.masks)} mask(s), motion zones: {zones},"
             f" recording {camera.recording}"
         )

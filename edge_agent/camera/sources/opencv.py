@@ -8,7 +8,7 @@ import cv2
 
 from edge_agent.camera.frames import Frame
 from edge_agent.camera.sources.base import SourceError
-from edge_agent.formats.config import CameraConfig, is_device, is_stream
+from edge_agent.formats.config import CameraConfig, is_device, is_stream, masked_url
 from edge_agent.formats.times import Clock
 
 
@@ -39,7 +39,8 @@ class OpenCVSource:
         params = [] if is_device(uri) else [cv2.CAP_PROP_N_THREADS, 1]
         self._capture = cv2.VideoCapture(target, backend, params)
         if not self._capture.isOpened():
-            raise SourceError(f"camera {camera_id!r}: cannot open {uri!r} (unplugged, wrong URL or codec?)")
+            where = masked_url(uri)
+            raise SourceError(f"camera {camera_id!r}: cannot open {where!r} (unplugged, wrong URL or codec?)")
         if is_device(uri) and resolution is not None:
             self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, resolution[0])
             self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, resolution[1])

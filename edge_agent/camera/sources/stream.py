@@ -20,7 +20,7 @@ from av.video.stream import VideoStream
 from edge_agent.camera.frames import Frame
 from edge_agent.camera.sources.base import SourceError
 from edge_agent.camera.sources.file import frame_pixels
-from edge_agent.formats.config import CameraConfig
+from edge_agent.formats.config import CameraConfig, masked_url
 from edge_agent.formats.times import Clock
 
 log = logging.getLogger(__name__)
@@ -28,19 +28,6 @@ log = logging.getLogger(__name__)
 # Seconds without data before a stream counts as lost: a camera sends frames many times a second, and
 # the worker's backoff starts after this, so a short wait reconnects sooner without false alarms.
 DEFAULT_TIMEOUT_S = 5.0
-
-
-def masked_url(url: str) -> str:
-    """The URL with its credentials (`user:pass@`) replaced by `***@`, for messages and logs.
-
-    Everything up to the last `@` is masked, as a password may hold `@` or `/`; a path with an `@`
-    then loses its host too, which hides more but never leaks.
-    """
-    scheme, separator, rest = url.partition("://")
-    at = rest.rfind("@")
-    if not separator or at < 0:
-        return url
-    return f"{scheme}://***@{rest[at + 1 :]}"
 
 
 def stream_options(url: str, timeout_s: float) -> dict[str, str]:
