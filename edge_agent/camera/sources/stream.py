@@ -1,8 +1,7 @@
 """A network stream (RTSP, HTTP, UDP, TCP) decoded by PyAV straight to I420.
 
-OpenCV's capture of a stream hands out BGR (6 MB per 1080p frame, converted back to I420 by the privacy
-stage) and holds more decoder memory; PyAV gives the decoder's I420 as it is, as FileSource does for
-files. The stream is opened with options for cameras on a network: RTSP interleaved over its TCP
+Decoded as files are (`sources.decoding`): OpenCV's capture of a stream hands out BGR and holds more
+decoder memory. The stream is opened with options for cameras on a network: RTSP interleaved over its TCP
 connection, and a socket timeout so that a dead camera ends `read` (the worker then reopens the stream
 with backoff) instead of blocking it forever.
 """
@@ -10,16 +9,12 @@ with backoff) instead of blocking it forever.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Iterator
 
 import av
-from av.container import InputContainer
-from av.video.stream import VideoStream
 
 from edge_agent.camera.frames import Frame
 from edge_agent.camera.sources.base import SourceError
-from edge_agent.camera.sources.file import frame_pixels
+from edge_agent.camera.sources.decoding import DecodedFrames
 from edge_agent.formats.config import CameraConfig, masked_url
 from edge_agent.formats.times import Clock
 
@@ -51,8 +46,8 @@ def _reason(error: Exception) -> str:
     return str(reason) if reason else type(error).__name__
 
 
-def _open_stream(camera_id: str, url: str, timeout_s: float) -> tuple[InputContainer, VideoStream]:
-    """The stream's container and its first video stream; SourceError naming the camera and URL."""
+def _open_stream(camera_id: str, url: str, timeout_s: float, clock: Clock) -> DecodedFrames:
+    """The stream's frames; SourceError naming the camera and the URL (its credentials masked)."""
     where = masked_url(url)
     try:
         container = av.open(url, container_options=stream_options(url, timeout_s))
@@ -61,14 +56,7 @@ def _open_stream(camera_id: str, url: str, timeout_s: float) -> tuple[InputConta
             f"camera {camera_id!r}: cannot open stream {where!r} ({_reason(error)}):"
             " camera unreachable, wrong URL or credentials?"
         ) from None
-    if not container.streams.video or container.streams.video[0].codec_context is None:
-        container.close()
-        raise SourceError(f"camera {camera_id!r}: {where!r} has no video stream this build can decode")
-    stream = container.streams.video[0]
-    # One decoding thread: a camera's budget is one core, and each frame thread of a decoder holds
-    # frames of its own (FFmpeg's default starts one per core, plus one).
-    stream.codec_context.thread_count = 1
-    return container, stream
+    return DecodedFrames(camera_id, container, repr(where), clock)
 
 
 class StreamSource:
@@ -83,12 +71,7 @@ class StreamSource:
     def __init__(self, camera_id: str, url: str, clock: Clock, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.camera_id = camera_id
         self.url = url
-        self._clock = clock
-        self._seq = 0
-        self._container, self._stream = _open_stream(camera_id, url, timeout_s)
-        self._packets: Iterator[av.Packet] = self._container.demux(self._stream)
-        # Frames the decoder gave for one packet beyond the first (several only when it drains at the end).
-        self._pending: deque[av.VideoFrame] = deque()
+        self._frames = _open_stream(camera_id, url, timeout_s, clock)
 
     @classmethod
     def from_camera(cls, camera: CameraConfig, clock: Clock) -> StreamSource:
@@ -98,33 +81,16 @@ class StreamSource:
     @property
     def native_fps(self) -> float:
         """The rate the stream declares (0 when unknown)."""
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        return float(rate) if rate else 0.0
+        return self._frames.native_fps
 
     def read(self) -> Frame | None:
         """The next frame, or None when the stream ended, failed or stayed silent for the timeout."""
         try:
-            decoded = self._next_decoded()
-            if decoded is None:
-                return None
-            image, pixel_format = frame_pixels(decoded)
+            return self._frames.next()
         except (av.FFmpegError, OSError) as error:
             log.warning("camera %s: stream %s lost: %s", self.camera_id, masked_url(self.url), _reason(error))
             return None
-        seq = self._seq
-        self._seq += 1
-        return Frame(self.camera_id, seq, self._clock(), image, pixel_format)
 
     def close(self) -> None:
         """Close the connection and drop the decoder's frames."""
-        self._pending.clear()
-        self._container.close()
-
-    def _next_decoded(self) -> av.VideoFrame | None:
-        """The next decoded frame, or None when the stream ended (after the decoder was drained)."""
-        while not self._pending:
-            packet = next(self._packets, None)
-            if packet is None:
-                return None
-            self._pending.extend(self._stream.decode(packet))
-        return self._pending.popleft()
+        self._frames.close()
