@@ -13,64 +13,29 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.camera.frames import Frame, PixelFormat
+from edge_agent.camera.frames import PixelFormat
 from edge_agent.camera.sources import SourceError, open_source
 from edge_agent.camera.sources.file import FileSource
 from edge_agent.camera.sources.opencv import OpenCVSource
 from edge_agent.formats.config import CameraConfig, ConfigError, SourceKind, parse_config
+from tests.decoding_support import MIN_PSNR, assert_i420_like_opencv, encode_clip, opencv_frames, read_all
 
 WINDOW = [(0.1, 0.1), (0.3, 0.1), (0.3, 0.3)]
 FRAMES = 30
-# Decoded I420 turned to BGR by OpenCV vs OpenCV's own (swscale) BGR of the same file: about 46 dB;
-# two neighbouring frames of the footage differ by 22 to 27 dB.
-MIN_PSNR = 40.0
-
-
-def encode_clip(datasets: Path, path: Path, size: tuple[int, int], codec: str, frames: int = FRAMES) -> Path:
-    """The first `frames` frames of vtest.avi, scaled to `size`, encoded at 10 fps with `codec`."""
-    with av.open(str(datasets / "video" / "vtest.avi")) as source, av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=10)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for index, decoded in enumerate(source.decode(video=0)):
-            if index == frames:
-                break
-            scaled = decoded.reformat(width=size[0], height=size[1], format="yuv420p")
-            scaled.pts = None
-            out.mux(stream.encode(scaled))
-        out.mux(stream.encode(None))
-    return path
 
 
 @pytest.fixture(scope="module")
 def h264_clip(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An H.264 mp4 with B-frames (libx264's default), so the decoder holds frames back until drained."""
-    return encode_clip(datasets, tmp_path_factory.mktemp("clips") / "square.mp4", (320, 240), "libx264")
+    return encode_clip(
+        datasets, tmp_path_factory.mktemp("clips") / "square.mp4", (320, 240), "libx264", FRAMES
+    )
 
 
 @pytest.fixture(scope="module")
 def odd_clip(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MPEG-4 part 2 accepts odd sizes in 4:2:0, which have no I420 layout."""
     return encode_clip(datasets, tmp_path_factory.mktemp("clips") / "odd.mp4", (321, 241), "mpeg4", 10)
-
-
-def read_all(source: FileSource, limit: int = 1000) -> list[Frame]:
-    frames = []
-    while (frame := source.read()) is not None and len(frames) < limit:
-        frames.append(frame)
-    return frames
-
-
-def opencv_frames(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    images = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        images.append(image)
-    capture.release()
-    return images
 
 
 def camera_on(uri: str) -> CameraConfig:
@@ -83,18 +48,7 @@ def test_h264_frames_are_i420_and_match_opencv(h264_clip: Path) -> None:
     assert source.native_fps == pytest.approx(10.0)
     frames = read_all(source)
     source.close()
-    reference = opencv_frames(h264_clip)
-    assert len(frames) == len(reference) == FRAMES  # the frames held back for B-frames came out at the end
-    for frame, expected in zip(frames, reference, strict=True):
-        assert frame.pixel_format is PixelFormat.I420 and frame.size == (320, 240)
-        assert frame.image.shape == (360, 320) and frame.image.dtype == np.uint8
-        assert frame.image.flags.c_contiguous
-        # The pixels belong to the frame: no buffer of PyAV's is behind them.
-        assert frame.image.base is None or frame.image.base.flags.owndata
-        assert cv2.PSNR(cv2.cvtColor(frame.image, cv2.COLOR_YUV2BGR_I420), expected) > MIN_PSNR
-    # The comparison can fail: a frame against its neighbour is far below the bound.
-    assert cv2.PSNR(frames[5].bgr(), reference[6]) < MIN_PSNR
-    assert [f.seq for f in frames] == list(range(FRAMES))
+    assert_i420_like_opencv(frames, h264_clip, (320, 240), FRAMES)
     assert {f.captured_at for f in frames} == {42.0}
 
 

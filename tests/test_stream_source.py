@@ -20,57 +20,37 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TypeVar
 
-import av
-import cv2
-import numpy as np
 import pytest
 import yaml
 
-from edge_agent.camera.frames import Frame, PixelFormat
+from edge_agent.camera.frames import PixelFormat
 from edge_agent.camera.sources import SourceError, open_source
 from edge_agent.camera.sources.opencv import OpenCVSource
 from edge_agent.camera.sources.stream import DEFAULT_TIMEOUT_S, StreamSource, stream_options
 from edge_agent.commands.cli import main as cli_main
 from edge_agent.formats.config import CameraConfig, ConfigError, SourceKind, masked_url, parse_config
+from tests.decoding_support import assert_i420_like_opencv, encode_clip, read_all
 
 T = TypeVar("T")
 FRAMES = 60
-# PyAV's I420 turned to BGR by OpenCV vs OpenCV's own BGR of the same stream: about 46 dB (as for
-# files); neighbouring frames of the footage differ by 22 to 27 dB.
-MIN_PSNR = 40.0
 LONG_FRAMES = 200
 # How much later than the timeout a stalled read may end (the decoder's queue, a loaded test machine).
 SLACK_S = 2.0
 
 
-def encode_ts(datasets: Path, path: Path, size: tuple[int, int], frames: int) -> Path:
-    """The first `frames` frames of vtest.avi scaled to `size`, H.264 (with B-frames) in MPEG-TS at 10 fps."""
-    with (
-        av.open(str(datasets / "video" / "vtest.avi")) as source,
-        av.open(str(path), "w", format="mpegts") as out,
-    ):
-        stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for index, decoded in enumerate(source.decode(video=0)):
-            if index == frames:
-                break
-            scaled = decoded.reformat(width=size[0], height=size[1], format="yuv420p")
-            scaled.pts = None
-            out.mux(stream.encode(scaled))
-        out.mux(stream.encode(None))
-    return path
-
-
 @pytest.fixture(scope="module")
 def ts_clip(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return encode_ts(datasets, tmp_path_factory.mktemp("streams") / "cam.ts", (320, 240), FRAMES)
+    return encode_clip(
+        datasets, tmp_path_factory.mktemp("streams") / "cam.ts", (320, 240), "libx264", FRAMES, "mpegts"
+    )
 
 
 @pytest.fixture(scope="module")
 def long_clip(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 s of stream: longer than the 5 s FFmpeg's open reads ahead to find the streams' parameters."""
-    return encode_ts(datasets, tmp_path_factory.mktemp("streams") / "long.ts", (320, 240), LONG_FRAMES)
+    return encode_clip(
+        datasets, tmp_path_factory.mktemp("streams") / "long.ts", (320, 240), "libx264", LONG_FRAMES, "mpegts"
+    )
 
 
 class Served:
@@ -143,25 +123,6 @@ def serve() -> Iterator[type[Served]]:
         server.stop()
 
 
-def read_all(source: StreamSource, limit: int = 1000) -> list[Frame]:
-    frames = []
-    while len(frames) < limit and (frame := source.read()) is not None:
-        frames.append(frame)
-    return frames
-
-
-def opencv_frames(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    images = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        images.append(image)
-    capture.release()
-    return images
-
-
 def camera_on(source: object) -> CameraConfig:
     return CameraConfig(id="pano", source=source, masks=[])
 
@@ -205,15 +166,7 @@ def test_http_stream_frames_are_i420_and_match_opencv(ts_clip: Path, serve: type
     frames = read_all(source)
     assert source.read() is None  # the end stays the end: a stream does not loop
     source.close()
-    reference = opencv_frames(ts_clip)
-    assert len(frames) == len(reference) == FRAMES
-    for frame, expected in zip(frames, reference, strict=True):
-        assert frame.pixel_format is PixelFormat.I420 and frame.size == (320, 240)
-        assert frame.image.shape == (360, 320) and frame.image.flags.c_contiguous
-        assert frame.image.base is None or frame.image.base.flags.owndata
-        assert cv2.PSNR(cv2.cvtColor(frame.image, cv2.COLOR_YUV2BGR_I420), expected) > MIN_PSNR
-    assert cv2.PSNR(frames[5].bgr(), reference[6]) < MIN_PSNR  # the bound can fail
-    assert [f.seq for f in frames] == list(range(FRAMES))
+    assert_i420_like_opencv(frames, ts_clip, (320, 240), FRAMES)
     assert {f.captured_at for f in frames} == {7.0}
 
 
