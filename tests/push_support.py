@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.api.delivery import request_verifier
 from edge_agent.api.uploader import Uploader
+from edge_agent.collector.upload_endpoint import UploadEndpoint, UploadEndpointThread
 from edge_agent.formats.audit import AuditLog
 from edge_agent.formats.config import AgentConfig, parse_config
 from edge_agent.formats.keys import CsuKeyPaths, KeyPairPaths
@@ -138,6 +141,19 @@ def upload_command(
         **extra,
     }
     return signed_command("upload_clip", fields, signer)
+
+
+@contextmanager
+def upload_endpoint(spool: Path, upload_id: str, token: str) -> Iterator[UploadEndpoint]:
+    """A collector's upload endpoint on loopback with one upload registered (10 minutes, 50 MiB)."""
+    endpoint = UploadEndpoint(spool)
+    thread = UploadEndpointThread(endpoint)
+    thread.start()
+    endpoint.register(upload_id, token, time.time() + 600, 50 << 20)
+    try:
+        yield endpoint
+    finally:
+        thread.stop()
 
 
 def audit_entries(path: Path) -> list[dict[str, Any]]:

@@ -21,7 +21,14 @@ from edge_agent.formats.times import iso_ms
 from edge_agent.formats.upload import UploadAck, parse_content_range
 from edge_agent.storage.ringbuffer import RingBuffer
 from tests.clip_support import random_ring
-from tests.push_support import DeviceSide, audit_entries, device_side, upload_command, uploader_config
+from tests.push_support import (
+    DeviceSide,
+    audit_entries,
+    device_side,
+    upload_command,
+    upload_endpoint,
+    uploader_config,
+)
 
 T0 = time.time() - 3600
 TOKEN = "t0k3n-" + "x" * 30
@@ -42,12 +49,8 @@ def ring(tmp_path: Path, keys: dict[str, Ed25519PrivateKey]) -> Iterator[RingBuf
 
 @pytest.fixture
 def endpoint(tmp_path: Path) -> Iterator[UploadEndpoint]:
-    endpoint = UploadEndpoint(tmp_path / "spool")
-    thread = UploadEndpointThread(endpoint)
-    thread.start()
-    endpoint.register(UPLOAD_ID, TOKEN, time.time() + 600, 50 << 20)
-    yield endpoint
-    thread.stop()
+    with upload_endpoint(tmp_path / "spool", UPLOAD_ID, TOKEN) as running:
+        yield running
 
 
 def _base(endpoint: UploadEndpoint) -> str:
