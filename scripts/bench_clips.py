@@ -142,13 +142,14 @@ def prepare(workdir: Path, minutes: float) -> dict[str, Any]:
     }
 
 
-def _pin(core_index: int) -> None:
+def pin_to_core(core_index: int) -> None:
+    """Run this process on one core (of the ones there are), so that each side of a bench has its own."""
     cores = os.cpu_count() or 1
     if hasattr(os, "sched_setaffinity") and cores > 1:
         os.sched_setaffinity(0, {core_index % cores})
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM: ru_maxrss would include the parent's, kept across exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -164,7 +165,7 @@ def device_main(config_path: str) -> None:
     from edge_agent.formats.keys import load_ed25519_private, load_ed25519_public
     from edge_agent.storage.ringbuffer import RingBuffer
 
-    _pin(0)
+    pin_to_core(0)
     config = load_config(Path(config_path), environ={})
     ring = RingBuffer(config.storage.path, config.storage, clock=lambda: T0)
     server = ClipServer(
@@ -179,7 +180,7 @@ def device_main(config_path: str) -> None:
     print(json.dumps({"port": server.port}), flush=True)
     sys.stdin.read()
     thread.stop()
-    print(json.dumps({"maxrss_mb": _peak_rss_mb()}), flush=True)
+    print(json.dumps({"maxrss_mb": peak_rss_mb()}), flush=True)
 
 
 def collector_main(url: str, keys_dir: str, device_pub: str, minutes: str, out: str) -> None:
@@ -190,7 +191,7 @@ def collector_main(url: str, keys_dir: str, device_pub: str, minutes: str, out: 
     from edge_agent.formats.keys import load_ed25519_private, load_ed25519_public, load_x25519_private
     from edge_agent.formats.signing import RequestSigner
 
-    _pin(1)
+    pin_to_core(1)
     keys_path = Path(keys_dir)
     signing = load_ed25519_private(keys_path / "csu_ed25519.pem")
     keys = CollectorKeys(
@@ -215,7 +216,7 @@ def collector_main(url: str, keys_dir: str, device_pub: str, minutes: str, out: 
                 "frames": outcome.evidence["clip"]["frames"],
                 "download_s": outcome.download_s,
                 "verify_export_s": outcome.verify_export_s,
-                "maxrss_mb": _peak_rss_mb(),
+                "maxrss_mb": peak_rss_mb(),
             }
         ),
         flush=True,

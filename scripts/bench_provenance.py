@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
-import resource
 import statistics
 import subprocess
 import sys
@@ -83,10 +82,6 @@ def _fetch(workdir: Path, prepared: dict[str, Any], minutes: float, t0: float) -
     return outcome.export_dir
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run(quick: bool) -> dict[str, Any]:
     """An hour of 720p (5 minutes when quick): export with and without the manifest, then verify."""
     from edge_agent.collector.evidence import process_bundle
@@ -139,7 +134,7 @@ def run(quick: bool) -> dict[str, Any]:
             started = time.perf_counter()
             report = verify_clip(clip, credential.ca_pem(), bundle)
             collectors.append(time.perf_counter() - started)
-        rss = _peak_rss_mb()
+        rss = clips.peak_rss_mb()
     export_s, sign_s = statistics.median(exports), statistics.median(signs)
     script_s, collector_s = statistics.median(scripts), statistics.median(collectors)
     return {

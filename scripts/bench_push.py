@@ -268,22 +268,9 @@ def mqtt_idle(quick: bool) -> dict[str, Any]:
 # --- push delivery ---------------------------------------------------------------------------------
 
 
-def _pin(core_index: int) -> None:
-    cores = os.cpu_count() or 1
-    if hasattr(os, "sched_setaffinity") and cores > 1:
-        os.sched_setaffinity(0, {core_index % cores})
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def device_main(config_path: str) -> None:
     """The device: obey the signed command read from stdin, print the upload's figures and peak RSS."""
-    from bench_clips import T0
+    from bench_clips import T0, peak_rss_mb, pin_to_core
 
     from edge_agent.api.delivery import request_verifier
     from edge_agent.api.uploader import Uploader
@@ -292,7 +279,7 @@ def device_main(config_path: str) -> None:
     from edge_agent.formats.keys import load_ed25519_private, load_ed25519_public
     from edge_agent.storage.ringbuffer import RingBuffer
 
-    _pin(0)
+    pin_to_core(0)
     config = load_config(Path(config_path), environ={})
     ring = RingBuffer(config.storage.path, config.storage, clock=lambda: T0)
     verifier = request_verifier(
@@ -315,7 +302,7 @@ def device_main(config_path: str) -> None:
     seconds = time.perf_counter() - started
     counters = uploader.last_counters
     assert counters is not None
-    result = {"size": reply["size"], "seconds": seconds, "maxrss_mb": _peak_rss_mb()}
+    result = {"size": reply["size"], "seconds": seconds, "maxrss_mb": peak_rss_mb()}
     print(json.dumps(result | vars(counters)), flush=True)
     ring.close()
 
@@ -323,14 +310,14 @@ def device_main(config_path: str) -> None:
 def collector_main(spool: str, keys_dir: str, device_pub: str, minutes: str, export: str, nonce: str) -> None:
     """The collector: receive the upload, then verify and export it; print timings and peak RSS. `nonce`
     is the signed command's, which the pushed bundle must name."""
-    from bench_clips import T0
+    from bench_clips import T0, peak_rss_mb, pin_to_core
 
     from edge_agent.collector.fetch import ClipRequest, CollectorKeys, export_bundle
     from edge_agent.collector.upload_endpoint import UploadEndpoint, UploadEndpointThread
     from edge_agent.formats.audit import AuditLog
     from edge_agent.formats.keys import load_ed25519_private, load_ed25519_public, load_x25519_private
 
-    _pin(1)
+    pin_to_core(1)
     endpoint = UploadEndpoint(Path(spool))
     thread = UploadEndpointThread(endpoint)
     thread.start()
@@ -354,7 +341,7 @@ def collector_main(spool: str, keys_dir: str, device_pub: str, minutes: str, exp
         "result": outcome.evidence["verification"]["result"],
         "frames": outcome.evidence["clip"]["frames"],
         "verify_export_s": outcome.verify_export_s,
-        "maxrss_mb": _peak_rss_mb(),
+        "maxrss_mb": peak_rss_mb(),
     }
     print(json.dumps(result), flush=True)
 
