@@ -113,6 +113,11 @@ def test_a_device_out_of_reach_is_an_audited_failure_and_a_broken_store_a_named_
     assert f"--store: {not_a_store}: not a collector database" in capsys.readouterr().err
     assert collector_main(["events", "--db", str(not_a_store), "--site", "ville-01"]) == 2
     assert "not a collector database" in capsys.readouterr().out
+    known = tmp_path / "known.sqlite"
+    assert collector_main(["db", "upgrade", "--db", str(known)]) == 0
+    hold = ["hold", *common, "--store", str(known), "--camera", "cam1", "--requisition", "PV-4"]
+    assert collector_main([*hold, "--start", str(T0), "--end", str(T0 + 4)]) == 2
+    assert "device ville-01/pi-01 has never been heard by this collector" in capsys.readouterr().err
     assert len((csu / "csu-audit.jsonl").read_text().splitlines()) == 2  # nothing was sent: not audited
 
 

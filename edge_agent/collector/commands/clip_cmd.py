@@ -19,6 +19,7 @@ import json
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -52,6 +53,9 @@ from edge_agent.formats.keys import (
 )
 from edge_agent.formats.signing import RequestSigner
 from edge_agent.formats.times import TimeFormatError, parse_time
+
+if TYPE_CHECKING:
+    from edge_agent.collector.store import DeviceStatus
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -176,40 +180,40 @@ class _UsageError(Exception):
     """A command-line value that cannot be used."""
 
 
-def _device_url(args: argparse.Namespace) -> str:
-    if args.url:
-        return str(args.url)
-    if args.store is None:
-        raise _UsageError("give --url, or --store to look up the device's clip_url")
-    from edge_agent.collector.store import DB_ERRORS, device_clip_url
+def _last_status(args: argparse.Namespace) -> DeviceStatus | None:
+    """The device's last status in --store, read once, when there is a store and no --url says better."""
+    if args.url or args.store is None:
+        return None
+    from edge_agent.collector.store import DB_ERRORS, last_device_status
 
     try:
-        return device_clip_url(args.store, args.site, args.device)
+        return last_device_status(args.store, args.site, args.device)
     except LookupError as error:
         raise _UsageError(str(error)) from None
-    except DB_ERRORS as error:
-        raise _UsageError(f"--store: {error}") from None
-
-
-def _delivery(args: argparse.Namespace) -> str:
-    """`pull` or `push`: as asked, else what the device's last status says (push when it publishes
-    `delivery: push` or no clip URL: the CSU cannot reach it)."""
-    if args.via != "auto":
-        return str(args.via)
-    if args.url or args.store is None:
-        return "pull"
-    from edge_agent.collector.store import DB_ERRORS, open_store
-
-    try:
-        store = open_store(args.store, readonly=True, pool_size=1)
-        try:
-            status = store.device_status(args.site, args.device)
-        finally:
-            store.close()
     except (*DB_ERRORS, ValueError) as error:
         raise _UsageError(f"--store: {error}") from None
+
+
+def _device_url(args: argparse.Namespace, status: DeviceStatus | None) -> str:
+    if args.url:
+        return str(args.url)
     if status is None:
-        raise _UsageError(f"device {args.site}/{args.device} has never been heard by this collector")
+        raise _UsageError("give --url, or --store to look up the device's clip_url")
+    from edge_agent.collector.store import published_clip_url
+
+    try:
+        return published_clip_url(status)
+    except LookupError as error:
+        raise _UsageError(str(error)) from None
+
+
+def _delivery(args: argparse.Namespace, status: DeviceStatus | None) -> str:
+    """`pull` or `push`: as asked, else what the device's last status says (push when it publishes
+    `delivery: push` or no clip URL: the CSU cannot reach it); pull with --url or without a store."""
+    if args.via != "auto":
+        return str(args.via)
+    if status is None:
+        return "pull"
     pushed = (status.status or {}).get("delivery") == "push" or not status.clip_url
     return "push" if pushed else "pull"
 
@@ -261,8 +265,8 @@ def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey:
     return load_ed25519_private(args.keys / f"{CSU_SIGNING_NAME}{PRIVATE_SUFFIX}")
 
 
-def _endpoint(args: argparse.Namespace) -> DeviceEndpoint:
-    return DeviceEndpoint(_device_url(args), RequestSigner(_signing_key(args)), args.ca_file)
+def _endpoint(args: argparse.Namespace, status: DeviceStatus | None) -> DeviceEndpoint:
+    return DeviceEndpoint(_device_url(args, status), RequestSigner(_signing_key(args)), args.ca_file)
 
 
 def _time(name: str, raw: str) -> float:
@@ -278,9 +282,10 @@ def fetch_clip_command(args: argparse.Namespace) -> int:
     try:
         if args.device_key is None:
             raise _UsageError("--device-key: the device's public key from provisioning is required")
-        via = _delivery(args)
+        status = _last_status(args)
+        via = _delivery(args, status)
         push = _push_settings(args) if via == "push" else None
-        endpoint = _endpoint(args) if push is None else None
+        endpoint = _endpoint(args, status) if push is None else None
         keys = CollectorKeys(
             signing=_signing_key(args),
             sealing=load_x25519_private(args.keys / f"{CSU_SEALING_NAME}{PRIVATE_SUFFIX}"),
@@ -387,7 +392,7 @@ def hold_command(args: argparse.Namespace) -> int:
         }
         if args.expires:
             body["expires"] = args.expires
-        with _endpoint(args) as endpoint:
+        with _endpoint(args, _last_status(args)) as endpoint:
             result = endpoint.call_json("POST", "/v1/holds", body=json.dumps(body).encode())
     except (_UsageError, KeyFileError, FetchError, OSError) as error:
         return _failed("hold", args, error)
@@ -399,7 +404,7 @@ def hold_command(args: argparse.Namespace) -> int:
 def release_command(args: argparse.Namespace) -> int:
     """DELETE a hold by id."""
     try:
-        with _endpoint(args) as endpoint:
+        with _endpoint(args, _last_status(args)) as endpoint:
             result = endpoint.call_json("DELETE", f"/v1/holds/{args.hold_id}")
     except (_UsageError, KeyFileError, FetchError, OSError) as error:
         return _failed("release", args, error)

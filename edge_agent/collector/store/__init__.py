@@ -66,7 +66,9 @@ __all__ = [
     "db_exit",
     "device_clip_url",
     "is_postgres_url",
+    "last_device_status",
     "open_store",
+    "published_clip_url",
     "upgrade_schema",
 ]
 
@@ -112,8 +114,8 @@ def upgrade_schema(db: str | Path) -> tuple[int, list[Migration]]:
         store.close()
 
 
-def device_clip_url(db: str | Path, site: str, device: str) -> str:
-    """The clip API URL a device last published; LookupError naming what is missing."""
+def last_device_status(db: str | Path, site: str, device: str) -> DeviceStatus:
+    """The last status a device published, as the store at `db` holds it; LookupError when none."""
     store = open_store(db, readonly=True, pool_size=1)
     try:
         status = store.device_status(site, device)
@@ -123,6 +125,18 @@ def device_clip_url(db: str | Path, site: str, device: str) -> str:
         raise LookupError(
             f"device {site}/{device} has never been heard by this collector ({store.description})"
         )
+    return status
+
+
+def published_clip_url(status: DeviceStatus) -> str:
+    """The clip API URL a device's status publishes; LookupError when it publishes none."""
     if not status.clip_url:
-        raise LookupError(f"device {site}/{device} published no clip URL (its clip server may be disabled)")
+        raise LookupError(
+            f"device {status.site}/{status.device} published no clip URL (its clip server may be disabled)"
+        )
     return status.clip_url
+
+
+def device_clip_url(db: str | Path, site: str, device: str) -> str:
+    """The clip API URL a device last published; LookupError naming what is missing."""
+    return published_clip_url(last_device_status(db, site, device))
