@@ -117,3 +117,18 @@ def test_the_encoder_takes_i420_as_is_and_converts_bgr() -> None:
         packets = encoder.encode(blue, 0.0) + encoder.flush()
         decoded_bgr = next(iter(decode_packets(encoder.stream, packets)))
         assert decoded_bgr[..., 0].mean() > 230 and decoded_bgr[..., 2].mean() < 25, codec
+
+
+def test_packets_keep_irregular_capture_times() -> None:
+    """x264 counts time in frames of the configured rate (force-cfr), but a camera's frames come when
+    they come: every packet still carries its own capture time, in milliseconds from the first."""
+    times = [0.0, 0.1, 0.25, 0.31, 0.7, 0.71, 1.5, 1.6]
+    encoder = VideoEncoder(StorageConfig(), (320, 240), 10.0, 0.0)
+    rng = np.random.default_rng(7)
+    packets = []
+    for t in times:
+        image = rng.integers(0, 256, (360, 320), dtype=np.uint8)
+        packets += encoder.encode(image, t, pixel_format=PixelFormat.I420)
+    packets += encoder.flush()
+    assert [p.pts for p in packets] == [round(t * 1000) for t in times]
+    assert all(p.dts == p.pts for p in packets)  # no B-frames: decode order is capture order
