@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(SCRIPTS))
+
+from tests.relay_support import LoopbackRelay  # noqa: E402 (the project root is on the path just above)
 
 ALL_CORES = True
 """The device and the collector are separate processes, one core each (separate machines in the field)."""
@@ -102,40 +105,26 @@ class _Direction:
         return kind, total
 
 
-class MqttMeter:
+class MqttMeter(LoopbackRelay):
     """A loopback TCP proxy to a broker that counts MQTT packets and bytes in each direction."""
 
     def __init__(self, broker_port: int) -> None:
-        self.broker_port = broker_port
         self.up = _Direction()  # device -> broker
         self.down = _Direction()  # broker -> device
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(broker_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.broker_port))
-            for source, sink, direction in ((client, upstream, self.up), (upstream, client, self.down)):
-                threading.Thread(target=self._pipe, args=(source, sink, direction), daemon=True).start()
+    def relay(self, client: socket.socket) -> None:
+        """Relay the connection, counting what passes each way."""
+        self.pump(client, to_server=self._counter(self.up), to_client=self._counter(self.down))
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, direction: _Direction) -> None:
-        try:
-            while data := source.recv(65536):
-                with self._lock:
-                    direction.feed(data)
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+    def _counter(self, direction: _Direction) -> Callable[[bytes], bytes]:
+        def count(data: bytes) -> bytes:
+            with self._lock:
+                direction.feed(data)
+            return data
+
+        return count
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """{kind: {count, bytes}} over both directions."""
@@ -148,9 +137,6 @@ class MqttMeter:
                 }
                 for kind in sorted(kinds)
             }
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 def _idle_config(workdir: Path, broker_port: int, mqtt: dict[str, Any]) -> Any:
@@ -346,62 +332,40 @@ def collector_main(spool: str, keys_dir: str, device_pub: str, minutes: str, exp
     print(json.dumps(result), flush=True)
 
 
-class CuttingProxy:
+class CuttingProxy(LoopbackRelay):
     """A loopback proxy toward the collector that drops every open connection when the bytes the device
     sent through it reach each of `cuts_at` (a link that drops, three times)."""
 
     def __init__(self, target_port: int, cuts_at: list[int]) -> None:
-        self.target_port = target_port
         self.cuts_at = sorted(cuts_at)
         self.forwarded = 0
         self.cuts = 0
-        self._open: list[socket.socket] = []
+        self._clients: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self._lock:
-                self._open += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if counted:
-                    with self._lock:
-                        self.forwarded += len(data)
-                        cut = bool(self.cuts_at) and self.forwarded >= self.cuts_at[0]
-                        if cut:
-                            self.cuts_at.pop(0)
-                            self.cuts += 1
-                    if cut:
-                        self._drop_all()
-                        return
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _drop_all(self) -> None:
+    def relay(self, client: socket.socket) -> None:
+        """Relay the connection, counting the device's bytes toward the next cut."""
         with self._lock:
-            sockets, self._open = self._open, []
-        for sock in sockets:
+            self._clients.append(client)
+        self.pump(client, to_server=self._count_up)
+
+    def _count_up(self, data: bytes) -> bytes:
+        with self._lock:
+            self.forwarded += len(data)
+            cut = bool(self.cuts_at) and self.forwarded >= self.cuts_at[0]
+            if cut:
+                self.cuts_at.pop(0)
+                self.cuts += 1
+                clients, self._clients = self._clients, []
+        if not cut:
+            return data
+        # This connection ends here, with nothing more forwarded (the pump closes both of its sockets on
+        # the error); the others are shut down: each of their pumps then closes its upstream side too.
+        for sock in clients:
             with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._listener.close()
+        raise ConnectionAbortedError("the link drops here")
 
 
 def _push_once(
